@@ -1,0 +1,99 @@
+//! The Store seam: the Hub's task database, one [`TaskRecord`] per `msg_id`.
+//!
+//! Implementations in core: [`DictDb`] (in memory, the default, with culling limits) and
+//! [`NoDb`] (records nothing and says so when asked to read). Other crates provide SQLite and
+//! MongoDB stores; every implementation runs the conformance suite in
+//! `ipp_core::testing::store`.
+
+// mod dictdb;
+// mod nodb;
+mod query;
+mod record;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+// pub use dictdb::{DictDb, DictDbConfig};
+// pub use nodb::NoDb;
+pub use query::{Condition, Query, QueryValue};
+pub use record::{RecordKey, RecordUpdate, RecordValue, TaskRecord};
+
+/// What a store can do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreCapabilities {
+    /// Whether records are kept at all (false for [`NoDb`]).
+    pub records: bool,
+}
+
+/// The Hub's task database.
+///
+/// # Contract
+/// - `add` of a known `msg_id` fails with [`Error::AlreadyExists`](crate::Error::AlreadyExists)
+///   and changes nothing.
+/// - `update` and `get` of an unknown `msg_id` fail with
+///   [`Error::NotFound`](crate::Error::NotFound), or with
+///   [`Error::Culled`](crate::Error::Culled) when a culling policy dropped it.
+/// - `find` returns matching records in submission order; with `keys`, a record need only
+///   carry those fields (and always `msg_id`); the others may be left at their defaults.
+/// - What a backend cannot do returns [`Error::Unsupported`](crate::Error::Unsupported); it
+///   never silently succeeds.
+#[async_trait]
+pub trait Store: fmt::Debug + fmt::Display + Send + Sync + 'static {
+    /// What this store can do.
+    fn capabilities(&self) -> StoreCapabilities;
+
+    /// Records a new task.
+    async fn add(&self, record: TaskRecord) -> Result<()>;
+
+    /// Changes some fields of a recorded task.
+    async fn update(&self, msg_id: &str, update: RecordUpdate) -> Result<()>;
+
+    /// One task's record.
+    async fn get(&self, msg_id: &str) -> Result<TaskRecord>;
+
+    /// The records matching `query`, in submission order, optionally with only `keys`.
+    async fn find(&self, query: &Query, keys: Option<&[RecordKey]>) -> Result<Vec<TaskRecord>>;
+
+    /// Removes the records matching `query`; returns how many were removed.
+    async fn drop_matching(&self, query: &Query) -> Result<usize>;
+
+    /// Removes the listed records; unknown ids are ignored.
+    async fn drop_records(&self, msg_ids: &[String]) -> Result<()>;
+
+    /// The `msg_id`s of every record with a `submitted` date, oldest first.
+    async fn history(&self) -> Result<Vec<String>>;
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<T: Store + ?Sized> Store for Arc<T> {
+    fn capabilities(&self) -> StoreCapabilities {
+        (**self).capabilities()
+    }
+    async fn add(&self, record: TaskRecord) -> Result<()> {
+        (**self).add(record).await
+    }
+    async fn update(&self, msg_id: &str, update: RecordUpdate) -> Result<()> {
+        (**self).update(msg_id, update).await
+    }
+    async fn get(&self, msg_id: &str) -> Result<TaskRecord> {
+        (**self).get(msg_id).await
+    }
+    async fn find(&self, query: &Query, keys: Option<&[RecordKey]>) -> Result<Vec<TaskRecord>> {
+        (**self).find(query, keys).await
+    }
+    async fn drop_matching(&self, query: &Query) -> Result<usize> {
+        (**self).drop_matching(query).await
+    }
+    async fn drop_records(&self, msg_ids: &[String]) -> Result<()> {
+        (**self).drop_records(msg_ids).await
+    }
+    async fn history(&self) -> Result<Vec<String>> {
+        (**self).history().await
+    }
+}

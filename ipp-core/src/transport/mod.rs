@@ -1,0 +1,331 @@
+//! The Transport seam: how multipart messages move between peers.
+//!
+//! A transport opens [`Socket`]s of four kinds, modelled on ZeroMQ's: a routed endpoint that
+//! knows which peer sent each message ([`SocketKind::Router`]), a connected endpoint with a
+//! chosen identity ([`SocketKind::Dealer`]), and publish/subscribe with topic prefixes
+//! ([`SocketKind::Pub`], [`SocketKind::Sub`]). Each socket is driven by a task the transport
+//! owns; the user talks to it through bounded queues, so nothing above the transport ever
+//! blocks on the network.
+//!
+//! # Contract
+//! - Messages are lists of frames ([`Frames`]); frame boundaries and bytes arrive unchanged.
+//! - A `Router` receives `[peer_id, frames…]` and sends `[peer_id, frames…]`; a send to a peer
+//!   it does not know (or no longer knows) is dropped with one log line, never an error.
+//! - A `Dealer` sends to and receives from its single peer; it reconnects with backoff when the
+//!   peer goes away, queueing (bounded) what is sent meanwhile.
+//! - A `Pub` delivers a message to every subscriber whose subscription is a prefix of its first
+//!   frame; a `Sub` cannot send.
+//! - `bind` to port 0 reports the port actually bound in [`Socket::address`].
+//! - Dropping both halves of a socket closes it and stops its task.
+
+// pub mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+
+// pub use memory::MemoryTransport;
+
+/// One multipart message.
+pub type Frames = Vec<Bytes>;
+
+/// The kinds of socket a transport offers (ZeroMQ's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SocketKind {
+    /// Routed endpoint: many peers, each message tagged with its peer's identity.
+    Router,
+    /// Identified connection to one peer.
+    Dealer,
+    /// Publisher: fans every message out to matching subscribers.
+    Pub,
+    /// Subscriber: receives what publishers send under its subscriptions.
+    Sub,
+}
+
+impl fmt::Display for SocketKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Router => "ROUTER",
+            Self::Dealer => "DEALER",
+            Self::Pub => "PUB",
+            Self::Sub => "SUB",
+        })
+    }
+}
+
+/// Settings of one socket.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SocketOptions {
+    /// The routing identity this socket announces to peers (DEALER, or a ROUTER that
+    /// connects). `None` lets the peer pick one.
+    pub identity: Option<Bytes>,
+    /// Topic prefixes a `Sub` subscribes to; an empty prefix subscribes to everything.
+    pub subscriptions: Vec<Bytes>,
+    /// Capacity, in messages, of each of the queues between the socket task and its user.
+    pub queue_capacity: usize,
+    /// How long one connection attempt may take before it counts as failed.
+    pub connect_timeout: Duration,
+    /// Longest pause between reconnection attempts of a connecting socket.
+    pub max_reconnect_interval: Duration,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self {
+            identity: None,
+            subscriptions: Vec::new(),
+            queue_capacity: 4096,
+            connect_timeout: Duration::from_secs(5),
+            max_reconnect_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl SocketOptions {
+    /// Sets the identity announced to peers.
+    pub fn with_identity(mut self, identity: impl Into<Bytes>) -> Self {
+        self.identity = Some(identity.into());
+        self
+    }
+
+    /// Adds a subscription prefix (for `Sub` sockets).
+    pub fn with_subscription(mut self, prefix: impl Into<Bytes>) -> Self {
+        self.subscriptions.push(prefix.into());
+        self
+    }
+
+    /// Sets the queue capacity.
+    pub fn with_queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+}
+
+/// Moves multipart messages between peers.
+///
+/// # Contract
+/// See the [module documentation](self).
+#[async_trait]
+pub trait Transport: fmt::Debug + fmt::Display + Send + Sync + 'static {
+    /// Binds a socket to `address` (`tcp://127.0.0.1:0`, …) and starts accepting peers.
+    ///
+    /// # Errors
+    /// [`Error::Address`] for an address this transport cannot use or cannot bind.
+    async fn bind(&self, kind: SocketKind, address: &str, options: SocketOptions) -> Result<Socket>;
+
+    /// Connects a socket to `address`; the connection is (re)established in the background.
+    ///
+    /// # Errors
+    /// [`Error::Address`] for an address this transport cannot use.
+    async fn connect(
+        &self,
+        kind: SocketKind,
+        address: &str,
+        options: SocketOptions,
+    ) -> Result<Socket>;
+}
+
+#[async_trait]
+impl<T: Transport + ?Sized> Transport for Arc<T> {
+    async fn bind(&self, kind: SocketKind, address: &str, options: SocketOptions) -> Result<Socket> {
+        (**self).bind(kind, address, options).await
+    }
+
+    async fn connect(
+        &self,
+        kind: SocketKind,
+        address: &str,
+        options: SocketOptions,
+    ) -> Result<Socket> {
+        (**self).connect(kind, address, options).await
+    }
+}
+
+/// Keeps a socket's driving task alive; when the last holder drops it, the task is told to
+/// stop (its `oneshot` receiver resolves).
+#[derive(Debug)]
+struct CloseOnDrop {
+    _stop: oneshot::Sender<()>,
+}
+
+/// An open socket: a bounded queue to send through and one to receive from.
+#[derive(Debug)]
+pub struct Socket {
+    kind: SocketKind,
+    address: String,
+    sender: SocketSender,
+    receiver: SocketReceiver,
+}
+
+/// What a transport implementation hands to [`Socket::new`] and keeps for its task.
+#[derive(Debug)]
+pub struct SocketTaskEnds {
+    /// Messages the user sends; the task drains this.
+    pub outgoing: mpsc::Receiver<Frames>,
+    /// Messages the task received; the user drains this.
+    pub incoming: mpsc::Sender<Frames>,
+    /// Resolves (with an error) when the user has dropped the socket: the task must stop.
+    pub stop: oneshot::Receiver<()>,
+}
+
+impl Socket {
+    /// Creates the user's half of a socket and the ends its driving task holds.
+    ///
+    /// `address` is the address actually bound or connected (with the real port).
+    pub fn new(kind: SocketKind, address: String, queue_capacity: usize) -> (Self, SocketTaskEnds) {
+        let capacity = queue_capacity.max(1);
+        let (out_tx, out_rx) = mpsc::channel(capacity);
+        let (in_tx, in_rx) = mpsc::channel(capacity);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let guard = Arc::new(CloseOnDrop { _stop: stop_tx });
+        let label: Arc<str> = Arc::from(format!("{kind} {address}"));
+        let socket = Self {
+            kind,
+            address,
+            sender: SocketSender {
+                kind,
+                queue: out_tx,
+                label: Arc::clone(&label),
+                _guard: Arc::clone(&guard),
+            },
+            receiver: SocketReceiver {
+                queue: in_rx,
+                label,
+                _guard: guard,
+            },
+        };
+        let ends = SocketTaskEnds {
+            outgoing: out_rx,
+            incoming: in_tx,
+            stop: stop_rx,
+        };
+        (socket, ends)
+    }
+
+    /// The socket's kind.
+    pub fn kind(&self) -> SocketKind {
+        self.kind
+    }
+
+    /// The address bound or connected, with the actual port.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The port of a `tcp://host:port` address, if it has one.
+    pub fn port(&self) -> Option<u16> {
+        self.address.rsplit(':').next()?.parse().ok()
+    }
+
+    /// Sends one message (see [`SocketSender::send`]).
+    ///
+    /// # Errors
+    /// As [`SocketSender::send`].
+    pub async fn send(&self, frames: Frames) -> Result<()> {
+        self.sender.send(frames).await
+    }
+
+    /// Receives one message (see [`SocketReceiver::recv`]).
+    ///
+    /// # Errors
+    /// As [`SocketReceiver::recv`].
+    pub async fn recv(&mut self) -> Result<Frames> {
+        self.receiver.recv().await
+    }
+
+    /// Splits the socket so that one task can send while another receives.
+    pub fn split(self) -> (SocketSender, SocketReceiver) {
+        (self.sender, self.receiver)
+    }
+}
+
+/// The sending half of a [`Socket`]; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SocketSender {
+    kind: SocketKind,
+    queue: mpsc::Sender<Frames>,
+    label: Arc<str>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+impl SocketSender {
+    /// Queues one message, waiting while the queue is full.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a `Sub` socket; [`Error::Closed`] when the socket's task has
+    /// stopped.
+    pub async fn send(&self, frames: Frames) -> Result<()> {
+        if self.kind == SocketKind::Sub {
+            return Err(Error::Unsupported {
+                operation: "send",
+                implementer: "SUB socket",
+            });
+        }
+        self.queue.send(frames).await.map_err(|_| Error::Closed {
+            what: self.label.to_string(),
+        })
+    }
+
+    /// Queues one message if there is room now.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a `Sub` socket; [`Error::Closed`] when the socket's task has
+    /// stopped; [`Error::Timeout`] (with a zero duration) when the queue is full.
+    pub fn try_send(&self, frames: Frames) -> Result<()> {
+        if self.kind == SocketKind::Sub {
+            return Err(Error::Unsupported {
+                operation: "send",
+                implementer: "SUB socket",
+            });
+        }
+        self.queue.try_send(frames).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => Error::Timeout {
+                what: "room in the send queue",
+                after: Duration::ZERO,
+            },
+            mpsc::error::TrySendError::Closed(_) => Error::Closed {
+                what: self.label.to_string(),
+            },
+        })
+    }
+}
+
+/// The receiving half of a [`Socket`].
+#[derive(Debug)]
+pub struct SocketReceiver {
+    queue: mpsc::Receiver<Frames>,
+    label: Arc<str>,
+    _guard: Arc<CloseOnDrop>,
+}
+
+impl SocketReceiver {
+    /// Waits for the next message.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a message is either returned or left in the queue.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the socket's task has stopped.
+    pub async fn recv(&mut self) -> Result<Frames> {
+        self.queue.recv().await.ok_or_else(|| Error::Closed {
+            what: self.label.to_string(),
+        })
+    }
+
+    /// Takes every message already queued, up to `max`, without waiting.
+    pub fn drain_ready(&mut self, max: usize, into: &mut Vec<Frames>) {
+        while into.len() < max {
+            match self.queue.try_recv() {
+                Ok(frames) => into.push(frames),
+                Err(_) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! ZeroMQ transport (being written).

@@ -1,0 +1,3 @@
+//! The `ipp` facade: re-exports `ipp-core` and the parts.
+pub use ipp_core as core;
+pub use ipp_transport_zmq as transport_zmq;
