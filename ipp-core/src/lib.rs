@@ -12,3 +12,6 @@ pub mod store;
 pub mod transport;
 
 pub use error::{BoxError, Error, Result};
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
