@@ -5,8 +5,8 @@
 //! MongoDB stores; every implementation runs the conformance suite in
 //! `ipp_core::testing::store`.
 
-// mod dictdb;
-// mod nodb;
+mod dictdb;
+mod nodb;
 mod query;
 mod record;
 
@@ -17,8 +17,8 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 
-// pub use dictdb::{DictDb, DictDbConfig};
-// pub use nodb::NoDb;
+pub use dictdb::{DictDb, DictDbConfig};
+pub use nodb::NoDb;
 pub use query::{Condition, Query, QueryValue};
 pub use record::{RecordKey, RecordUpdate, RecordValue, TaskRecord};
 

@@ -1,9 +1,13 @@
 //! The TaskRecord: everything the Hub knows about one request and its result.
 
+use std::fmt;
+use std::str::FromStr;
+
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::protocol::{JsonMap, Timestamp};
+use crate::error::{Error, Result};
+use crate::protocol::{date, JsonMap, Timestamp};
 
 /// One task as the Hub records it (ipyparallel's TaskRecord, spec §8.1).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -169,4 +173,389 @@ pub struct RecordUpdate {
     pub append_stderr: Option<String>,
     /// New `label`.
     pub label: Option<String>,
+}
+
+impl RecordKey {
+    /// Every key, in the order of spec §8.1 (`msg_id` first).
+    pub const ALL: [RecordKey; 23] = [
+        RecordKey::MsgId,
+        RecordKey::Header,
+        RecordKey::Metadata,
+        RecordKey::Content,
+        RecordKey::Buffers,
+        RecordKey::Submitted,
+        RecordKey::ClientUuid,
+        RecordKey::EngineUuid,
+        RecordKey::Started,
+        RecordKey::Completed,
+        RecordKey::Resubmitted,
+        RecordKey::Received,
+        RecordKey::ResultHeader,
+        RecordKey::ResultMetadata,
+        RecordKey::ResultContent,
+        RecordKey::ResultBuffers,
+        RecordKey::Queue,
+        RecordKey::ExecuteInput,
+        RecordKey::ExecuteResult,
+        RecordKey::Error,
+        RecordKey::Stdout,
+        RecordKey::Stderr,
+        RecordKey::Label,
+    ];
+
+    /// The key as queries and `db_reply` records spell it, e.g. `"engine_uuid"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKey::MsgId => "msg_id",
+            RecordKey::Header => "header",
+            RecordKey::Metadata => "metadata",
+            RecordKey::Content => "content",
+            RecordKey::Buffers => "buffers",
+            RecordKey::Submitted => "submitted",
+            RecordKey::ClientUuid => "client_uuid",
+            RecordKey::EngineUuid => "engine_uuid",
+            RecordKey::Started => "started",
+            RecordKey::Completed => "completed",
+            RecordKey::Resubmitted => "resubmitted",
+            RecordKey::Received => "received",
+            RecordKey::ResultHeader => "result_header",
+            RecordKey::ResultMetadata => "result_metadata",
+            RecordKey::ResultContent => "result_content",
+            RecordKey::ResultBuffers => "result_buffers",
+            RecordKey::Queue => "queue",
+            RecordKey::ExecuteInput => "execute_input",
+            RecordKey::ExecuteResult => "execute_result",
+            RecordKey::Error => "error",
+            RecordKey::Stdout => "stdout",
+            RecordKey::Stderr => "stderr",
+            RecordKey::Label => "label",
+        }
+    }
+
+    /// Whether the field holds binary buffers, which the Hub sends as frames, not JSON.
+    pub fn is_buffers(self) -> bool {
+        matches!(self, RecordKey::Buffers | RecordKey::ResultBuffers)
+    }
+}
+
+impl fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RecordKey {
+    type Err = Error;
+
+    /// Parses a key name.
+    ///
+    /// # Errors
+    /// [`Error::InvalidQuery`] naming the key when it is not a TaskRecord field.
+    fn from_str(name: &str) -> Result<Self> {
+        RecordKey::ALL
+            .iter()
+            .copied()
+            .find(|key| key.as_str() == name)
+            .ok_or_else(|| Error::invalid_query(format!("unknown key {name:?}")))
+    }
+}
+
+impl TaskRecord {
+    /// An empty record for `msg_id`: every optional field unset, no buffers, no output.
+    pub fn new(msg_id: impl Into<String>) -> Self {
+        Self {
+            msg_id: msg_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// One field's value, typed for comparison: dates as [`RecordValue::Date`], strings as
+    /// [`RecordValue::Str`], dicts as [`RecordValue::Json`], buffers as
+    /// [`RecordValue::Buffers`], an unset field as [`RecordValue::Null`]. `stdout` and
+    /// `stderr` are always strings (empty when nothing was printed).
+    pub fn value(&self, key: RecordKey) -> RecordValue {
+        fn str_or_null(value: &Option<String>) -> RecordValue {
+            value.clone().map_or(RecordValue::Null, RecordValue::Str)
+        }
+        fn date_or_null(value: &Option<Timestamp>) -> RecordValue {
+            value.map_or(RecordValue::Null, RecordValue::Date)
+        }
+        fn json_or_null(value: &Option<JsonMap>) -> RecordValue {
+            value.clone().map_or(RecordValue::Null, |map| {
+                RecordValue::Json(Value::Object(map))
+            })
+        }
+        match key {
+            RecordKey::MsgId => RecordValue::Str(self.msg_id.clone()),
+            RecordKey::Header => json_or_null(&self.header),
+            RecordKey::Metadata => json_or_null(&self.metadata),
+            RecordKey::Content => json_or_null(&self.content),
+            RecordKey::Buffers => RecordValue::Buffers(self.buffers.clone()),
+            RecordKey::Submitted => date_or_null(&self.submitted),
+            RecordKey::ClientUuid => str_or_null(&self.client_uuid),
+            RecordKey::EngineUuid => str_or_null(&self.engine_uuid),
+            RecordKey::Started => date_or_null(&self.started),
+            RecordKey::Completed => date_or_null(&self.completed),
+            RecordKey::Resubmitted => str_or_null(&self.resubmitted),
+            RecordKey::Received => date_or_null(&self.received),
+            RecordKey::ResultHeader => json_or_null(&self.result_header),
+            RecordKey::ResultMetadata => json_or_null(&self.result_metadata),
+            RecordKey::ResultContent => json_or_null(&self.result_content),
+            RecordKey::ResultBuffers => RecordValue::Buffers(self.result_buffers.clone()),
+            RecordKey::Queue => str_or_null(&self.queue),
+            RecordKey::ExecuteInput => str_or_null(&self.execute_input),
+            RecordKey::ExecuteResult => json_or_null(&self.execute_result),
+            RecordKey::Error => json_or_null(&self.error),
+            RecordKey::Stdout => RecordValue::Str(self.stdout.clone()),
+            RecordKey::Stderr => RecordValue::Str(self.stderr.clone()),
+            RecordKey::Label => str_or_null(&self.label),
+        }
+    }
+
+    /// The record as the Hub sends it in a `db_reply`: `msg_id` first, then `keys` in the
+    /// order given (every field when `None`), dates as ISO strings with `Z`, unset fields
+    /// as `null`.
+    ///
+    /// `buffers` and `result_buffers` are never included, even when listed in `keys`: the
+    /// Hub sends them as message frames (spec §5.4).
+    pub fn to_json(&self, keys: Option<&[RecordKey]>) -> JsonMap {
+        let keys = keys.unwrap_or(&RecordKey::ALL);
+        let mut map = JsonMap::new();
+        map.insert("msg_id".to_owned(), Value::String(self.msg_id.clone()));
+        for &key in keys {
+            if key == RecordKey::MsgId || key.is_buffers() {
+                continue;
+            }
+            let value = match self.value(key) {
+                RecordValue::Null => Value::Null,
+                RecordValue::Str(text) => Value::String(text),
+                RecordValue::Date(date) => Value::String(date::format(&date)),
+                RecordValue::Json(json) => json,
+                // Excluded above; kept exhaustive so a new variant is a compile error here.
+                RecordValue::Buffers(_) => continue,
+            };
+            map.insert(key.as_str().to_owned(), value);
+        }
+        map
+    }
+
+    /// A copy carrying only `keys` (and always `msg_id`); the other fields are left at
+    /// their defaults, as [`Store::find`](super::Store::find) allows.
+    pub fn project(&self, keys: &[RecordKey]) -> TaskRecord {
+        let mut out = TaskRecord::new(self.msg_id.clone());
+        for &key in keys {
+            match key {
+                RecordKey::MsgId => {}
+                RecordKey::Header => out.header.clone_from(&self.header),
+                RecordKey::Metadata => out.metadata.clone_from(&self.metadata),
+                RecordKey::Content => out.content.clone_from(&self.content),
+                RecordKey::Buffers => out.buffers.clone_from(&self.buffers),
+                RecordKey::Submitted => out.submitted = self.submitted,
+                RecordKey::ClientUuid => out.client_uuid.clone_from(&self.client_uuid),
+                RecordKey::EngineUuid => out.engine_uuid.clone_from(&self.engine_uuid),
+                RecordKey::Started => out.started = self.started,
+                RecordKey::Completed => out.completed = self.completed,
+                RecordKey::Resubmitted => out.resubmitted.clone_from(&self.resubmitted),
+                RecordKey::Received => out.received = self.received,
+                RecordKey::ResultHeader => out.result_header.clone_from(&self.result_header),
+                RecordKey::ResultMetadata => {
+                    out.result_metadata.clone_from(&self.result_metadata);
+                }
+                RecordKey::ResultContent => out.result_content.clone_from(&self.result_content),
+                RecordKey::ResultBuffers => out.result_buffers.clone_from(&self.result_buffers),
+                RecordKey::Queue => out.queue.clone_from(&self.queue),
+                RecordKey::ExecuteInput => out.execute_input.clone_from(&self.execute_input),
+                RecordKey::ExecuteResult => out.execute_result.clone_from(&self.execute_result),
+                RecordKey::Error => out.error.clone_from(&self.error),
+                RecordKey::Stdout => out.stdout.clone_from(&self.stdout),
+                RecordKey::Stderr => out.stderr.clone_from(&self.stderr),
+                RecordKey::Label => out.label.clone_from(&self.label),
+            }
+        }
+        out
+    }
+
+    /// Applies `update`: each given field replaces the record's; `append_stdout` and
+    /// `append_stderr` are appended to the text already there.
+    pub fn apply(&mut self, update: RecordUpdate) {
+        let RecordUpdate {
+            header,
+            metadata,
+            content,
+            buffers,
+            submitted,
+            client_uuid,
+            engine_uuid,
+            started,
+            completed,
+            resubmitted,
+            received,
+            result_header,
+            result_metadata,
+            result_content,
+            result_buffers,
+            queue,
+            execute_input,
+            execute_result,
+            error,
+            append_stdout,
+            append_stderr,
+            label,
+        } = update;
+        fn set<T>(field: &mut Option<T>, value: Option<T>) {
+            if value.is_some() {
+                *field = value;
+            }
+        }
+        set(&mut self.header, header);
+        set(&mut self.metadata, metadata);
+        set(&mut self.content, content);
+        if let Some(buffers) = buffers {
+            self.buffers = buffers;
+        }
+        set(&mut self.submitted, submitted);
+        set(&mut self.client_uuid, client_uuid);
+        set(&mut self.engine_uuid, engine_uuid);
+        set(&mut self.started, started);
+        set(&mut self.completed, completed);
+        set(&mut self.resubmitted, resubmitted);
+        set(&mut self.received, received);
+        set(&mut self.result_header, result_header);
+        set(&mut self.result_metadata, result_metadata);
+        set(&mut self.result_content, result_content);
+        if let Some(result_buffers) = result_buffers {
+            self.result_buffers = result_buffers;
+        }
+        set(&mut self.queue, queue);
+        set(&mut self.execute_input, execute_input);
+        set(&mut self.execute_result, execute_result);
+        set(&mut self.error, error);
+        if let Some(text) = append_stdout {
+            self.stdout.push_str(&text);
+        }
+        if let Some(text) = append_stderr {
+            self.stderr.push_str(&text);
+        }
+        set(&mut self.label, label);
+    }
+
+    /// Total bytes held in `buffers` and `result_buffers` (what DictDB's size limit counts).
+    pub fn buffer_size(&self) -> u64 {
+        self.buffers
+            .iter()
+            .chain(&self.result_buffers)
+            .map(|buffer| buffer.len() as u64)
+            .sum()
+    }
+}
+
+impl RecordUpdate {
+    /// An update that changes nothing; set fields on it with struct update syntax or the
+    /// field directly.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether applying this update would change nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn date(text: &str) -> Timestamp {
+        date::parse(text).unwrap()
+    }
+
+    #[test]
+    fn every_key_round_trips_through_its_name() {
+        for key in RecordKey::ALL {
+            assert_eq!(key.as_str().parse::<RecordKey>().unwrap(), key);
+            assert_eq!(key.to_string(), key.as_str());
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_invalid_query_naming_it() {
+        let err = "bogus".parse::<RecordKey>().unwrap_err();
+        assert!(matches!(err, Error::InvalidQuery { .. }), "{err:?}");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn values_are_typed() {
+        let mut rec = TaskRecord::new("a");
+        rec.submitted = Some(date("2026-01-01T00:00:00Z"));
+        rec.engine_uuid = Some("e".into());
+        rec.header = Some(json!({"x": 1}).as_object().unwrap().clone());
+        assert_eq!(rec.value(RecordKey::MsgId), RecordValue::Str("a".into()));
+        assert_eq!(
+            rec.value(RecordKey::Submitted),
+            RecordValue::Date(date("2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(rec.value(RecordKey::Completed), RecordValue::Null);
+        assert_eq!(
+            rec.value(RecordKey::Stdout),
+            RecordValue::Str(String::new())
+        );
+        assert_eq!(
+            rec.value(RecordKey::Header),
+            RecordValue::Json(json!({"x": 1}))
+        );
+        assert_eq!(rec.value(RecordKey::Buffers), RecordValue::Buffers(vec![]));
+    }
+
+    #[test]
+    fn to_json_renders_dates_with_z_and_never_buffers() {
+        let mut rec = TaskRecord::new("a");
+        rec.submitted = Some(date("2026-11-22T17:59:21.232133Z"));
+        rec.buffers = vec![Bytes::from_static(b"x")];
+        rec.result_buffers = vec![Bytes::from_static(b"y")];
+        let all = rec.to_json(None);
+        assert_eq!(all["submitted"], json!("2026-11-22T17:59:21.232133Z"));
+        assert_eq!(all["completed"], Value::Null);
+        assert_eq!(all["stdout"], json!(""));
+        assert!(!all.contains_key("buffers") && !all.contains_key("result_buffers"));
+        assert_eq!(all.len(), RecordKey::ALL.len() - 2);
+        assert_eq!(all.keys().next().map(String::as_str), Some("msg_id"));
+
+        let some = rec.to_json(Some(&[RecordKey::Completed, RecordKey::ResultBuffers]));
+        assert_eq!(
+            Value::Object(some),
+            json!({"msg_id": "a", "completed": null})
+        );
+    }
+
+    #[test]
+    fn apply_replaces_given_fields_and_appends_output() {
+        let mut rec = TaskRecord::new("a");
+        rec.stdout = "one ".into();
+        rec.engine_uuid = Some("e".into());
+        rec.apply(RecordUpdate {
+            append_stdout: Some("two".into()),
+            queue: Some("mux".into()),
+            result_buffers: Some(vec![Bytes::from_static(b"abc")]),
+            ..RecordUpdate::new()
+        });
+        assert_eq!(rec.stdout, "one two");
+        assert_eq!(rec.queue.as_deref(), Some("mux"));
+        assert_eq!(rec.engine_uuid.as_deref(), Some("e"));
+        assert_eq!(rec.buffer_size(), 3);
+        assert!(RecordUpdate::new().is_empty());
+    }
+
+    #[test]
+    fn project_keeps_msg_id_and_the_listed_keys() {
+        let mut rec = TaskRecord::new("a");
+        rec.engine_uuid = Some("e".into());
+        rec.queue = Some("task".into());
+        let projected = rec.project(&[RecordKey::Queue]);
+        assert_eq!(projected.msg_id, "a");
+        assert_eq!(projected.queue.as_deref(), Some("task"));
+        assert_eq!(projected.engine_uuid, None);
+    }
 }

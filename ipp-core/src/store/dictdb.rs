@@ -1,0 +1,405 @@
+//! [`DictDb`]: the default, in-memory task database, with ipyparallel's culling limits.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord};
+use crate::error::{Error, Result};
+use crate::protocol::Timestamp;
+
+/// How many culled `msg_id`s [`DictDb`] remembers, so that reading one says "culled"
+/// rather than "not found". Older ones are forgotten and then read as not found.
+const CULLED_MEMORY: usize = 100_000;
+
+/// Settings for [`DictDb`]: the `[store]` table when `db = "dictdb"`.
+///
+/// Names and defaults are ipyparallel's `DictDB.record_limit`, `size_limit` and
+/// `cull_fraction`.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DictDbConfig {
+    /// How many records to keep before culling the oldest completed ones. Default: 1024.
+    pub record_limit: usize,
+    /// How many bytes of `buffers` + `result_buffers` to keep before culling the oldest
+    /// completed records. Default: 1 GiB.
+    pub size_limit: u64,
+    /// The share of `record_limit` culled at once when it is exceeded; a size cull goes
+    /// down to `size_limit × (1 - cull_fraction)`. Between 0 (exclusive) and 1. Default: 0.1.
+    pub cull_fraction: f64,
+}
+
+impl Default for DictDbConfig {
+    fn default() -> Self {
+        Self {
+            record_limit: 1024,
+            size_limit: 1 << 30,
+            cull_fraction: 0.1,
+        }
+    }
+}
+
+impl DictDbConfig {
+    /// Sets [`DictDbConfig::record_limit`].
+    #[must_use]
+    pub fn with_record_limit(mut self, record_limit: usize) -> Self {
+        self.record_limit = record_limit;
+        self
+    }
+
+    /// Sets [`DictDbConfig::size_limit`] (bytes).
+    #[must_use]
+    pub fn with_size_limit(mut self, size_limit: u64) -> Self {
+        self.size_limit = size_limit;
+        self
+    }
+
+    /// Sets [`DictDbConfig::cull_fraction`].
+    #[must_use]
+    pub fn with_cull_fraction(mut self, cull_fraction: f64) -> Self {
+        self.cull_fraction = cull_fraction;
+        self
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key when `record_limit` is 0 or `cull_fraction` is not
+    /// in `(0, 1]`.
+    pub fn validate(&self) -> Result<()> {
+        if self.record_limit == 0 {
+            return Err(Error::Config(
+                "dictdb record_limit must be at least 1".to_owned(),
+            ));
+        }
+        if !(self.cull_fraction > 0.0 && self.cull_fraction <= 1.0) {
+            return Err(Error::Config(format!(
+                "dictdb cull_fraction must be above 0 and at most 1, got {}",
+                self.cull_fraction
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The in-memory task database, ipyparallel's `DictDB` and the default store.
+///
+/// Records live in a map in insertion order behind a std mutex that is only held inside
+/// each method (never across an `.await`). `find` returns records ordered by `submitted`
+/// (records without one last), ties in insertion order.
+///
+/// # Culling
+/// As in ipyparallel, when a record is added or updated and the store holds more than
+/// `record_limit` records, the oldest (by `submitted`) `cull_fraction × record_limit` are
+/// dropped; when `buffers` + `result_buffers` exceed `size_limit` bytes, the oldest are
+/// dropped until the total is below `size_limit × (1 - cull_fraction)`.
+///
+/// Unlike ipyparallel, only **completed** records (with `completed` set) are ever culled: a
+/// pending task's record is still needed to record its result, so the limits can be
+/// exceeded while that many tasks are pending (logged once at `warn`). Culling is logged
+/// at `info` with the count and the reason, and the last 100,000 culled ids are
+/// remembered: `get` or `update` of one fails with [`Error::Culled`] instead of
+/// [`Error::NotFound`].
+#[derive(Debug)]
+pub struct DictDb {
+    config: DictDbConfig,
+    inner: Mutex<Inner>,
+}
+
+/// What the mutex guards.
+#[derive(Debug, Default)]
+struct Inner {
+    /// Records by insertion sequence number.
+    records: BTreeMap<u64, TaskRecord>,
+    /// `msg_id` → sequence number in `records`.
+    index: HashMap<String, u64>,
+    /// The next sequence number.
+    next_seq: u64,
+    /// Sum of [`TaskRecord::buffer_size`] over `records`.
+    buffer_bytes: u64,
+    /// Recently culled ids and the reason, bounded by [`CULLED_MEMORY`].
+    culled: HashMap<String, &'static str>,
+    /// The ids in `culled`, oldest first, to forget the oldest.
+    culled_order: VecDeque<String>,
+    /// Whether we already warned that limits are exceeded by pending records alone.
+    warned_uncullable: bool,
+}
+
+impl DictDb {
+    /// An empty store with the default limits.
+    pub fn new() -> Self {
+        Self {
+            config: DictDbConfig::default(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// An empty store with these limits.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the config is invalid (see [`DictDbConfig::validate`]).
+    pub fn with_config(config: DictDbConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            inner: Mutex::new(Inner::default()),
+        })
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &DictDbConfig {
+        &self.config
+    }
+
+    /// How many records are held.
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.lock("len")?.records.len())
+    }
+
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Total bytes of `buffers` + `result_buffers` held.
+    pub fn buffer_bytes(&self) -> Result<u64> {
+        Ok(self.lock("buffer_bytes")?.buffer_bytes)
+    }
+
+    /// Locks the records. A poisoned lock (a panic while it was held) is reported, not
+    /// trusted: the state it guards may be half-changed.
+    fn lock(&self, operation: &'static str) -> Result<MutexGuard<'_, Inner>> {
+        self.inner.lock().map_err(|_| Error::Backend {
+            backend: "dictdb",
+            operation,
+            source: "the record lock was poisoned by an earlier panic".into(),
+        })
+    }
+}
+
+impl Default for DictDb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for DictDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("dictdb")
+    }
+}
+
+impl Inner {
+    fn get(&self, msg_id: &str) -> Option<&TaskRecord> {
+        self.index.get(msg_id).and_then(|seq| self.records.get(seq))
+    }
+
+    /// The error for a `msg_id` that is not held: culled if we remember culling it.
+    fn missing(&self, msg_id: &str) -> Error {
+        match self.culled.get(msg_id) {
+            Some(reason) => Error::Culled {
+                msg_id: msg_id.to_owned(),
+                reason: (*reason).to_owned(),
+            },
+            None => Error::NotFound {
+                msg_id: msg_id.to_owned(),
+            },
+        }
+    }
+
+    fn remove(&mut self, msg_id: &str) -> Option<TaskRecord> {
+        let seq = self.index.remove(msg_id)?;
+        let record = self.records.remove(&seq)?;
+        self.buffer_bytes = self.buffer_bytes.saturating_sub(record.buffer_size());
+        Some(record)
+    }
+
+    fn remember_culled(&mut self, msg_id: String, reason: &'static str) {
+        if self.culled.insert(msg_id.clone(), reason).is_none() {
+            self.culled_order.push_back(msg_id);
+        }
+        while self.culled_order.len() > CULLED_MEMORY {
+            if let Some(old) = self.culled_order.pop_front() {
+                self.culled.remove(&old);
+            }
+        }
+    }
+
+    /// Completed records' ids, oldest `submitted` first (unset first), ties by insertion.
+    fn cull_candidates(&self) -> Vec<String> {
+        let mut candidates: Vec<(Option<Timestamp>, u64, &str)> = self
+            .records
+            .iter()
+            .filter(|(_, rec)| rec.completed.is_some())
+            .map(|(seq, rec)| (rec.submitted, *seq, rec.msg_id.as_str()))
+            .collect();
+        candidates.sort_unstable();
+        candidates
+            .into_iter()
+            .map(|(_, _, id)| id.to_owned())
+            .collect()
+    }
+
+    /// Applies both limits (see [`DictDb`]'s culling rules).
+    fn maybe_cull(&mut self, config: &DictDbConfig) {
+        if self.records.len() > config.record_limit {
+            // At least what brings us back to the limit, and at least one record.
+            let share = (config.cull_fraction * config.record_limit as f64) as usize;
+            let wanted = share.max(self.records.len() - config.record_limit).max(1);
+            let mut culled = 0;
+            for msg_id in self.cull_candidates().into_iter().take(wanted) {
+                self.remove(&msg_id);
+                self.remember_culled(msg_id, "record limit exceeded");
+                culled += 1;
+            }
+            self.report(culled, "record_limit", config.record_limit as u64);
+        }
+        if self.buffer_bytes > config.size_limit {
+            let target = (config.size_limit as f64 * (1.0 - config.cull_fraction)) as u64;
+            let mut culled = 0;
+            for msg_id in self.cull_candidates() {
+                if self.buffer_bytes <= target {
+                    break;
+                }
+                self.remove(&msg_id);
+                self.remember_culled(msg_id, "buffer size limit exceeded");
+                culled += 1;
+            }
+            self.report(culled, "size_limit", config.size_limit);
+        }
+    }
+
+    /// Logs a cull, or (once until a cull succeeds) that nothing could be culled.
+    fn report(&mut self, culled: usize, limit: &'static str, value: u64) {
+        if culled > 0 {
+            self.warned_uncullable = false;
+            tracing::info!(
+                culled,
+                reason = limit,
+                limit = value,
+                records = self.records.len(),
+                buffer_bytes = self.buffer_bytes,
+                "culled the oldest completed task records"
+            );
+        } else if !self.warned_uncullable {
+            self.warned_uncullable = true;
+            tracing::warn!(
+                reason = limit,
+                limit = value,
+                records = self.records.len(),
+                buffer_bytes = self.buffer_bytes,
+                "task database is over its limit but holds no completed record to cull"
+            );
+        }
+    }
+
+    /// Matching records ordered by `submitted` (unset last), ties by insertion.
+    fn matching<'a>(&'a self, query: &'a Query) -> Vec<&'a TaskRecord> {
+        let mut found: Vec<&TaskRecord> = self
+            .records
+            .values()
+            .filter(|rec| query.matches(rec))
+            .collect();
+        // Stable sort: insertion order breaks ties.
+        found.sort_by_key(|rec| (rec.submitted.is_none(), rec.submitted));
+        found
+    }
+}
+
+#[async_trait]
+impl Store for DictDb {
+    fn capabilities(&self) -> StoreCapabilities {
+        StoreCapabilities { records: true }
+    }
+
+    async fn add(&self, record: TaskRecord) -> Result<()> {
+        let mut inner = self.lock("add")?;
+        if inner.index.contains_key(&record.msg_id) {
+            return Err(Error::AlreadyExists {
+                msg_id: record.msg_id,
+            });
+        }
+        // A culled id that comes back (e.g. re-added by hand) is live again.
+        if inner.culled.remove(&record.msg_id).is_some() {
+            inner.culled_order.retain(|id| *id != record.msg_id);
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.buffer_bytes += record.buffer_size();
+        inner.index.insert(record.msg_id.clone(), seq);
+        inner.records.insert(seq, record);
+        inner.maybe_cull(&self.config);
+        Ok(())
+    }
+
+    async fn update(&self, msg_id: &str, update: RecordUpdate) -> Result<()> {
+        let mut inner = self.lock("update")?;
+        let seq = match inner.index.get(msg_id) {
+            Some(seq) => *seq,
+            None => return Err(inner.missing(msg_id)),
+        };
+        let Some(record) = inner.records.get_mut(&seq) else {
+            return Err(inner.missing(msg_id));
+        };
+        let before = record.buffer_size();
+        record.apply(update);
+        let after = record.buffer_size();
+        inner.buffer_bytes = inner.buffer_bytes.saturating_sub(before) + after;
+        // Results arrive by update, so this is where buffers grow and records complete.
+        inner.maybe_cull(&self.config);
+        Ok(())
+    }
+
+    async fn get(&self, msg_id: &str) -> Result<TaskRecord> {
+        let inner = self.lock("get")?;
+        inner
+            .get(msg_id)
+            .cloned()
+            .ok_or_else(|| inner.missing(msg_id))
+    }
+
+    async fn find(&self, query: &Query, keys: Option<&[RecordKey]>) -> Result<Vec<TaskRecord>> {
+        let inner = self.lock("find")?;
+        let found = inner.matching(query);
+        Ok(match keys {
+            Some(keys) => found.into_iter().map(|rec| rec.project(keys)).collect(),
+            None => found.into_iter().cloned().collect(),
+        })
+    }
+
+    async fn drop_matching(&self, query: &Query) -> Result<usize> {
+        let mut inner = self.lock("drop_matching")?;
+        let ids: Vec<String> = inner
+            .records
+            .values()
+            .filter(|rec| query.matches(rec))
+            .map(|rec| rec.msg_id.clone())
+            .collect();
+        for id in &ids {
+            inner.remove(id);
+        }
+        Ok(ids.len())
+    }
+
+    async fn drop_records(&self, msg_ids: &[String]) -> Result<()> {
+        let mut inner = self.lock("drop_records")?;
+        for id in msg_ids {
+            inner.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn history(&self) -> Result<Vec<String>> {
+        let inner = self.lock("history")?;
+        let mut dated: Vec<(Timestamp, u64, &str)> = inner
+            .records
+            .iter()
+            .filter_map(|(seq, rec)| Some((rec.submitted?, *seq, rec.msg_id.as_str())))
+            .collect();
+        dated.sort_unstable();
+        Ok(dated.into_iter().map(|(_, _, id)| id.to_owned()).collect())
+    }
+}
