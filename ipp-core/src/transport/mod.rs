@@ -18,7 +18,7 @@
 //! - `bind` to port 0 reports the port actually bound in [`Socket::address`].
 //! - Dropping both halves of a socket closes it and stops its task.
 
-// pub mod memory;
+pub mod memory;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 
-// pub use memory::MemoryTransport;
+pub use memory::MemoryTransport;
 
 /// One multipart message.
 pub type Frames = Vec<Bytes>;
@@ -118,7 +118,8 @@ pub trait Transport: fmt::Debug + fmt::Display + Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Error::Address`] for an address this transport cannot use or cannot bind.
-    async fn bind(&self, kind: SocketKind, address: &str, options: SocketOptions) -> Result<Socket>;
+    async fn bind(&self, kind: SocketKind, address: &str, options: SocketOptions)
+        -> Result<Socket>;
 
     /// Connects a socket to `address`; the connection is (re)established in the background.
     ///
@@ -134,7 +135,12 @@ pub trait Transport: fmt::Debug + fmt::Display + Send + Sync + 'static {
 
 #[async_trait]
 impl<T: Transport + ?Sized> Transport for Arc<T> {
-    async fn bind(&self, kind: SocketKind, address: &str, options: SocketOptions) -> Result<Socket> {
+    async fn bind(
+        &self,
+        kind: SocketKind,
+        address: &str,
+        options: SocketOptions,
+    ) -> Result<Socket> {
         (**self).bind(kind, address, options).await
     }
 
