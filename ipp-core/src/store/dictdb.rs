@@ -403,3 +403,243 @@ impl Store for DictDb {
         Ok(dated.into_iter().map(|(_, _, id)| id.to_owned()).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex as StdMutex};
+
+    use bytes::Bytes;
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::store::{Condition, QueryValue};
+    use crate::testing::store as suite;
+
+    /// A DictDb large enough for every conformance check (`find_10k_records`).
+    fn conformance_store() -> DictDb {
+        DictDb::with_config(DictDbConfig::default().with_record_limit(100_000)).unwrap()
+    }
+
+    macro_rules! conformance {
+        ($($check:ident),* $(,)?) => {$(
+            #[tokio::test]
+            async fn $check() {
+                suite::$check(&conformance_store()).await;
+            }
+        )*
+            #[test]
+            fn conformance_list_is_complete() {
+                let ours = [$(stringify!($check)),*];
+                assert_eq!(ours.as_slice(), suite::CHECKS);
+            }
+        };
+    }
+
+    conformance!(
+        add_then_get_round_trips_every_field,
+        add_twice_is_already_exists,
+        update_changes_only_given_fields,
+        get_unknown_is_not_found,
+        string_operators,
+        date_operators,
+        combined_conditions,
+        in_and_nin,
+        ne_null_means_present,
+        key_projection,
+        drop_matching,
+        drop_records,
+        history_in_submission_order,
+        find_10k_records,
+        nodb_answers_reads_with_unsupported,
+    );
+
+    #[tokio::test]
+    async fn run_all_passes_on_a_shared_arc() {
+        suite::run_all(|| async { Arc::new(conformance_store()) }).await;
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        crate::protocol::date::parse("2026-01-01T00:00:00Z").unwrap() + TimeDelta::seconds(secs)
+    }
+
+    fn record(n: i64, completed: bool, bytes: usize) -> TaskRecord {
+        let mut rec = TaskRecord::new(format!("m{n}"));
+        rec.submitted = Some(at(n));
+        rec.completed = completed.then(|| at(n + 1));
+        if bytes > 0 {
+            rec.result_buffers = vec![Bytes::from(vec![0u8; bytes])];
+        }
+        rec
+    }
+
+    /// Collects the text of `info`/`warn` events (message and fields) while `f` runs.
+    fn capture_logs(f: impl FnOnce()) -> Vec<String> {
+        use tracing::field::{Field, Visit};
+        use tracing::span::{Attributes, Id, Record};
+        use tracing::{Event, Metadata, Subscriber};
+
+        struct Capture(Arc<StdMutex<Vec<String>>>);
+        struct Text(String);
+        impl Visit for Text {
+            fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+                self.0.push_str(&format!("{}={:?} ", field.name(), value));
+            }
+        }
+        impl Subscriber for Capture {
+            fn enabled(&self, _: &Metadata<'_>) -> bool {
+                true
+            }
+            fn new_span(&self, _: &Attributes<'_>) -> Id {
+                Id::from_u64(1)
+            }
+            fn record(&self, _: &Id, _: &Record<'_>) {}
+            fn record_follows_from(&self, _: &Id, _: &Id) {}
+            fn event(&self, event: &Event<'_>) {
+                let mut text = Text(format!("{} ", event.metadata().level()));
+                event.record(&mut text);
+                self.0.lock().unwrap().push(text.0);
+            }
+            fn enter(&self, _: &Id) {}
+            fn exit(&self, _: &Id) {}
+        }
+
+        let lines = Arc::new(StdMutex::new(Vec::new()));
+        tracing::subscriber::with_default(Capture(Arc::clone(&lines)), f);
+        let lines = lines.lock().unwrap().clone();
+        lines
+    }
+
+    #[test]
+    fn config_defaults_match_ipyparallel_and_unknown_keys_are_rejected() {
+        let config = DictDbConfig::default();
+        assert_eq!(
+            (config.record_limit, config.size_limit, config.cull_fraction),
+            (1024, 1 << 30, 0.1)
+        );
+        let parsed: DictDbConfig = serde_json::from_str(r#"{"record_limit": 5}"#).unwrap();
+        assert_eq!(parsed, DictDbConfig::default().with_record_limit(5));
+        let err = serde_json::from_str::<DictDbConfig>(r#"{"records": 5}"#).unwrap_err();
+        assert!(err.to_string().contains("records"), "{err}");
+        for bad in [
+            DictDbConfig::default().with_record_limit(0),
+            DictDbConfig::default().with_cull_fraction(0.0),
+            DictDbConfig::default().with_cull_fraction(1.5),
+            DictDbConfig::default().with_cull_fraction(f64::NAN),
+        ] {
+            assert!(matches!(DictDb::with_config(bad), Err(Error::Config(_))));
+        }
+        assert_eq!(DictDb::new().to_string(), "dictdb");
+    }
+
+    #[test]
+    fn record_limit_culls_the_oldest_completed_share_and_logs_it() {
+        let db = DictDb::with_config(DictDbConfig::default().with_record_limit(10)).unwrap();
+        let logs = capture_logs(|| {
+            futures::executor::block_on(async {
+                // Added newest-first, so insertion order is not submission order.
+                for n in (0..11).rev() {
+                    db.add(record(n, true, 0)).await.unwrap();
+                }
+            });
+        });
+        // 11 > 10: cull max(10 × 0.1, 11 - 10) = 1, the oldest by `submitted`.
+        assert_eq!(db.len().unwrap(), 10);
+        let culled = futures::executor::block_on(db.get("m0")).unwrap_err();
+        match culled {
+            Error::Culled { msg_id, reason } => {
+                assert_eq!(msg_id, "m0");
+                assert!(reason.contains("record limit"), "{reason}");
+            }
+            other => panic!("expected Culled, got {other:?}"),
+        }
+        let update = futures::executor::block_on(db.update("m0", RecordUpdate::new()));
+        assert!(matches!(update, Err(Error::Culled { .. })), "{update:?}");
+        assert!(
+            logs.iter().any(|line| line.starts_with("INFO")
+                && line.contains("culled=1")
+                && line.contains("record_limit")),
+            "{logs:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_records_are_never_culled() {
+        let db = DictDb::with_config(DictDbConfig::default().with_record_limit(4)).unwrap();
+        for n in 0..3 {
+            db.add(record(n, false, 0)).await.unwrap(); // old, pending
+        }
+        for n in 3..8 {
+            db.add(record(n, true, 0)).await.unwrap();
+        }
+        // Only completed records went; the three oldest, pending, are all still here.
+        for n in 0..3 {
+            db.get(&format!("m{n}")).await.unwrap();
+        }
+        assert!(matches!(db.get("m3").await, Err(Error::Culled { .. })));
+        assert_eq!(db.len().unwrap(), 4);
+
+        // Over the limit with nothing completed: keeps everything.
+        for n in 8..12 {
+            db.add(record(n, false, 0)).await.unwrap();
+        }
+        let pending = Query::new().and(RecordKey::Completed, Condition::Eq(QueryValue::Null));
+        assert_eq!(db.find(&pending, None).await.unwrap().len(), 7);
+    }
+
+    #[tokio::test]
+    async fn size_limit_culls_oldest_completed_until_below_the_fraction() {
+        let config = DictDbConfig::default()
+            .with_size_limit(1000)
+            .with_cull_fraction(0.5);
+        let db = DictDb::with_config(config).unwrap();
+        db.add(record(0, false, 300)).await.unwrap(); // pending: stays
+        for n in 1..4 {
+            db.add(record(n, true, 200)).await.unwrap();
+        }
+        assert_eq!(db.buffer_bytes().unwrap(), 900);
+        // The result of m4 arrives by update and pushes the total to 1100 > 1000: cull the
+        // oldest completed until at most 500 bytes remain: m1, m2, m3 (300 left).
+        db.add(record(4, false, 0)).await.unwrap();
+        let update = RecordUpdate {
+            completed: Some(at(5)),
+            result_buffers: Some(vec![Bytes::from(vec![1u8; 200])]),
+            ..RecordUpdate::new()
+        };
+        db.update("m4", update).await.unwrap();
+        assert_eq!(db.buffer_bytes().unwrap(), 500);
+        assert_eq!(db.history().await.unwrap(), ["m0", "m4"]);
+        match db.get("m2").await {
+            Err(Error::Culled { reason, .. }) => assert!(reason.contains("size"), "{reason}"),
+            other => panic!("expected Culled, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_record_is_not_found_and_a_culled_one_can_come_back() {
+        let db = DictDb::with_config(DictDbConfig::default().with_record_limit(1)).unwrap();
+        db.add(record(0, true, 0)).await.unwrap();
+        db.add(record(1, true, 0)).await.unwrap();
+        assert!(matches!(db.get("m0").await, Err(Error::Culled { .. })));
+        db.drop_records(&["m1".to_owned()]).await.unwrap();
+        assert!(matches!(db.get("m1").await, Err(Error::NotFound { .. })));
+        db.add(record(0, false, 0)).await.unwrap();
+        assert_eq!(db.get("m0").await.unwrap(), record(0, false, 0));
+        assert!(db.is_empty().map(|empty| !empty).unwrap());
+    }
+
+    #[tokio::test]
+    async fn find_orders_by_submitted_with_undated_records_last() {
+        let db = DictDb::new();
+        db.add(TaskRecord::new("stub")).await.unwrap();
+        db.add(record(5, false, 0)).await.unwrap();
+        db.add(record(1, false, 0)).await.unwrap();
+        let ids: Vec<String> = db
+            .find(&Query::all(), Some(&[]))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|rec| rec.msg_id)
+            .collect();
+        assert_eq!(ids, ["m1", "m5", "stub"]);
+    }
+}

@@ -76,3 +76,27 @@ impl Store for NoDb {
         Self::unsupported("task history")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::store as suite;
+
+    #[tokio::test]
+    async fn nodb_answers_reads_with_unsupported() {
+        suite::nodb_answers_reads_with_unsupported(&NoDb).await;
+    }
+
+    #[tokio::test]
+    async fn every_record_check_is_skipped_not_failed() {
+        suite::run_all(|| async { NoDb::new() }).await;
+    }
+
+    #[tokio::test]
+    async fn unsupported_names_nodb() {
+        let err = NoDb.history().await.unwrap_err();
+        assert_eq!(err.to_string(), "nodb does not support task history");
+        assert_eq!(NoDb.to_string(), "nodb");
+        assert!(!NoDb.capabilities().records);
+    }
+}
