@@ -116,6 +116,9 @@ impl Error {
 
     /// Whether retrying the same call later may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, Self::Timeout { .. } | Self::Backend { .. } | Self::Io { .. })
+        matches!(
+            self,
+            Self::Timeout { .. } | Self::Backend { .. } | Self::Io { .. }
+        )
     }
 }

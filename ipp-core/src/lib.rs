@@ -6,8 +6,10 @@
 //! in-memory implementation here so the controller can be tested without any backend;
 //! the ZeroMQ transport lives in `ipp-transport-zmq`.
 
+pub mod controller;
 pub mod error;
 pub mod protocol;
+pub mod scheduler;
 pub mod store;
 pub mod transport;
 

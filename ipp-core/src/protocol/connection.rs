@@ -132,7 +132,11 @@ impl ConnectionFiles {
     ///
     /// # Errors
     /// [`Error::Io`] when a file cannot be written.
-    pub fn write(&self, client: &ClientConnectionInfo, engine: &EngineConnectionInfo) -> Result<()> {
+    pub fn write(
+        &self,
+        client: &ClientConnectionInfo,
+        engine: &EngineConnectionInfo,
+    ) -> Result<()> {
         write_private_json(&self.client, client)?;
         write_private_json(&self.engine, engine)
     }
@@ -176,8 +180,12 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         operation: format!("reading {}", path.display()),
         source,
     })?;
-    serde_json::from_str(&text)
-        .map_err(|err| Error::Config(format!("{} is not a valid connection file: {err}", path.display())))
+    serde_json::from_str(&text).map_err(|err| {
+        Error::Config(format!(
+            "{} is not a valid connection file: {err}",
+            path.display()
+        ))
+    })
 }
 
 fn write_private_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -256,9 +264,15 @@ mod tests {
     #[test]
     fn files_are_named_like_ipyparallel() {
         let files = ConnectionFiles::in_profile(Path::new("/p"), "x");
-        assert_eq!(files.client, Path::new("/p/security/ipcontroller-x-client.json"));
+        assert_eq!(
+            files.client,
+            Path::new("/p/security/ipcontroller-x-client.json")
+        );
         let files = ConnectionFiles::in_profile(Path::new("/p"), "");
-        assert_eq!(files.engine, Path::new("/p/security/ipcontroller-engine.json"));
+        assert_eq!(
+            files.engine,
+            Path::new("/p/security/ipcontroller-engine.json")
+        );
     }
 
     #[test]
@@ -267,10 +281,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = ConnectionFiles::in_profile(dir.path(), "");
         files.write(&client(), &engine()).unwrap();
-        let mode = std::fs::metadata(&files.client).unwrap().permissions().mode();
+        let mode = std::fs::metadata(&files.client)
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let text = std::fs::read_to_string(&files.client).unwrap();
-        assert!(text.starts_with("{\n  \"ssh\": \"\",\n  \"interface\""), "{text}");
+        assert!(
+            text.starts_with("{\n  \"ssh\": \"\",\n  \"interface\""),
+            "{text}"
+        );
         assert_eq!(files.read().unwrap(), (client(), engine()));
         files.remove();
         assert!(!files.client.exists());

@@ -34,7 +34,10 @@ mod tests {
 
     #[test]
     fn key_errors_quote_like_python() {
-        assert_eq!(key_error_value("No such message: x"), "'No such message: x'");
+        assert_eq!(
+            key_error_value("No such message: x"),
+            "'No such message: x'"
+        );
         assert_eq!(key_error_value("uuid 'x' in use"), "\"uuid 'x' in use\"");
     }
 

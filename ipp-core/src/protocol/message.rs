@@ -188,7 +188,8 @@ impl WireMessage {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(frame: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(frame).map_err(|err| Error::invalid_message(format!("bad {what}: {err}")))
+    serde_json::from_slice(frame)
+        .map_err(|err| Error::invalid_message(format!("bad {what}: {err}")))
 }
 
 #[cfg(test)]
@@ -227,7 +228,8 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_json() {
-        let wire = WireMessage::split(frames(&[DELIMITER, b"", b"{", b"{}", b"{}", b"{}"])).unwrap();
+        let wire =
+            WireMessage::split(frames(&[DELIMITER, b"", b"{", b"{}", b"{}", b"{}"])).unwrap();
         assert!(wire.parse().is_err());
     }
 }

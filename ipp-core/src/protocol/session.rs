@@ -90,7 +90,11 @@ impl SigningKey {
 
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = if self.is_enabled() { "<redacted>" } else { "<none>" };
+        let state = if self.is_enabled() {
+            "<redacted>"
+        } else {
+            "<none>"
+        };
         f.debug_struct("SigningKey").field("key", &state).finish()
     }
 }

@@ -1,0 +1,71 @@
+//! Settings of a controller.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How a controller is set up: addresses, heartbeat, scheduling and limits.
+///
+/// Keys follow ipyparallel's configuration names where one exists (`HeartMonitor.period`
+/// is `heartbeat_period_ms`, `TaskScheduler.hwm` is `hwm`, …).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ControllerConfig {
+    /// IP address every socket binds to. Default `127.0.0.1` (loopback only).
+    pub ip: String,
+    /// Host name written into the connection files as `location`.
+    pub location: String,
+    /// Ports to draw from, in order, before falling back to random free ports.
+    pub ports: Vec<u16>,
+    /// The HMAC key; empty disables signing (not recommended).
+    pub key: String,
+    /// Heartbeat period in milliseconds (`--ping`, ipyparallel's `HeartMonitor.period`).
+    pub heartbeat_period_ms: u64,
+    /// Consecutive missed heartbeats after which an engine is unregistered
+    /// (`HeartMonitor.max_heartmonitor_misses`; the engine goes on the next miss).
+    pub heartbeat_max_misses: u32,
+    /// Seconds a registering engine has to send its first heartbeat.
+    pub registration_timeout_s: u64,
+    /// The load-balancing scheme's name (`--scheme`).
+    pub scheme: String,
+    /// Most tasks outstanding per engine from the task scheduler; 0 = unlimited.
+    pub hwm: usize,
+    /// Number of broadcast leaf sockets engines connect to (ipyparallel's default is 2).
+    pub broadcast_leaves: usize,
+    /// Capacity of the queues between the schedulers and the Hub.
+    pub event_queue: usize,
+    /// Largest message, in bytes, the controller accepts from a client (summed over frames).
+    pub max_message_bytes: usize,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            ip: "127.0.0.1".to_owned(),
+            location: "localhost".to_owned(),
+            ports: Vec::new(),
+            key: crate::protocol::new_id(),
+            heartbeat_period_ms: 3000,
+            heartbeat_max_misses: 10,
+            registration_timeout_s: 30,
+            scheme: "leastload".to_owned(),
+            hwm: 1,
+            broadcast_leaves: 2,
+            event_queue: 65_536,
+            max_message_bytes: 1 << 30,
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// The heartbeat period.
+    pub fn heartbeat_period(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_period_ms.max(1))
+    }
+
+    /// How long after its last beat an engine is declared dead, at most.
+    pub fn heartbeat_deadline(&self) -> Duration {
+        self.heartbeat_period() * (self.heartbeat_max_misses + 2)
+    }
+}

@@ -1,0 +1,41 @@
+//! What the relays and schedulers tell the Hub, and what the Hub tells the task scheduler.
+
+use crate::protocol::WireMessage;
+
+/// Something the Hub must record or act on. Relays hand over the frames they routed; the
+/// Hub parses them off the routing path.
+#[derive(Debug)]
+pub(crate) enum HubEvent {
+    /// A direct request went to an engine (`in`): frames `[uuid, client_rid, DELIM, …]`.
+    MuxRequest(WireMessage),
+    /// A direct reply came back (`out`): frames `[client_rid, uuid, DELIM, …]`.
+    MuxReply(WireMessage),
+    /// A load-balanced task arrived (`intask`).
+    TaskSubmitted(WireMessage),
+    /// A task was sent to an engine (`tracktask`).
+    TaskAssigned { msg_id: String, engine: String },
+    /// A task's final reply (`outtask`), from an engine or made by the scheduler.
+    TaskResult(WireMessage),
+    /// An IOPub message an engine published.
+    Iopub(WireMessage),
+    /// Engines whose first heartbeat arrived.
+    HeartsStarted(Vec<String>),
+    /// Engines that missed too many heartbeats.
+    HeartsStopped(Vec<String>),
+}
+
+/// Engine membership, as the Hub tells the task scheduler.
+#[derive(Debug, Clone)]
+pub(crate) enum EngineEvent {
+    /// An engine finished registering.
+    Registered { uuid: String },
+    /// An engine is gone; its outstanding tasks must fail or be retried.
+    Unregistered { uuid: String },
+}
+
+/// A task the Hub resubmits, as if a client had sent it on the task port.
+#[derive(Debug)]
+pub(crate) struct Resubmission {
+    /// The signed frames, starting at the delimiter.
+    pub(crate) wire: WireMessage,
+}

@@ -1,0 +1,219 @@
+//! The Hub's engine table: ids, uuids, pending registrations and per-engine queues.
+
+use std::collections::{BTreeMap, HashMap};
+
+use indexmap::IndexSet;
+use tokio::time::Instant;
+
+/// One registered engine and the work the Hub knows it has.
+#[derive(Debug)]
+pub(crate) struct EngineEntry {
+    pub(crate) id: u32,
+    pub(crate) uuid: String,
+    /// Direct requests sent to it and not yet answered.
+    pub(crate) queue: IndexSet<String>,
+    /// Load-balanced tasks assigned to it and not yet answered.
+    pub(crate) tasks: IndexSet<String>,
+    /// Requests it finished (aborted tasks excluded).
+    pub(crate) completed: Vec<String>,
+}
+
+/// A registration waiting for the engine's first heartbeat.
+#[derive(Debug)]
+struct PendingRegistration {
+    id: u32,
+    deadline: Instant,
+}
+
+/// Why a registration was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RegisterError {
+    /// The uuid is registered or registering already.
+    UuidInUse,
+}
+
+/// Engine ids and uuids, live and registering.
+#[derive(Debug, Default)]
+pub(crate) struct Engines {
+    by_id: BTreeMap<u32, EngineEntry>,
+    by_uuid: HashMap<String, u32>,
+    pending: HashMap<String, PendingRegistration>,
+    next_id: u32,
+}
+
+impl Engines {
+    /// Starts a registration: the requested id if free, else the next counter value.
+    /// Ids are never reused while the Hub lives.
+    pub(crate) fn begin_registration(
+        &mut self,
+        uuid: &str,
+        requested: Option<u32>,
+        deadline: Instant,
+    ) -> Result<u32, RegisterError> {
+        if self.by_uuid.contains_key(uuid) || self.pending.contains_key(uuid) {
+            return Err(RegisterError::UuidInUse);
+        }
+        let taken =
+            |id: u32| self.by_id.contains_key(&id) || self.pending.values().any(|p| p.id == id);
+        let id = match requested {
+            Some(id) if !taken(id) => {
+                self.next_id = self.next_id.max(id.saturating_add(1));
+                id
+            }
+            _ => {
+                while taken(self.next_id) {
+                    self.next_id += 1;
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                id
+            }
+        };
+        self.pending
+            .insert(uuid.to_owned(), PendingRegistration { id, deadline });
+        Ok(id)
+    }
+
+    /// Completes a pending registration; returns its id, or `None` if it was not pending.
+    pub(crate) fn complete_registration(&mut self, uuid: &str) -> Option<u32> {
+        let pending = self.pending.remove(uuid)?;
+        self.by_uuid.insert(uuid.to_owned(), pending.id);
+        self.by_id.insert(
+            pending.id,
+            EngineEntry {
+                id: pending.id,
+                uuid: uuid.to_owned(),
+                queue: IndexSet::new(),
+                tasks: IndexSet::new(),
+                completed: Vec::new(),
+            },
+        );
+        Some(pending.id)
+    }
+
+    /// Cancels a pending registration by uuid or id; true if one was pending.
+    pub(crate) fn cancel_pending(&mut self, uuid: Option<&str>, id: Option<u32>) -> bool {
+        let before = self.pending.len();
+        self.pending
+            .retain(|pending_uuid, p| Some(pending_uuid.as_str()) != uuid && Some(p.id) != id);
+        self.pending.len() != before
+    }
+
+    /// Drops registrations whose engines never sent a heartbeat in time.
+    pub(crate) fn purge_stalled(&mut self, now: Instant) -> Vec<(String, u32)> {
+        let stalled: Vec<(String, u32)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(uuid, p)| (uuid.clone(), p.id))
+            .collect();
+        for (uuid, _) in &stalled {
+            self.pending.remove(uuid);
+        }
+        stalled
+    }
+
+    /// Removes a registered engine.
+    pub(crate) fn remove(&mut self, id: u32) -> Option<EngineEntry> {
+        let entry = self.by_id.remove(&id)?;
+        self.by_uuid.remove(&entry.uuid);
+        Some(entry)
+    }
+
+    /// The id of a registered engine.
+    pub(crate) fn id_of(&self, uuid: &str) -> Option<u32> {
+        self.by_uuid.get(uuid).copied()
+    }
+
+    /// A registered engine by uuid.
+    pub(crate) fn by_uuid_mut(&mut self, uuid: &str) -> Option<&mut EngineEntry> {
+        let id = self.by_uuid.get(uuid)?;
+        self.by_id.get_mut(id)
+    }
+
+    /// A registered engine by id.
+    pub(crate) fn get(&self, id: u32) -> Option<&EngineEntry> {
+        self.by_id.get(&id)
+    }
+
+    /// Every registered engine, by id.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &EngineEntry> {
+        self.by_id.values()
+    }
+
+    /// Finds an engine by id or uuid as a client names it (an int, or a string).
+    pub(crate) fn resolve(&self, target: &serde_json::Value) -> Option<u32> {
+        match target {
+            serde_json::Value::Number(n) => {
+                let id = u32::try_from(n.as_u64()?).ok()?;
+                self.by_id.contains_key(&id).then_some(id)
+            }
+            serde_json::Value::String(s) => self
+                .by_uuid
+                .get(s)
+                .copied()
+                .or_else(|| s.parse().ok().filter(|id| self.by_id.contains_key(id))),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn later() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(30)
+    }
+
+    #[test]
+    fn ids_count_up_and_are_never_reused() {
+        let mut engines = Engines::default();
+        assert_eq!(engines.begin_registration("a", None, later()), Ok(0));
+        engines.complete_registration("a");
+        engines.remove(0);
+        assert_eq!(engines.begin_registration("b", None, later()), Ok(1));
+    }
+
+    #[test]
+    fn a_free_requested_id_is_granted_and_moves_the_counter() {
+        let mut engines = Engines::default();
+        assert_eq!(engines.begin_registration("a", Some(5), later()), Ok(5));
+        assert_eq!(engines.begin_registration("b", Some(5), later()), Ok(6));
+        assert_eq!(engines.begin_registration("c", None, later()), Ok(7));
+    }
+
+    #[test]
+    fn a_uuid_in_use_is_refused() {
+        let mut engines = Engines::default();
+        engines.begin_registration("a", None, later()).unwrap();
+        assert_eq!(
+            engines.begin_registration("a", None, later()),
+            Err(RegisterError::UuidInUse)
+        );
+        engines.complete_registration("a");
+        assert_eq!(
+            engines.begin_registration("a", None, later()),
+            Err(RegisterError::UuidInUse)
+        );
+    }
+
+    #[test]
+    fn stalled_registrations_are_purged() {
+        let mut engines = Engines::default();
+        let now = Instant::now();
+        engines.begin_registration("a", None, now).unwrap();
+        assert_eq!(engines.purge_stalled(now), vec![("a".to_owned(), 0)]);
+        assert_eq!(engines.complete_registration("a"), None);
+    }
+
+    #[test]
+    fn targets_resolve_by_id_or_uuid() {
+        let mut engines = Engines::default();
+        engines.begin_registration("a", None, later()).unwrap();
+        engines.complete_registration("a");
+        assert_eq!(engines.resolve(&serde_json::json!(0)), Some(0));
+        assert_eq!(engines.resolve(&serde_json::json!("a")), Some(0));
+        assert_eq!(engines.resolve(&serde_json::json!(3)), None);
+    }
+}

@@ -1,0 +1,345 @@
+//! The Hub: registration, engine membership, the task table and every query clients send.
+
+mod engines;
+mod queries;
+mod records;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexSet;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use self::engines::{Engines, RegisterError};
+use super::events::{EngineEvent, HubEvent, Resubmission};
+use super::relay::{accept_from_peer, WarnOnce};
+use crate::protocol::{error_content, key_error_value, EngineConnectionInfo, Message, Session};
+use crate::store::Store;
+use crate::transport::{Frames, Socket, SocketSender};
+
+/// The channels and sockets the Hub is wired to.
+pub(crate) struct HubParts {
+    pub(crate) session: Arc<Session>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) engine_info: EngineConnectionInfo,
+    pub(crate) heartbeat_period: Duration,
+    pub(crate) registration_timeout: Duration,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) query: Socket,
+    pub(crate) notification: Socket,
+    pub(crate) events: mpsc::Receiver<HubEvent>,
+    pub(crate) engine_events: mpsc::Sender<EngineEvent>,
+    pub(crate) forget_heart: mpsc::Sender<String>,
+    pub(crate) resubmit: mpsc::Sender<Resubmission>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The Hub's state; one task owns it.
+pub(crate) struct Hub {
+    session: Arc<Session>,
+    store: Arc<dyn Store>,
+    engine_info: EngineConnectionInfo,
+    heartbeat_period: Duration,
+    registration_timeout: Duration,
+    max_message_bytes: usize,
+    query_tx: SocketSender,
+    notify_tx: SocketSender,
+    engine_events: mpsc::Sender<EngineEvent>,
+    forget_heart: mpsc::Sender<String>,
+    resubmit: mpsc::Sender<Resubmission>,
+    shutdown: CancellationToken,
+    engines: Engines,
+    /// Requests (direct and load-balanced) without a result yet.
+    pending: HashSet<String>,
+    /// Load-balanced tasks not yet sent to an engine.
+    unassigned: IndexSet<String>,
+    /// Requests whose result the Hub has seen.
+    completed: HashSet<String>,
+    warned: WarnOnce,
+    warned_store: bool,
+}
+
+/// Runs the Hub until shutdown.
+pub(crate) async fn run_hub(parts: HubParts) {
+    let HubParts {
+        session,
+        store,
+        engine_info,
+        heartbeat_period,
+        registration_timeout,
+        max_message_bytes,
+        query,
+        notification,
+        mut events,
+        engine_events,
+        forget_heart,
+        resubmit,
+        shutdown,
+    } = parts;
+    let (query_tx, mut query_rx) = query.split();
+    let (notify_tx, _) = notification.split();
+    let mut hub = Hub {
+        session,
+        store,
+        engine_info,
+        heartbeat_period,
+        registration_timeout,
+        max_message_bytes,
+        query_tx,
+        notify_tx,
+        engine_events,
+        forget_heart,
+        resubmit,
+        shutdown: shutdown.clone(),
+        engines: Engines::default(),
+        pending: HashSet::new(),
+        unassigned: IndexSet::new(),
+        completed: HashSet::new(),
+        warned: WarnOnce::default(),
+        warned_store: false,
+    };
+    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        // All branches are cancel-safe: channel and socket `recv`, interval `tick`.
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            frames = query_rx.recv() => {
+                let Ok(frames) = frames else { break };
+                hub.handle_query(frames).await;
+            }
+            event = events.recv() => {
+                let Some(event) = event else { break };
+                hub.handle_event(event).await;
+            }
+            _ = housekeeping.tick() => hub.purge_stalled_registrations(),
+        }
+    }
+}
+
+impl Hub {
+    /// Sends a signed message to a peer of the query socket.
+    async fn send_to(&self, idents: Vec<bytes::Bytes>, mut msg: Message) {
+        msg.idents = idents;
+        if let Err(err) = self.query_tx.send(self.session.serialize(&msg)).await {
+            tracing::debug!(error = %err, "query socket closed");
+        }
+    }
+
+    /// Publishes a notification (topic-less, parent `{}` unless given).
+    async fn notify(&self, msg: Message) {
+        if let Err(err) = self.notify_tx.send(self.session.serialize(&msg)).await {
+            tracing::debug!(error = %err, "notification socket closed");
+        }
+    }
+
+    async fn handle_query(&mut self, frames: Frames) {
+        let Some(wire) = accept_from_peer(
+            frames,
+            &self.session,
+            self.max_message_bytes,
+            &mut self.warned,
+            "registration",
+        ) else {
+            return;
+        };
+        let peer = wire.idents.first().cloned().unwrap_or_default();
+        let parsed = self
+            .session
+            .remember_signature(&wire)
+            .and_then(|()| wire.parse());
+        let msg = match parsed {
+            Ok(msg) => msg,
+            Err(err) => {
+                if self.warned.first(&peer) {
+                    tracing::warn!(peer = %super::relay::peer_name(&peer), error = %err,
+                        "dropped an unreadable query");
+                }
+                return;
+            }
+        };
+        tracing::debug!(msg_type = %msg.header.msg_type, msg_id = %msg.header.msg_id, "query");
+        match msg.header.msg_type.as_str() {
+            "registration_request" => self.register_engine(msg).await,
+            "unregistration_request" => self.unregistration_request(&msg).await,
+            "connection_request" => self.connection_request(msg).await,
+            "queue_request" => self.queue_request(msg).await,
+            "result_request" => self.result_request(msg).await,
+            "history_request" => self.history_request(msg).await,
+            "db_request" => self.db_request(msg).await,
+            "purge_request" => self.purge_request(msg).await,
+            "resubmit_request" => self.resubmit_request(msg).await,
+            "shutdown_request" => self.shutdown_request(msg).await,
+            "load_request" => self.load_request(msg).await,
+            "stop_distributed_request" => {
+                let reply = json!({"status": "ok"});
+                self.answer(&msg, "stop_distributed_reply", reply).await;
+            }
+            "become_dask_request" => {
+                let error = error_content(
+                    "NotImplementedError",
+                    "this controller does not run a dask scheduler",
+                );
+                self.answer(&msg, "hub_error", error).await;
+            }
+            other => {
+                let evalue = key_error_value(&format!("Bad Message Type: '{other}'"));
+                let error = error_content("KeyError", &evalue);
+                self.answer(&msg, "hub_error", error).await;
+            }
+        }
+    }
+
+    /// Replies to a query with `parent = request header`.
+    async fn answer(&self, request: &Message, msg_type: &str, content: Value) {
+        let reply = self.session.reply(&request.header, msg_type, content);
+        self.send_to(request.idents.clone(), reply).await;
+    }
+
+    async fn handle_event(&mut self, event: HubEvent) {
+        match event {
+            HubEvent::MuxRequest(wire) => self.record_mux_request(wire).await,
+            HubEvent::MuxReply(wire) => self.record_mux_reply(wire).await,
+            HubEvent::TaskSubmitted(wire) => self.record_task_request(wire).await,
+            HubEvent::TaskAssigned { msg_id, engine } => {
+                self.record_task_assignment(msg_id, engine).await;
+            }
+            HubEvent::TaskResult(wire) => self.record_task_result(wire).await,
+            HubEvent::Iopub(wire) => self.record_iopub(wire).await,
+            HubEvent::HeartsStarted(uuids) => {
+                for uuid in uuids {
+                    self.finish_registration(&uuid).await;
+                }
+            }
+            HubEvent::HeartsStopped(uuids) => {
+                for uuid in uuids {
+                    if let Some(id) = self.engines.id_of(&uuid) {
+                        tracing::warn!(engine.id = id, engine.uuid = %uuid,
+                            "engine missed too many heartbeats; unregistering it");
+                        self.unregister(id).await;
+                    } else {
+                        self.engines.cancel_pending(Some(&uuid), None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `registration_request {uuid[, id]}` → `registration_reply`, then wait for a heartbeat.
+    async fn register_engine(&mut self, msg: Message) {
+        let content = msg.content_map();
+        let Some(uuid) = content
+            .get("uuid")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            let error = error_content("KeyError", &key_error_value("uuid"));
+            self.send_to(
+                msg.idents.clone(),
+                self.session.message("registration_reply", error),
+            )
+            .await;
+            return;
+        };
+        let requested = content
+            .get("id")
+            .and_then(Value::as_u64)
+            .and_then(|id| u32::try_from(id).ok());
+        let deadline = Instant::now() + self.registration_timeout;
+        let reply = match self.engines.begin_registration(&uuid, requested, deadline) {
+            Ok(id) => {
+                tracing::info!(engine.id = id, engine.uuid = %uuid, "engine registering");
+                let period_ms =
+                    u64::try_from(self.heartbeat_period.as_millis()).unwrap_or(u64::MAX);
+                json!({
+                    "id": id,
+                    "status": "ok",
+                    "hb_period": period_ms,
+                    "connection_info": self.engine_info.addresses(),
+                })
+            }
+            Err(RegisterError::UuidInUse) => {
+                tracing::warn!(engine.uuid = %uuid, "refused a registration: uuid in use");
+                error_content(
+                    "KeyError",
+                    &key_error_value(&format!("uuid '{uuid}' in use")),
+                )
+            }
+        };
+        // ipyparallel sends the registration reply with an empty parent header.
+        let reply = self.session.message("registration_reply", reply);
+        self.send_to(msg.idents.clone(), reply).await;
+    }
+
+    /// The engine's first heartbeat arrived: it is now usable.
+    async fn finish_registration(&mut self, uuid: &str) {
+        let Some(id) = self.engines.complete_registration(uuid) else {
+            return;
+        };
+        tracing::info!(engine.id = id, engine.uuid = %uuid, "engine registered");
+        let _ = self
+            .engine_events
+            .send(EngineEvent::Registered {
+                uuid: uuid.to_owned(),
+            })
+            .await;
+        let note = self
+            .session
+            .message("registration_notification", json!({"id": id, "uuid": uuid}));
+        self.notify(note).await;
+    }
+
+    async fn unregistration_request(&mut self, msg: &Message) {
+        let id = msg
+            .content_map()
+            .get("id")
+            .and_then(Value::as_u64)
+            .and_then(|id| u32::try_from(id).ok());
+        match id {
+            Some(id) if self.engines.get(id).is_some() => {
+                tracing::info!(engine.id = id, "engine asked to unregister");
+                self.unregister(id).await;
+            }
+            Some(id) => {
+                self.engines.cancel_pending(None, Some(id));
+            }
+            None => tracing::debug!("unregistration_request without a known id"),
+        }
+    }
+
+    /// Removes an engine, tells everyone, and fails its direct requests in the task table.
+    async fn unregister(&mut self, id: u32) {
+        let Some(entry) = self.engines.remove(id) else {
+            return;
+        };
+        tracing::info!(engine.id = id, engine.uuid = %entry.uuid, "engine unregistered");
+        let _ = self.forget_heart.send(entry.uuid.clone()).await;
+        let _ = self
+            .engine_events
+            .send(EngineEvent::Unregistered {
+                uuid: entry.uuid.clone(),
+            })
+            .await;
+        let note = self.session.message(
+            "unregistration_notification",
+            json!({"id": id, "uuid": entry.uuid}),
+        );
+        self.notify(note).await;
+        // Clients fail their own direct requests on the notification (as ipyparallel's do);
+        // the Hub records the same error so queries agree. ipyparallel waits 30 s first.
+        for msg_id in &entry.queue {
+            self.record_engine_died(msg_id, id, &entry.uuid).await;
+        }
+    }
+
+    fn purge_stalled_registrations(&mut self) {
+        for (uuid, id) in self.engines.purge_stalled(Instant::now()) {
+            tracing::warn!(engine.id = id, engine.uuid = %uuid,
+                "registration expired: the engine sent no heartbeat in time");
+        }
+    }
+}

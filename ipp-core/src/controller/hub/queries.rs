@@ -1,0 +1,457 @@
+//! The Hub's query protocol (spec §5): each `*_request` and its reply.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::Hub;
+use crate::controller::events::Resubmission;
+use crate::error::Error;
+use crate::protocol::{date, error_content, key_error_value, to_json_bytes, JsonMap, Message};
+use crate::store::{Condition, Query, QueryValue, RecordKey, TaskRecord};
+
+/// A store error as the error dict a client sees.
+fn store_error(err: &Error) -> Value {
+    match err {
+        Error::Unsupported { .. } => error_content(
+            "KeyError",
+            &key_error_value("NoDB backend doesn't store any data. Start the controller with a task database (--dictdb or --sqlitedb) to query it."),
+        ),
+        Error::NotFound { msg_id } => {
+            error_content("KeyError", &key_error_value(&format!("No such message: {msg_id}")))
+        }
+        Error::InvalidQuery { reason } => error_content("KeyError", &key_error_value(reason)),
+        Error::Culled { .. } => error_content("KeyError", &key_error_value(&err.to_string())),
+        other => error_content("RuntimeError", &other.to_string()),
+    }
+}
+
+fn msg_ids_query(ids: &[String]) -> Query {
+    Query {
+        clauses: vec![(
+            RecordKey::MsgId,
+            Condition::In(ids.iter().cloned().map(QueryValue::Str).collect()),
+        )],
+    }
+}
+
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect(),
+        Some(Value::String(one)) => vec![one.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn date_value(value: Option<crate::protocol::Timestamp>) -> Value {
+    value.map_or(Value::Null, |d| Value::String(date::format(&d)))
+}
+
+fn map_value(value: Option<&JsonMap>) -> Value {
+    value.map_or(Value::Null, |m| Value::Object(m.clone()))
+}
+
+impl Hub {
+    pub(super) async fn connection_request(&mut self, msg: Message) {
+        let engines: JsonMap = self
+            .engines
+            .iter()
+            .map(|e| (e.id.to_string(), Value::String(e.uuid.clone())))
+            .collect();
+        self.answer(
+            &msg,
+            "connection_reply",
+            json!({"status": "ok", "engines": engines}),
+        )
+        .await;
+    }
+
+    /// Resolves `targets` (null = all) to engine ids, or the error dict to send.
+    fn resolve_targets(&self, targets: Option<&Value>) -> Result<Vec<u32>, Value> {
+        match targets {
+            None | Some(Value::Null) => Ok(self.engines.iter().map(|e| e.id).collect()),
+            Some(Value::Array(items)) => {
+                if items.is_empty() {
+                    return Err(error_content("IndexError", "No Engines Registered"));
+                }
+                let mut ids = Vec::new();
+                let mut bad = Vec::new();
+                for item in items {
+                    match self.engines.resolve(item) {
+                        Some(id) => ids.push(id),
+                        None => bad.push(item.to_string()),
+                    }
+                }
+                if bad.is_empty() {
+                    Ok(ids)
+                } else {
+                    Err(error_content(
+                        "IndexError",
+                        &format!("No Such Engine: [{}]", bad.join(", ")),
+                    ))
+                }
+            }
+            Some(one) => self
+                .engines
+                .resolve(one)
+                .map(|id| vec![id])
+                .ok_or_else(|| error_content("IndexError", &format!("No Such Engine: [{one}]"))),
+        }
+    }
+
+    pub(super) async fn queue_request(&mut self, msg: Message) {
+        let content = msg.content_map();
+        let verbose = content
+            .get("verbose")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let ids = match self.resolve_targets(content.get("targets")) {
+            Ok(ids) => ids,
+            Err(error) => return self.answer(&msg, "hub_error", error).await,
+        };
+        let show = |ids: &mut dyn Iterator<Item = &String>, count: usize| -> Value {
+            if verbose {
+                Value::Array(ids.map(|id| Value::String(id.clone())).collect())
+            } else {
+                json!(count)
+            }
+        };
+        let mut reply = JsonMap::new();
+        reply.insert("status".into(), json!("ok"));
+        for id in ids {
+            if let Some(engine) = self.engines.get(id) {
+                reply.insert(
+                    id.to_string(),
+                    json!({
+                        "queue": show(&mut engine.queue.iter(), engine.queue.len()),
+                        "completed": show(&mut engine.completed.iter(), engine.completed.len()),
+                        "tasks": show(&mut engine.tasks.iter(), engine.tasks.len()),
+                    }),
+                );
+            }
+        }
+        let unassigned = show(&mut self.unassigned.iter(), self.unassigned.len());
+        reply.insert("unassigned".into(), unassigned);
+        self.answer(&msg, "queue_reply", Value::Object(reply)).await;
+    }
+
+    pub(super) async fn load_request(&mut self, msg: Message) {
+        let ids = match self.resolve_targets(msg.content_map().get("targets")) {
+            Ok(ids) => ids,
+            Err(error) => return self.answer(&msg, "hub_error", error).await,
+        };
+        let mut reply = JsonMap::new();
+        reply.insert("status".into(), json!("ok"));
+        for id in ids {
+            if let Some(engine) = self.engines.get(id) {
+                reply.insert(
+                    id.to_string(),
+                    json!(engine.queue.len() + engine.tasks.len()),
+                );
+            }
+        }
+        self.answer(&msg, "load_reply", Value::Object(reply)).await;
+    }
+
+    pub(super) async fn result_request(&mut self, msg: Message) {
+        let content = msg.content_map();
+        let status_only = content
+            .get("status_only")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let ids: BTreeSet<String> = string_list(content.get("msg_ids")).into_iter().collect();
+        let mut pending = Vec::new();
+        let mut completed = Vec::new();
+        let mut unknown = Vec::new();
+        for id in &ids {
+            if self.pending.contains(id) {
+                pending.push(id.clone());
+            } else if self.completed.contains(id) {
+                completed.push(id.clone());
+            } else {
+                unknown.push(id.clone());
+            }
+        }
+        let mut records: Vec<TaskRecord> = Vec::new();
+        let wanted: Vec<String> = if status_only {
+            unknown.clone()
+        } else {
+            completed.iter().chain(&unknown).cloned().collect()
+        };
+        if !wanted.is_empty() {
+            match self.store.find(&msg_ids_query(&wanted), None).await {
+                Ok(found) => records = found,
+                Err(err) => return self.answer(&msg, "result_reply", store_error(&err)).await,
+            }
+        }
+        // Ids only the database knows (another Hub run, a culled table entry…).
+        for id in unknown {
+            match records.iter().find(|r| r.msg_id == id) {
+                Some(record) if record.completed.is_some() => completed.push(id),
+                Some(_) => pending.push(id),
+                None => {
+                    let evalue = key_error_value(&format!("No such message: {id}"));
+                    let error = error_content("KeyError", &evalue);
+                    return self.answer(&msg, "result_reply", error).await;
+                }
+            }
+        }
+        completed.sort();
+        let mut reply = JsonMap::new();
+        reply.insert("status".into(), json!("ok"));
+        reply.insert("pending".into(), json!(pending));
+        reply.insert("completed".into(), json!(completed));
+        let mut buffers: Vec<Bytes> = Vec::new();
+        if !status_only {
+            for id in &completed {
+                let Some(record) = records.iter().find(|r| &r.msg_id == id) else {
+                    let error = store_error(&Error::NotFound { msg_id: id.clone() });
+                    return self.answer(&msg, "result_reply", error).await;
+                };
+                reply.insert(
+                    id.clone(),
+                    json!({
+                        "header": map_value(record.header.as_ref()),
+                        "metadata": map_value(record.metadata.as_ref()),
+                        "result_metadata": map_value(record.result_metadata.as_ref()),
+                        "result_header": map_value(record.result_header.as_ref()),
+                        "result_content": map_value(record.result_content.as_ref()),
+                        "received": date_value(record.received),
+                        "io": {
+                            "execute_input": record.execute_input,
+                            "execute_result": map_value(record.execute_result.as_ref()),
+                            "error": map_value(record.error.as_ref()),
+                            "stdout": record.stdout,
+                            "stderr": record.stderr,
+                        },
+                    }),
+                );
+                buffers.extend(record.result_buffers.iter().cloned());
+            }
+        }
+        let mut reply = self
+            .session
+            .reply(&msg.header, "result_reply", Value::Object(reply));
+        reply.buffers = buffers;
+        self.send_to(msg.idents.clone(), reply).await;
+    }
+
+    pub(super) async fn history_request(&mut self, msg: Message) {
+        let content = match self.store.history().await {
+            Ok(history) => json!({"status": "ok", "history": history}),
+            Err(err) => store_error(&err),
+        };
+        self.answer(&msg, "history_reply", content).await;
+    }
+
+    pub(super) async fn db_request(&mut self, msg: Message) {
+        let content = msg.content_map();
+        let query = match Query::from_json(content.get("query").unwrap_or(&json!({}))) {
+            Ok(query) => query,
+            Err(err) => return self.answer(&msg, "db_reply", store_error(&err)).await,
+        };
+        let keys: Option<Vec<RecordKey>> = match content.get("keys") {
+            None | Some(Value::Null) => None,
+            Some(value) => {
+                let parsed: Result<Vec<RecordKey>, Error> = string_list(Some(value))
+                    .iter()
+                    .map(|key| RecordKey::from_str(key))
+                    .collect();
+                match parsed {
+                    Ok(keys) => Some(keys),
+                    Err(err) => return self.answer(&msg, "db_reply", store_error(&err)).await,
+                }
+            }
+        };
+        let records = match self.store.find(&query, keys.as_deref()).await {
+            Ok(records) => records,
+            Err(err) => return self.answer(&msg, "db_reply", store_error(&err)).await,
+        };
+        let wants = |key: RecordKey| keys.as_ref().is_some_and(|keys| keys.contains(&key));
+        let (with_buffers, with_results) =
+            (wants(RecordKey::Buffers), wants(RecordKey::ResultBuffers));
+        let mut buffers = Vec::new();
+        let mut buffer_lens = Vec::new();
+        let mut result_buffer_lens = Vec::new();
+        let rendered: Vec<Value> = records
+            .iter()
+            .map(|record| {
+                if with_buffers {
+                    buffer_lens.push(record.buffers.len());
+                    buffers.extend(record.buffers.iter().cloned());
+                }
+                if with_results {
+                    result_buffer_lens.push(record.result_buffers.len());
+                    buffers.extend(record.result_buffers.iter().cloned());
+                }
+                Value::Object(record.to_json(keys.as_deref()))
+            })
+            .collect();
+        let content = json!({
+            "status": "ok",
+            "records": rendered,
+            "buffer_lens": if with_buffers { json!(buffer_lens) } else { Value::Null },
+            "result_buffer_lens": if with_results { json!(result_buffer_lens) } else { Value::Null },
+        });
+        let mut reply = self.session.reply(&msg.header, "db_reply", content);
+        reply.buffers = buffers;
+        self.send_to(msg.idents.clone(), reply).await;
+    }
+
+    pub(super) async fn purge_request(&mut self, msg: Message) {
+        let content = msg.content_map();
+        let reply = if content.get("msg_ids").and_then(Value::as_str) == Some("all") {
+            let done = Query {
+                clauses: vec![(RecordKey::Completed, Condition::Ne(QueryValue::Null))],
+            };
+            match self.store.drop_matching(&done).await {
+                Ok(_) => json!({"status": "ok"}),
+                Err(err) => store_error(&err),
+            }
+        } else {
+            self.purge_listed(
+                &string_list(content.get("msg_ids")),
+                content.get("engine_ids"),
+            )
+            .await
+        };
+        self.answer(&msg, "purge_reply", reply).await;
+    }
+
+    async fn purge_listed(&mut self, msg_ids: &[String], engine_ids: Option<&Value>) -> Value {
+        if let Some(busy) = msg_ids.iter().find(|id| self.pending.contains(*id)) {
+            return error_content("IndexError", &format!("msg pending: '{busy}'"));
+        }
+        if let Err(err) = self.store.drop_records(msg_ids).await {
+            return store_error(&err);
+        }
+        let engine_ids: Vec<Value> = engine_ids
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for eid in engine_ids {
+            let Some(uuid) = self
+                .engines
+                .resolve(&eid)
+                .and_then(|id| self.engines.get(id))
+                .map(|e| e.uuid.clone())
+            else {
+                return error_content("IndexError", &format!("No such engine: {eid}"));
+            };
+            let query = Query {
+                clauses: vec![
+                    (RecordKey::EngineUuid, Condition::Eq(QueryValue::Str(uuid))),
+                    (RecordKey::Completed, Condition::Ne(QueryValue::Null)),
+                ],
+            };
+            if let Err(err) = self.store.drop_matching(&query).await {
+                return store_error(&err);
+            }
+        }
+        json!({"status": "ok"})
+    }
+
+    pub(super) async fn resubmit_request(&mut self, msg: Message) {
+        let ids = string_list(msg.content_map().get("msg_ids"));
+        let records = match self.store.find(&msg_ids_query(&ids), None).await {
+            Ok(records) => records,
+            Err(err) => return self.answer(&msg, "resubmit_reply", store_error(&err)).await,
+        };
+        let missing: Vec<&String> = ids
+            .iter()
+            .filter(|id| !records.iter().any(|r| &r.msg_id == *id))
+            .collect();
+        if !missing.is_empty() {
+            let evalue = key_error_value(&format!("No such msg(s): {missing:?}"));
+            let error = error_content("KeyError", &evalue);
+            return self.answer(&msg, "resubmit_reply", error).await;
+        }
+        let mut resubmitted = JsonMap::new();
+        for record in records {
+            let Some(mut header) = record.header.clone() else {
+                let error = error_content(
+                    "KeyError",
+                    &key_error_value(&format!("no request recorded for {}", record.msg_id)),
+                );
+                return self.answer(&msg, "resubmit_reply", error).await;
+            };
+            let new_id = self.session.new_msg_id();
+            header.insert("msg_id".into(), json!(new_id));
+            header.insert("date".into(), json!(date::format(&date::now())));
+            let content = Value::Object(record.content.clone().unwrap_or_default());
+            let header_bytes = to_json_bytes(&header);
+            let frames = self.session.serialize_parts(
+                Vec::new(),
+                header_bytes.clone(),
+                header_bytes,
+                Bytes::from_static(b"{}"),
+                to_json_bytes(&content),
+                record.buffers.clone(),
+            );
+            let Ok(wire) = crate::protocol::WireMessage::split(frames) else {
+                continue;
+            };
+            // Record the new task now, so a client polling for it finds it pending.
+            self.record_task_request(wire.clone()).await;
+            if self.resubmit.send(Resubmission { wire }).await.is_err() {
+                let error = error_content("RuntimeError", "the task scheduler is not running");
+                return self.answer(&msg, "resubmit_reply", error).await;
+            }
+            let update = crate::store::RecordUpdate {
+                resubmitted: Some(new_id.clone()),
+                ..crate::store::RecordUpdate::default()
+            };
+            if let Err(err) = self.store.update(&record.msg_id, update).await {
+                tracing::debug!(error = %err, "could not mark a task resubmitted");
+            }
+            resubmitted.insert(record.msg_id.clone(), json!(new_id));
+        }
+        let reply = json!({"status": "ok", "resubmitted": resubmitted});
+        self.answer(&msg, "resubmit_reply", reply).await;
+    }
+
+    pub(super) async fn shutdown_request(&mut self, msg: Message) {
+        tracing::info!("shutdown requested by a client");
+        self.answer(&msg, "shutdown_reply", json!({"status": "ok"}))
+            .await;
+        let note = self.session.reply(
+            &msg.header,
+            "shutdown_notification",
+            json!({"status": "ok"}),
+        );
+        self.notify(note).await;
+        // Give the reply and the notification a moment to leave before the sockets close.
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            shutdown.cancel();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodb_errors_say_what_to_do() {
+        let error = store_error(&Error::Unsupported {
+            operation: "find",
+            implementer: "nodb",
+        });
+        assert_eq!(error["ename"], "KeyError");
+        assert!(error["evalue"].as_str().unwrap().contains("NoDB"));
+    }
+
+    #[test]
+    fn string_lists_accept_one_string() {
+        assert_eq!(string_list(Some(&json!("a"))), vec!["a".to_owned()]);
+        assert_eq!(string_list(Some(&json!(["a", 1, "b"]))).len(), 2);
+    }
+}

@@ -1,0 +1,290 @@
+//! Recording what the relays and schedulers saw into the task table and the store.
+
+use serde_json::{json, Value};
+
+use super::Hub;
+use crate::error::Error;
+use crate::protocol::{date, error_content, JsonMap, Message, WireMessage};
+use crate::store::{RecordUpdate, TaskRecord};
+
+pub(super) fn as_object(value: &Value) -> JsonMap {
+    value.as_object().cloned().unwrap_or_default()
+}
+
+/// The record of a request as first seen.
+fn request_record(msg: &Message, queue: &str, engine_uuid: Option<String>) -> TaskRecord {
+    TaskRecord {
+        msg_id: msg.header.msg_id.clone(),
+        header: Some(msg.header.to_map()),
+        metadata: Some(msg.metadata.clone()),
+        content: Some(as_object(&msg.content)),
+        buffers: msg.buffers.clone(),
+        submitted: msg.header.date(),
+        client_uuid: Some(msg.header.session.clone()),
+        engine_uuid,
+        queue: Some(queue.to_owned()),
+        label: msg
+            .metadata
+            .get("label")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        ..TaskRecord::default()
+    }
+}
+
+/// The same fields as an update, for a record that already exists (made by early IOPub).
+fn request_update(record: TaskRecord) -> RecordUpdate {
+    RecordUpdate {
+        header: record.header,
+        metadata: record.metadata,
+        content: record.content,
+        buffers: Some(record.buffers),
+        submitted: record.submitted,
+        client_uuid: record.client_uuid,
+        engine_uuid: record.engine_uuid,
+        queue: record.queue,
+        label: record.label,
+        ..RecordUpdate::default()
+    }
+}
+
+/// The result fields of a reply.
+fn result_update(msg: &Message) -> RecordUpdate {
+    RecordUpdate {
+        result_header: Some(msg.header.to_map()),
+        result_metadata: Some(msg.metadata.clone()),
+        result_content: Some(as_object(&msg.content)),
+        result_buffers: Some(msg.buffers.clone()),
+        started: msg
+            .metadata
+            .get("started")
+            .and_then(Value::as_str)
+            .and_then(date::parse),
+        completed: msg.header.date(),
+        received: Some(date::now()),
+        engine_uuid: msg
+            .metadata
+            .get("engine")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        ..RecordUpdate::default()
+    }
+}
+
+impl Hub {
+    fn note_store_error(&mut self, operation: &str, msg_id: &str, err: &Error) {
+        if matches!(err, Error::Unsupported { .. }) {
+            return; // NoDb: recording nothing is its job.
+        }
+        if !self.warned_store {
+            self.warned_store = true;
+            tracing::error!(operation, msg_id, error = %err,
+                "task database failed; recording is degraded, scheduling goes on");
+        } else {
+            tracing::debug!(operation, msg_id, error = %err, "task database failed");
+        }
+    }
+
+    /// Adds a request's record, merging into a stub that early IOPub output created.
+    async fn save_request(&mut self, record: TaskRecord) {
+        let msg_id = record.msg_id.clone();
+        match self.store.add(record.clone()).await {
+            Ok(()) => {}
+            Err(Error::AlreadyExists { .. }) => {
+                if let Err(err) = self.store.update(&msg_id, request_update(record)).await {
+                    self.note_store_error("update", &msg_id, &err);
+                }
+            }
+            Err(err) => self.note_store_error("add", &msg_id, &err),
+        }
+    }
+
+    /// Updates a record, creating a stub first when the request has not been seen.
+    async fn update_record(&mut self, msg_id: &str, update: RecordUpdate) {
+        match self.store.update(msg_id, update.clone()).await {
+            Ok(()) => {}
+            Err(Error::NotFound { .. }) => {
+                let stub = TaskRecord {
+                    msg_id: msg_id.to_owned(),
+                    ..TaskRecord::default()
+                };
+                let result = match self.store.add(stub).await {
+                    Ok(()) | Err(Error::AlreadyExists { .. }) => {
+                        self.store.update(msg_id, update).await
+                    }
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = result {
+                    self.note_store_error("update", msg_id, &err);
+                }
+            }
+            Err(err) => self.note_store_error("update", msg_id, &err),
+        }
+    }
+
+    pub(super) async fn record_mux_request(&mut self, wire: WireMessage) {
+        let Some(uuid) = wire
+            .idents
+            .first()
+            .and_then(|id| std::str::from_utf8(id).ok())
+        else {
+            return;
+        };
+        let uuid = uuid.to_owned();
+        if self.engines.id_of(&uuid).is_none() {
+            return; // as ipyparallel: requests to engines not (yet) registered are not recorded
+        }
+        let Ok(msg) = wire.parse() else { return };
+        let msg_id = msg.header.msg_id.clone();
+        self.pending.insert(msg_id.clone());
+        if let Some(engine) = self.engines.by_uuid_mut(&uuid) {
+            engine.queue.insert(msg_id);
+        }
+        self.save_request(request_record(&msg, "mux", Some(uuid)))
+            .await;
+    }
+
+    pub(super) async fn record_mux_reply(&mut self, wire: WireMessage) {
+        let Some(uuid) = wire
+            .idents
+            .get(1)
+            .and_then(|id| std::str::from_utf8(id).ok())
+        else {
+            return;
+        };
+        let uuid = uuid.to_owned();
+        let Ok(msg) = wire.parse() else { return };
+        let Some(msg_id) = msg.parent_msg_id().map(str::to_owned) else {
+            return;
+        };
+        if self.pending.remove(&msg_id) {
+            self.completed.insert(msg_id.clone());
+            if let Some(engine) = self.engines.by_uuid_mut(&uuid) {
+                engine.queue.shift_remove(&msg_id);
+                engine.completed.push(msg_id.clone());
+            }
+        } else if !self.completed.contains(&msg_id) {
+            return; // a reply to nothing we recorded
+        }
+        self.update_record(&msg_id, result_update(&msg)).await;
+    }
+
+    pub(super) async fn record_task_request(&mut self, wire: WireMessage) {
+        let Ok(msg) = wire.parse() else { return };
+        let msg_id = msg.header.msg_id.clone();
+        self.pending.insert(msg_id.clone());
+        self.unassigned.insert(msg_id);
+        self.save_request(request_record(&msg, "task", None)).await;
+    }
+
+    pub(super) async fn record_task_assignment(&mut self, msg_id: String, engine: String) {
+        self.unassigned.shift_remove(&msg_id);
+        if let Some(entry) = self.engines.by_uuid_mut(&engine) {
+            entry.tasks.insert(msg_id.clone());
+        }
+        let update = RecordUpdate {
+            engine_uuid: Some(engine),
+            ..RecordUpdate::default()
+        };
+        self.update_record(&msg_id, update).await;
+    }
+
+    pub(super) async fn record_task_result(&mut self, wire: WireMessage) {
+        let Ok(msg) = wire.parse() else { return };
+        let Some(msg_id) = msg.parent_msg_id().map(str::to_owned) else {
+            return;
+        };
+        let engine = msg
+            .metadata
+            .get("engine")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let aborted = msg.content_map().get("status").and_then(Value::as_str) == Some("aborted");
+        if self.pending.remove(&msg_id) {
+            self.unassigned.shift_remove(&msg_id);
+            self.completed.insert(msg_id.clone());
+        }
+        if let Some(entry) = engine
+            .as_deref()
+            .and_then(|uuid| self.engines.by_uuid_mut(uuid))
+        {
+            entry.tasks.shift_remove(&msg_id);
+            if !aborted {
+                entry.completed.push(msg_id.clone());
+            }
+        }
+        self.update_record(&msg_id, result_update(&msg)).await;
+    }
+
+    pub(super) async fn record_iopub(&mut self, wire: WireMessage) {
+        // A forged `shutdown_reply` could unregister engines: check the signature.
+        if self.session.verify(&wire).is_err() {
+            return;
+        }
+        let Ok(msg) = wire.parse() else { return };
+        let msg_type = msg.header.msg_type.as_str();
+        if msg_type == "shutdown_reply" {
+            if let Some(id) = self.engines.id_of(&msg.header.session) {
+                tracing::info!(engine.id = id, "engine shut down");
+                self.unregister(id).await;
+            }
+            return;
+        }
+        let Some(parent) = msg.parent_msg_id().map(str::to_owned) else {
+            return; // iopub_welcome and other messages with no request
+        };
+        let content = msg.content_map();
+        let text = |key: &str| content.get(key).and_then(Value::as_str).map(str::to_owned);
+        let update = match msg_type {
+            "stream" => match text("name").as_deref() {
+                Some("stdout") => RecordUpdate {
+                    append_stdout: text("text"),
+                    ..RecordUpdate::default()
+                },
+                Some("stderr") => RecordUpdate {
+                    append_stderr: text("text"),
+                    ..RecordUpdate::default()
+                },
+                _ => return,
+            },
+            "execute_input" => RecordUpdate {
+                execute_input: text("code"),
+                ..RecordUpdate::default()
+            },
+            "execute_result" => RecordUpdate {
+                execute_result: Some(content.clone()),
+                ..RecordUpdate::default()
+            },
+            "error" => RecordUpdate {
+                error: Some(content.clone()),
+                ..RecordUpdate::default()
+            },
+            _ => return, // status, display_data, data_message, comms: not recorded
+        };
+        self.update_record(&parent, update).await;
+    }
+
+    /// Records the engine-died error for a direct request stranded on a dead engine.
+    pub(super) async fn record_engine_died(&mut self, msg_id: &str, id: u32, uuid: &str) {
+        if !self.pending.remove(msg_id) {
+            return;
+        }
+        self.completed.insert(msg_id.to_owned());
+        let now = date::now();
+        let error = error_content(
+            "EngineError",
+            &format!("Engine {id} died while running task '{msg_id}'"),
+        );
+        let update = RecordUpdate {
+            result_header: json!({"engine": uuid, "date": date::format(&now)})
+                .as_object()
+                .cloned(),
+            result_content: error.as_object().cloned(),
+            result_buffers: Some(Vec::new()),
+            completed: Some(now),
+            received: Some(now),
+            ..RecordUpdate::default()
+        };
+        self.update_record(msg_id, update).await;
+    }
+}

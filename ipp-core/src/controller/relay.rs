@@ -1,0 +1,181 @@
+//! The MUX and control relays (ROUTER↔ROUTER with the two-frame swap) and the IOPub relay.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::events::HubEvent;
+use crate::protocol::{Session, WireMessage};
+use crate::transport::{Frames, Socket, SocketSender};
+
+/// Logs a misbehaving peer once, not once per message.
+#[derive(Debug, Default)]
+pub(crate) struct WarnOnce {
+    peers: HashSet<Bytes>,
+}
+
+impl WarnOnce {
+    /// How many distinct peers we remember; past this we forget and may warn again.
+    const CAPACITY: usize = 10_000;
+
+    /// True the first time a peer is seen.
+    pub(crate) fn first(&mut self, peer: &Bytes) -> bool {
+        if self.peers.len() >= Self::CAPACITY {
+            self.peers.clear();
+        }
+        self.peers.insert(peer.clone())
+    }
+}
+
+/// Shows a routing id readably in logs (engine uuids are text, client ids are binary).
+pub(crate) fn peer_name(peer: &[u8]) -> String {
+    match std::str::from_utf8(peer) {
+        Ok(text) if text.chars().all(|c| c.is_ascii_graphic()) => text.to_owned(),
+        _ => hex::encode(peer),
+    }
+}
+
+/// Total size of a multipart message.
+pub(crate) fn message_bytes(frames: &Frames) -> usize {
+    frames.iter().map(Bytes::len).sum()
+}
+
+/// Checks what every client-facing socket checks before acting on a message: size, shape and
+/// signature. Logs a rejected peer once and returns `None` for a message to drop.
+pub(crate) fn accept_from_peer(
+    frames: Frames,
+    session: &Session,
+    max_bytes: usize,
+    warned: &mut WarnOnce,
+    channel: &'static str,
+) -> Option<WireMessage> {
+    let peer = frames.first().cloned().unwrap_or_default();
+    let size = message_bytes(&frames);
+    let checked = if size > max_bytes {
+        Err(format!(
+            "message of {size} bytes exceeds the {max_bytes}-byte limit"
+        ))
+    } else {
+        WireMessage::split(frames)
+            .and_then(|wire| session.verify(&wire).map(|()| wire))
+            .map_err(|err| err.to_string())
+    };
+    match checked {
+        Ok(wire) => Some(wire),
+        Err(reason) => {
+            if warned.first(&peer) {
+                tracing::warn!(channel, peer = %peer_name(&peer), error = %reason,
+                    "dropped a message (further drops from this peer are logged at debug)");
+            } else {
+                tracing::debug!(channel, peer = %peer_name(&peer), error = %reason, "dropped a message");
+            }
+            None
+        }
+    }
+}
+
+/// Which side a relay reports to the Hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RelayKind {
+    /// Direct execution: requests and replies are recorded.
+    Mux,
+    /// Control: nothing is recorded.
+    Control,
+}
+
+/// Relays between a client-facing and an engine-facing ROUTER, swapping the first two
+/// identity frames in each direction, as pyzmq's monitored queue does.
+pub(crate) async fn run_router_relay(
+    kind: RelayKind,
+    client: Socket,
+    engine: Socket,
+    session: Arc<Session>,
+    max_bytes: usize,
+    hub: mpsc::Sender<HubEvent>,
+    shutdown: CancellationToken,
+) {
+    let channel = match kind {
+        RelayKind::Mux => "mux",
+        RelayKind::Control => "control",
+    };
+    let (client_tx, mut client_rx) = client.split();
+    let (engine_tx, mut engine_rx) = engine.split();
+    let mut warned = WarnOnce::default();
+    loop {
+        // Every branch is cancel-safe: `recv` leaves unreceived messages queued.
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            frames = client_rx.recv() => {
+                let Ok(frames) = frames else { break };
+                let Some(wire) = accept_from_peer(frames, &session, max_bytes, &mut warned, channel)
+                else { continue };
+                if wire.idents.len() < 2 {
+                    if let Some(peer) = wire.idents.first() {
+                        if warned.first(peer) {
+                            tracing::warn!(channel, peer = %peer_name(peer),
+                                "dropped a request with no engine identity frame");
+                        }
+                    }
+                    continue;
+                }
+                forward_swapped(wire, &engine_tx, kind, &hub, HubEvent::MuxRequest).await;
+            }
+            frames = engine_rx.recv() => {
+                let Ok(frames) = frames else { break };
+                let Ok(wire) = WireMessage::split(frames) else {
+                    tracing::debug!(channel, "dropped a malformed message from an engine");
+                    continue;
+                };
+                if wire.idents.len() < 2 {
+                    continue;
+                }
+                forward_swapped(wire, &client_tx, kind, &hub, HubEvent::MuxReply).await;
+            }
+        }
+    }
+}
+
+async fn forward_swapped(
+    mut wire: WireMessage,
+    to: &SocketSender,
+    kind: RelayKind,
+    hub: &mpsc::Sender<HubEvent>,
+    event: fn(WireMessage) -> HubEvent,
+) {
+    wire.idents.swap(0, 1);
+    if kind == RelayKind::Mux {
+        // The Hub reads the same frames the peer receives (the monitor's view).
+        let _ = hub.send(event(wire.clone())).await;
+    }
+    if let Err(err) = to.send(wire.into_frames()).await {
+        tracing::debug!(error = %err, "relay socket closed");
+    }
+}
+
+/// Relays everything engines publish to every client, unchanged, and shows it to the Hub.
+pub(crate) async fn run_iopub_relay(
+    engines: Socket,
+    clients: Socket,
+    hub: mpsc::Sender<HubEvent>,
+    shutdown: CancellationToken,
+) {
+    let (_, mut engine_rx) = engines.split();
+    let (client_tx, _) = clients.split();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            frames = engine_rx.recv() => {
+                let Ok(frames) = frames else { break };
+                if let Ok(wire) = WireMessage::split(frames.clone()) {
+                    let _ = hub.send(HubEvent::Iopub(wire)).await;
+                }
+                if client_tx.send(frames).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! The load-balanced task scheduler: dependencies, targets, retries, timeouts and `hwm`
+//! around a [`Scheduler`](crate::scheduler::Scheduler) scheme (spec §6).
+
+mod dependency;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use indexmap::IndexSet;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::dependency::Dependency;
+use super::events::{EngineEvent, HubEvent, Resubmission};
+use super::relay::{accept_from_peer, WarnOnce};
+use crate::protocol::{date, error_content, to_json_bytes, JsonMap, Session, WireMessage};
+use crate::scheduler::{EngineLoad, Pick, Scheduler};
+use crate::transport::{Socket, SocketSender};
+
+/// A task the scheduler holds, from submission to its final reply.
+#[derive(Debug)]
+struct Job {
+    msg_id: String,
+    /// Routing id of the submitting client; `None` for tasks the Hub resubmitted.
+    client: Option<Bytes>,
+    /// The original signed frames (identities stripped).
+    wire: WireMessage,
+    /// The request header, the parent of replies we make ourselves.
+    header: JsonMap,
+    targets: Vec<String>,
+    after: Dependency,
+    follow: Dependency,
+    retries: u64,
+    blacklist: HashSet<String>,
+    timeout: Option<Duration>,
+    /// The deadline armed when the job was last queued.
+    deadline: Option<Instant>,
+}
+
+/// One engine as the scheduler tracks it.
+#[derive(Debug)]
+struct EngineSlot {
+    uuid: String,
+    load: usize,
+}
+
+/// What happened when the scheduler tried to run a job.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    Dispatched,
+    Failed,
+    Wait,
+}
+
+/// Routing id used in place of a client's for tasks the Hub resubmits.
+const HUB_IDENTITY: &[u8] = b"\x00hub-resubmit";
+
+/// The scheduler's sockets and channels.
+pub(crate) struct TaskSchedulerParts {
+    pub(crate) session: Arc<Session>,
+    pub(crate) scheme: Box<dyn Scheduler>,
+    pub(crate) hwm: usize,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) clients: Socket,
+    pub(crate) engines: Socket,
+    pub(crate) hub: mpsc::Sender<HubEvent>,
+    pub(crate) engine_events: mpsc::Receiver<EngineEvent>,
+    pub(crate) resubmissions: mpsc::Receiver<Resubmission>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+struct TaskScheduler {
+    session: Arc<Session>,
+    scheme: Box<dyn Scheduler>,
+    rng: StdRng,
+    hwm: usize,
+    client_tx: SocketSender,
+    engine_tx: SocketSender,
+    hub: mpsc::Sender<HubEvent>,
+    /// Engines in least-recently-used order.
+    engines: Vec<EngineSlot>,
+    jobs: HashMap<String, Job>,
+    /// Jobs whose `after` is met, waiting for an engine, oldest first.
+    ready: VecDeque<String>,
+    /// Jobs whose `after` is not met yet.
+    blocked: IndexSet<String>,
+    running: HashMap<String, IndexSet<String>>,
+    submitted: HashSet<String>,
+    completed: HashSet<String>,
+    failed: HashSet<String>,
+    engine_completed: HashMap<String, HashSet<String>>,
+    engine_failed: HashMap<String, HashSet<String>>,
+    timeouts: BinaryHeap<Reverse<(Instant, String)>>,
+    warned: WarnOnce,
+    max_message_bytes: usize,
+}
+
+/// Runs the task scheduler until shutdown.
+pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
+    let TaskSchedulerParts {
+        session,
+        scheme,
+        hwm,
+        max_message_bytes,
+        clients,
+        engines,
+        hub,
+        mut engine_events,
+        mut resubmissions,
+        shutdown,
+    } = parts;
+    let (client_tx, mut client_rx) = clients.split();
+    let (engine_tx, mut engine_rx) = engines.split();
+    let mut scheduler = TaskScheduler {
+        session,
+        scheme,
+        rng: StdRng::from_entropy(),
+        hwm,
+        client_tx,
+        engine_tx,
+        hub,
+        engines: Vec::new(),
+        jobs: HashMap::new(),
+        ready: VecDeque::new(),
+        blocked: IndexSet::new(),
+        running: HashMap::new(),
+        submitted: HashSet::new(),
+        completed: HashSet::new(),
+        failed: HashSet::new(),
+        engine_completed: HashMap::new(),
+        engine_failed: HashMap::new(),
+        timeouts: BinaryHeap::new(),
+        warned: WarnOnce::default(),
+        max_message_bytes,
+    };
+    loop {
+        let next_timeout = scheduler.timeouts.peek().map(|Reverse((at, _))| *at);
+        // Every branch is cancel-safe: channel/socket `recv` and `sleep_until`.
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            event = engine_events.recv() => {
+                let Some(event) = event else { break };
+                scheduler.engine_event(event).await;
+            }
+            frames = client_rx.recv() => {
+                let Ok(frames) = frames else { break };
+                let Some(wire) = accept_from_peer(
+                    frames, &scheduler.session, scheduler.max_message_bytes,
+                    &mut scheduler.warned, "task",
+                ) else { continue };
+                scheduler.submit(wire).await;
+            }
+            resubmission = resubmissions.recv() => {
+                let Some(Resubmission { mut wire }) = resubmission else { break };
+                wire.idents = vec![Bytes::from_static(HUB_IDENTITY)];
+                scheduler.submit(wire).await;
+            }
+            frames = engine_rx.recv() => {
+                let Ok(frames) = frames else { break };
+                if let Ok(wire) = WireMessage::split(frames) {
+                    scheduler.engine_reply(wire).await;
+                }
+            }
+            () = sleep_until(next_timeout) => scheduler.expire_timeouts().await,
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl TaskScheduler {
+    async fn engine_event(&mut self, event: EngineEvent) {
+        match event {
+            EngineEvent::Registered { uuid } => {
+                // New engines go to the head of the line, as in ipyparallel.
+                self.engines.insert(0, EngineSlot { uuid, load: 0 });
+                self.update_graph(false).await;
+            }
+            EngineEvent::Unregistered { uuid } => {
+                self.engines.retain(|slot| slot.uuid != uuid);
+                let stranded = self.running.remove(&uuid).unwrap_or_default();
+                for msg_id in stranded {
+                    self.engine_died(&uuid, &msg_id).await;
+                }
+                self.update_graph(true).await;
+            }
+        }
+    }
+
+    /// Answers a task stranded on a dead engine as if the engine had failed it, so that
+    /// retries apply. ipyparallel waits 5 s first; we need not.
+    async fn engine_died(&mut self, uuid: &str, msg_id: &str) {
+        let Some(job) = self.jobs.get(msg_id) else {
+            return;
+        };
+        let mut error = error_content(
+            "EngineError",
+            &format!("Engine b'{uuid}' died while running task '{msg_id}'"),
+        );
+        if let Some(map) = error.as_object_mut() {
+            map.insert("engine_info".into(), json!({}));
+        }
+        let header = self.session.header("apply_reply");
+        let metadata =
+            json!({"status": "error", "engine": uuid, "date": date::format(&date::now())});
+        let frames = self.session.serialize_parts(
+            vec![
+                Bytes::from(uuid.to_owned()),
+                job.wire.idents.first().cloned().unwrap_or_default(),
+            ],
+            to_json_bytes(&header),
+            to_json_bytes(&job.header),
+            to_json_bytes(&metadata),
+            to_json_bytes(&error),
+            Vec::new(),
+        );
+        if let Ok(wire) = WireMessage::split(frames) {
+            self.handle_result(wire, uuid.to_owned(), msg_id.to_owned(), false)
+                .await;
+        }
+    }
+
+    async fn submit(&mut self, wire: WireMessage) {
+        let (header, metadata) = match (wire.parse_header(), wire.parse_metadata()) {
+            (Ok(header), Ok(metadata)) => (header, metadata),
+            (Err(err), _) | (_, Err(err)) => {
+                tracing::warn!(error = %err, "dropped an unreadable task");
+                return;
+            }
+        };
+        let client = wire.idents.first().cloned();
+        let _ = self.hub.send(HubEvent::TaskSubmitted(wire.clone())).await;
+        let msg_id = header.msg_id.clone();
+        self.submitted.insert(msg_id.clone());
+        let timeout = metadata
+            .get("timeout")
+            .and_then(Value::as_f64)
+            .filter(|t| t.is_finite() && *t >= 0.0)
+            .map(Duration::from_secs_f64);
+        let mut job = Job {
+            msg_id: msg_id.clone(),
+            client: client.filter(|c| c.as_ref() != HUB_IDENTITY),
+            header: header.to_map(),
+            targets: string_list(metadata.get("targets")),
+            after: Dependency::from_metadata(metadata.get("after")),
+            follow: Dependency::from_metadata(metadata.get("follow")),
+            retries: metadata.get("retries").and_then(Value::as_u64).unwrap_or(0),
+            blacklist: HashSet::new(),
+            timeout,
+            deadline: None,
+            wire: WireMessage {
+                idents: Vec::new(),
+                ..wire
+            },
+        };
+        job.after.reduce(&self.completed, &self.failed);
+        let mut invalid = None;
+        for dep in [&job.after, &job.follow] {
+            if dep
+                .ids
+                .iter()
+                .any(|id| *id == msg_id || !self.submitted.contains(id))
+            {
+                invalid = invalid.or(Some("InvalidDependency"));
+            } else if dep.is_unreachable(&self.completed, &self.failed) {
+                invalid = invalid.or(Some("ImpossibleDependency"));
+            }
+        }
+        if let Some(ename) = invalid {
+            return self.fail(job, ename).await;
+        }
+        let runnable = job.after.is_met(&self.completed, &self.failed);
+        self.jobs.insert(msg_id.clone(), job);
+        if runnable {
+            if self.ready.is_empty() {
+                if self.try_run(&msg_id).await == Attempt::Wait {
+                    self.enqueue_ready(msg_id);
+                }
+            } else {
+                // Others are waiting already: keep submission order.
+                self.enqueue_ready(msg_id);
+                self.update_graph(false).await;
+            }
+        } else {
+            self.arm_timeout(&msg_id);
+            self.blocked.insert(msg_id);
+        }
+    }
+
+    fn enqueue_ready(&mut self, msg_id: String) {
+        self.arm_timeout(&msg_id);
+        self.ready.push_back(msg_id);
+    }
+
+    fn arm_timeout(&mut self, msg_id: &str) {
+        let Some(job) = self.jobs.get_mut(msg_id) else {
+            return;
+        };
+        if let Some(timeout) = job.timeout {
+            let at = Instant::now() + timeout;
+            job.deadline = Some(at);
+            self.timeouts.push(Reverse((at, msg_id.to_owned())));
+        }
+    }
+
+    async fn expire_timeouts(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.timeouts.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, msg_id))) = self.timeouts.pop() else {
+                break;
+            };
+            let queued = self.blocked.contains(&msg_id) || self.ready.contains(&msg_id);
+            let current = self
+                .jobs
+                .get(&msg_id)
+                .is_some_and(|job| job.deadline == Some(at));
+            if queued && current {
+                self.blocked.shift_remove(&msg_id);
+                self.ready.retain(|id| *id != msg_id);
+                if let Some(job) = self.jobs.remove(&msg_id) {
+                    self.fail(job, "TaskTimeout").await;
+                }
+            }
+        }
+    }
+
+    fn is_available(&self, slot: &EngineSlot) -> bool {
+        self.hwm == 0 || slot.load < self.hwm
+    }
+
+    /// Tries to send a job to an engine.
+    async fn try_run(&mut self, msg_id: &str) -> Attempt {
+        let Some(job) = self.jobs.get(msg_id) else {
+            return Attempt::Failed;
+        };
+        if !self.engines.iter().any(|slot| self.is_available(slot)) {
+            return Attempt::Wait;
+        }
+        let candidates: Vec<usize> = self
+            .engines
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| {
+                self.is_available(slot)
+                    && !job.blacklist.contains(&slot.uuid)
+                    && (job.targets.is_empty() || job.targets.contains(&slot.uuid))
+                    && (job.follow.is_empty() || self.follow_met_on(&job.follow, &slot.uuid))
+            })
+            .map(|(index, _)| index)
+            .collect();
+        if candidates.is_empty() {
+            return if self.is_impossible(job) {
+                if let Some(job) = self.jobs.remove(msg_id) {
+                    self.fail(job, "ImpossibleDependency").await;
+                }
+                Attempt::Failed
+            } else {
+                Attempt::Wait
+            };
+        }
+        let loads: Vec<EngineLoad> = candidates
+            .iter()
+            .map(|&index| EngineLoad {
+                load: self.engines[index].load,
+            })
+            .collect();
+        let choice = {
+            let mut cx = Pick {
+                now: Instant::now(),
+                rng: &mut self.rng,
+            };
+            self.scheme.select(&loads, &mut cx)
+        };
+        let Some(choice) = choice else {
+            return Attempt::Wait;
+        };
+        let Some(&index) = candidates.get(choice) else {
+            return Attempt::Wait;
+        };
+        self.dispatch(msg_id, index).await;
+        Attempt::Dispatched
+    }
+
+    fn follow_met_on(&self, follow: &Dependency, uuid: &str) -> bool {
+        let empty = HashSet::new();
+        follow.is_met(
+            self.engine_completed.get(uuid).unwrap_or(&empty),
+            self.engine_failed.get(uuid).unwrap_or(&empty),
+        )
+    }
+
+    /// Whether no engine can ever take the job (spec §6.3 step 4, plus: every engine has
+    /// refused it).
+    fn is_impossible(&self, job: &Job) -> bool {
+        if job.follow.all && !job.follow.is_empty() {
+            let ran_on: HashSet<&String> = self
+                .engine_completed
+                .iter()
+                .chain(self.engine_failed.iter())
+                .filter(|(_, done)| job.follow.ids.iter().any(|id| done.contains(id)))
+                .map(|(uuid, _)| uuid)
+                .collect();
+            if ran_on.len() > 1 {
+                return true;
+            }
+        }
+        if !job.targets.is_empty() {
+            let left: Vec<&String> = job
+                .targets
+                .iter()
+                .filter(|uuid| !job.blacklist.contains(*uuid))
+                .collect();
+            return left.is_empty()
+                || !left
+                    .iter()
+                    .any(|uuid| self.engines.iter().any(|slot| &&slot.uuid == uuid));
+        }
+        !job.blacklist.is_empty()
+            && !self.engines.is_empty()
+            && self
+                .engines
+                .iter()
+                .all(|slot| job.blacklist.contains(&slot.uuid))
+    }
+
+    async fn dispatch(&mut self, msg_id: &str, index: usize) {
+        let slot = self.engines.remove(index);
+        let uuid = slot.uuid.clone();
+        self.engines.push(EngineSlot {
+            load: slot.load + 1,
+            ..slot
+        });
+        let Some(job) = self.jobs.get_mut(msg_id) else {
+            return;
+        };
+        job.deadline = None;
+        let mut wire = job.wire.clone();
+        wire.idents = vec![
+            Bytes::from(uuid.clone()),
+            job.client
+                .clone()
+                .unwrap_or_else(|| Bytes::from_static(HUB_IDENTITY)),
+        ];
+        self.running
+            .entry(uuid.clone())
+            .or_default()
+            .insert(msg_id.to_owned());
+        let _ = self
+            .hub
+            .send(HubEvent::TaskAssigned {
+                msg_id: msg_id.to_owned(),
+                engine: uuid,
+            })
+            .await;
+        if let Err(err) = self.engine_tx.send(wire.into_frames()).await {
+            tracing::debug!(error = %err, "engine-facing task socket closed");
+        }
+    }
+
+    async fn engine_reply(&mut self, wire: WireMessage) {
+        let Some(uuid) = wire
+            .idents
+            .first()
+            .and_then(|id| std::str::from_utf8(id).ok())
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        let parent: Option<String> = serde_json::from_slice::<JsonMap>(&wire.parent_header)
+            .ok()
+            .and_then(|p| p.get("msg_id").and_then(Value::as_str).map(str::to_owned));
+        let Some(msg_id) = parent else {
+            tracing::debug!(engine.uuid = %uuid, "dropped an engine reply without a parent");
+            return;
+        };
+        if let Some(slot) = self.engines.iter_mut().find(|slot| slot.uuid == uuid) {
+            slot.load = slot.load.saturating_sub(1);
+        }
+        let was_running = self
+            .running
+            .get_mut(&uuid)
+            .is_some_and(|running| running.shift_remove(&msg_id));
+        if !was_running {
+            tracing::debug!(msg_id, "dropped a reply to a task not running there");
+            return;
+        }
+        self.handle_result(wire, uuid, msg_id, true).await;
+    }
+
+    /// Acts on a task's reply: reschedule (unmet dependency, retry) or deliver it.
+    async fn handle_result(&mut self, wire: WireMessage, uuid: String, msg_id: String, live: bool) {
+        let metadata = wire.parse_metadata().unwrap_or_default();
+        let Some(job) = self.jobs.get_mut(&msg_id) else {
+            return;
+        };
+        let status = metadata
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        let unmet = metadata.get("dependencies_met").and_then(Value::as_bool) == Some(false);
+        if unmet || (status != "ok" && status != "aborted" && job.retries > 0) {
+            if !unmet {
+                job.retries -= 1;
+            }
+            job.blacklist.insert(uuid);
+            self.enqueue_ready(msg_id);
+            self.update_graph(false).await;
+            return;
+        }
+        let Some(job) = self.jobs.remove(&msg_id) else {
+            return;
+        };
+        let succeeded = status == "ok";
+        let (all, per_engine) = if succeeded {
+            (&mut self.completed, &mut self.engine_completed)
+        } else {
+            (&mut self.failed, &mut self.engine_failed)
+        };
+        all.insert(msg_id.clone());
+        per_engine.entry(uuid.clone()).or_default().insert(msg_id);
+        let mut wire = wire;
+        wire.idents = match job.client {
+            Some(client) => vec![client, Bytes::from(uuid)],
+            None => Vec::new(),
+        };
+        self.deliver(wire).await;
+        let _ = live;
+        self.update_graph(true).await;
+    }
+
+    /// Sends a final reply to its client (if any) and shows it to the Hub.
+    async fn deliver(&mut self, wire: WireMessage) {
+        let _ = self.hub.send(HubEvent::TaskResult(wire.clone())).await;
+        if wire.idents.is_empty() {
+            return; // a Hub resubmission: nobody waits on this socket
+        }
+        if let Err(err) = self.client_tx.send(wire.into_frames()).await {
+            tracing::debug!(error = %err, "client-facing task socket closed");
+        }
+    }
+
+    /// Fails a job with a scheduler-made error reply (`apply_reply`, metadata `{}`).
+    async fn fail(&mut self, job: Job, ename: &str) {
+        tracing::debug!(msg_id = %job.msg_id, ename, "task failed in the scheduler");
+        self.failed.insert(job.msg_id.clone());
+        let header = self.session.header("apply_reply");
+        let content = error_content(ename, "");
+        let frames = self.session.serialize_parts(
+            job.client.iter().cloned().collect(),
+            to_json_bytes(&header),
+            to_json_bytes(&job.header),
+            Bytes::from_static(b"{}"),
+            to_json_bytes(&content),
+            Vec::new(),
+        );
+        if let Ok(wire) = WireMessage::split(frames) {
+            let mut wire = wire;
+            if job.client.is_none() {
+                wire.idents.clear();
+            }
+            self.deliver(wire).await;
+        }
+    }
+
+    /// Re-evaluates waiting jobs: fail the impossible, release the met, run what can run.
+    async fn update_graph(&mut self, finished: bool) {
+        if finished {
+            let blocked: Vec<String> = self.blocked.iter().cloned().collect();
+            for msg_id in blocked {
+                let Some(job) = self.jobs.get(&msg_id) else {
+                    self.blocked.shift_remove(&msg_id);
+                    continue;
+                };
+                let unreachable = job.after.is_unreachable(&self.completed, &self.failed)
+                    || job.follow.is_unreachable(&self.completed, &self.failed);
+                if unreachable {
+                    self.blocked.shift_remove(&msg_id);
+                    if let Some(job) = self.jobs.remove(&msg_id) {
+                        self.fail(job, "ImpossibleDependency").await;
+                    }
+                } else if job.after.is_met(&self.completed, &self.failed) {
+                    self.blocked.shift_remove(&msg_id);
+                    self.ready.push_back(msg_id);
+                }
+            }
+        }
+        let mut waiting = VecDeque::new();
+        while let Some(msg_id) = self.ready.pop_front() {
+            if !self.engines.iter().any(|slot| self.is_available(slot)) {
+                self.ready.push_front(msg_id);
+                break;
+            }
+            let follow_unreachable = self
+                .jobs
+                .get(&msg_id)
+                .is_some_and(|job| job.follow.is_unreachable(&self.completed, &self.failed));
+            if follow_unreachable {
+                if let Some(job) = self.jobs.remove(&msg_id) {
+                    self.fail(job, "ImpossibleDependency").await;
+                }
+                continue;
+            }
+            if self.try_run(&msg_id).await == Attempt::Wait {
+                waiting.push_back(msg_id);
+            }
+        }
+        // Jobs that could not run yet keep their place at the front.
+        while let Some(msg_id) = waiting.pop_back() {
+            self.ready.push_front(msg_id);
+        }
+    }
+}
