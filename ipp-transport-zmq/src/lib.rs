@@ -1,1 +1,99 @@
-//! ZeroMQ transport (being written).
+#![doc = include_str!("../README.md")]
+
+mod address;
+mod connector;
+mod error;
+mod raw;
+mod router;
+mod session;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use ipp_core::transport::{Socket, SocketKind, SocketOptions, Transport};
+use tracing::Instrument;
+
+pub use crate::error::{Error, Result};
+use crate::raw::RawSocket;
+use crate::session::{Driver, Mode};
+
+/// ZeroMQ transport on the pure-Rust `zeromq` crate, wire-compatible with pyzmq/libzmq.
+///
+/// Stateless: clones and separate instances are interchangeable; each socket is driven by
+/// its own task on the current tokio runtime.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ZmqTransport;
+
+impl ZmqTransport {
+    /// Creates the transport.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl fmt::Display for ZmqTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("zmq")
+    }
+}
+
+#[async_trait]
+impl Transport for ZmqTransport {
+    async fn bind(
+        &self,
+        kind: SocketKind,
+        address: &str,
+        options: SocketOptions,
+    ) -> ipp_core::Result<Socket> {
+        let address = address::parse(address)?;
+        let mut raw = RawSocket::new(kind, &options)?;
+        let endpoint = raw.bind(&address).await.map_err(|source| Error::Bind {
+            address: address.clone(),
+            source,
+        })?;
+        raw.subscribe(&options.subscriptions).await?;
+        let bound = endpoint.to_string();
+        let (socket, ends) = Socket::new(kind, bound.clone(), options.queue_capacity);
+        let (send, recv) = raw.split();
+        let mut driver = Driver::new(kind, ends, options.subscriptions);
+        let span = tracing::info_span!("zmq_socket", socket = %kind, address = %bound);
+        span.in_scope(|| tracing::info!("bound"));
+        tokio::spawn(
+            async move {
+                driver.run(send, recv, None, Mode::Bound).await;
+                tracing::debug!("closed");
+            }
+            .instrument(span),
+        );
+        Ok(socket)
+    }
+
+    async fn connect(
+        &self,
+        kind: SocketKind,
+        address: &str,
+        options: SocketOptions,
+    ) -> ipp_core::Result<Socket> {
+        let address = address::parse(address)?;
+        if address.ends_with(":0") {
+            return Err(Error::Address {
+                address,
+                reason: "cannot connect to port 0",
+            }
+            .into());
+        }
+        // Fail now on options that would fail every attempt.
+        raw::check_options(&options)?;
+        let (socket, ends) = Socket::new(kind, address.clone(), options.queue_capacity);
+        let driver = Driver::new(kind, ends, options.subscriptions.clone());
+        let span = tracing::info_span!("zmq_socket", socket = %kind, address = %address);
+        tokio::spawn(
+            async move {
+                connector::run(driver, address, options).await;
+                tracing::debug!("closed");
+            }
+            .instrument(span),
+        );
+        Ok(socket)
+    }
+}

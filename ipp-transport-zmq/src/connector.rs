@@ -1,0 +1,103 @@
+//! What the `zeromq` crate lacks for connecting sockets: reconnecting with backoff.
+//!
+//! The crate's DEALER, ROUTER and PUB never reconnect once a connection drops (its SUB
+//! does, with a fixed 30 s cap). So a connecting socket here is a loop: build a fresh
+//! `zeromq` socket, connect it (one attempt bounded by `connect_timeout`), drive it until
+//! the crate reports the peer disconnected, then wait and start over. Waits double from
+//! [`FIRST_RETRY`] up to `max_reconnect_interval` and reset after a successful connection.
+//! Meanwhile the user's messages wait in the socket's bounded send queue (a PUB's are
+//! dropped, as ZeroMQ drops what no subscriber takes).
+
+use std::future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ipp_core::transport::{Frames, SocketKind, SocketOptions};
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::raw::{Monitor, RawSocket, RecvHalf, SendHalf};
+use crate::session::{Driver, Mode, Outcome};
+
+/// The first pause before reconnecting.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Keeps a connecting socket connected until the user drops it.
+pub(crate) async fn run(mut driver: Driver, address: String, options: SocketOptions) {
+    let max_retry = options.max_reconnect_interval.max(FIRST_RETRY);
+    let mut retry = FIRST_RETRY;
+    loop {
+        let kind = driver.kind;
+        let attempt = tokio::select! {
+            _ = &mut driver.ends.stop => return,
+            () = discard_if_pub(kind, &mut driver.ends.outgoing) => return,
+            attempt = connect_once(kind, &address, &driver.subscriptions, &options) => attempt,
+        };
+        match attempt {
+            Ok((send, recv, monitor)) => {
+                tracing::info!("connected");
+                retry = FIRST_RETRY;
+                match driver.run(send, recv, Some(monitor), Mode::Connected).await {
+                    Outcome::Stopped => return,
+                    Outcome::Disconnected => {
+                        tracing::info!(retry_in = ?retry, "disconnected; reconnecting")
+                    }
+                }
+            }
+            Err(error) => tracing::debug!(%error, retry_in = ?retry, "connection attempt failed"),
+        }
+        tokio::select! {
+            _ = &mut driver.ends.stop => return,
+            () = discard_if_pub(kind, &mut driver.ends.outgoing) => return,
+            () = tokio::time::sleep(retry) => {}
+        }
+        retry = (retry * 2).min(max_retry);
+    }
+}
+
+/// One connection attempt with a fresh socket, bounded by `connect_timeout`.
+async fn connect_once(
+    kind: SocketKind,
+    address: &str,
+    subscriptions: &[Bytes],
+    options: &SocketOptions,
+) -> Result<(SendHalf, RecvHalf, Monitor)> {
+    let attempt = async {
+        let mut socket = RawSocket::new(kind, options)?;
+        // Subscriptions first: the crate sends remembered ones to every new peer.
+        socket.subscribe(subscriptions).await?;
+        let monitor = socket.monitor();
+        socket
+            .connect(address)
+            .await
+            .map_err(|source| Error::Connect {
+                address: address.to_owned(),
+                source,
+            })?;
+        let (send, recv) = socket.split();
+        Ok((send, recv, monitor))
+    };
+    match tokio::time::timeout(options.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Connect {
+            address: address.to_owned(),
+            source: zeromq::ZmqError::ConnectTimeout(options.connect_timeout),
+        }),
+    }
+}
+
+/// While a PUB is disconnected, drops what the user publishes (ZeroMQ's PUB semantics)
+/// instead of letting the queue fill and block the user. Never resolves for other kinds.
+///
+/// # Cancel safety
+/// Cancel-safe: it only discards messages.
+async fn discard_if_pub(kind: SocketKind, outgoing: &mut mpsc::Receiver<Frames>) {
+    if kind != SocketKind::Pub {
+        return future::pending().await;
+    }
+    while outgoing.recv().await.is_some() {
+        tracing::trace!("PUB not connected; message dropped");
+    }
+    // Every sender is gone; stay until the user drops the receiving half too.
+    future::pending().await
+}

@@ -1,0 +1,216 @@
+//! Driving one live `zeromq` socket: the user's queues on one side, the socket on the other.
+//!
+//! The send and receive loops are separate futures polled concurrently, so a full incoming
+//! queue (a user not reading) never stops messages going out, and vice versa.
+
+use std::future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use ipp_core::transport::{Frames, SocketKind, SocketTaskEnds};
+use tokio::sync::mpsc;
+use zeromq::{SocketEvent, ZmqError, ZmqMessage};
+
+use crate::raw::{Monitor, RecvHalf, SendHalf};
+use crate::router::{self, UnknownPeers};
+
+/// How long a bound DEALER with no peer waits before offering a held message again.
+const NO_PEER_RETRY: Duration = Duration::from_millis(50);
+
+/// Whether the socket was bound (serves many peers, never reconnects) or connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Bound,
+    Connected,
+}
+
+/// Why [`Driver::run`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The user dropped the socket: stop for good.
+    Stopped,
+    /// The connection was lost: reconnect.
+    Disconnected,
+}
+
+/// The user's side of a socket plus what must survive reconnections.
+#[derive(Debug)]
+pub(crate) struct Driver {
+    pub(crate) kind: SocketKind,
+    pub(crate) ends: SocketTaskEnds,
+    pub(crate) subscriptions: Vec<Bytes>,
+    /// A message taken from the user's queue that the last connection could not take.
+    pending: Option<Frames>,
+    unknown_peers: UnknownPeers,
+}
+
+impl Driver {
+    pub(crate) fn new(kind: SocketKind, ends: SocketTaskEnds, subscriptions: Vec<Bytes>) -> Self {
+        Self {
+            kind,
+            ends,
+            subscriptions,
+            pending: None,
+            unknown_peers: UnknownPeers::default(),
+        }
+    }
+
+    /// Moves messages between the user's queues and the socket until the user drops the
+    /// socket or (when connected) the connection is lost.
+    pub(crate) async fn run(
+        &mut self,
+        mut send: SendHalf,
+        mut recv: RecvHalf,
+        monitor: Option<Monitor>,
+        mode: Mode,
+    ) -> Outcome {
+        let Self {
+            kind,
+            ends,
+            subscriptions,
+            pending,
+            unknown_peers,
+        } = self;
+        let SocketTaskEnds {
+            outgoing,
+            incoming,
+            stop,
+        } = ends;
+        let sending = send_loop(*kind, mode, &mut send, outgoing, pending, unknown_peers);
+        let receiving = recv_loop(*kind, mode, &mut recv, incoming, subscriptions);
+        // Every branch is cancel-safe up to one message in flight inside the crate when the
+        // connection dies (which ZeroMQ itself would lose too); see each loop.
+        tokio::select! {
+            _ = stop => Outcome::Stopped,
+            outcome = sending => outcome,
+            outcome = receiving => outcome,
+            outcome = watch(monitor) => outcome,
+        }
+    }
+}
+
+/// Drains the user's send queue into the socket.
+async fn send_loop(
+    kind: SocketKind,
+    mode: Mode,
+    send: &mut SendHalf,
+    outgoing: &mut mpsc::Receiver<Frames>,
+    pending: &mut Option<Frames>,
+    unknown_peers: &mut UnknownPeers,
+) -> Outcome {
+    loop {
+        let frames = match pending.take() {
+            Some(frames) => frames,
+            // Cancel-safe: a message is either returned or left in the queue.
+            None => match outgoing.recv().await {
+                Some(frames) => frames,
+                // Every sender is gone but the user may still be receiving.
+                None => return future::pending().await,
+            },
+        };
+        let Ok(message) = ZmqMessage::try_from(frames) else {
+            tracing::warn!("dropped a message with no frames");
+            continue;
+        };
+        match kind {
+            SocketKind::Router => router::route(send, message, unknown_peers).await,
+            SocketKind::Dealer => match send.send(message).await {
+                Ok(()) => {}
+                Err(ZmqError::ReturnToSender { message, .. }) => {
+                    // No peer: keep the message for the next connection (or peer).
+                    *pending = Some(message.into_vec());
+                    match mode {
+                        Mode::Connected => return Outcome::Disconnected,
+                        Mode::Bound => tokio::time::sleep(NO_PEER_RETRY).await,
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "DEALER send failed; message lost with its connection");
+                    if mode == Mode::Connected {
+                        return Outcome::Disconnected;
+                    }
+                }
+            },
+            SocketKind::Pub => {
+                // A PUB never blocks: the crate drops what slow or absent subscribers miss.
+                if let Err(error) = send.send(message).await {
+                    tracing::debug!(%error, "PUB send failed");
+                }
+            }
+            // `SocketSender` refuses sends on a SUB before they reach the queue.
+            SocketKind::Sub => {}
+        }
+    }
+}
+
+/// Moves received messages into the user's queue.
+async fn recv_loop(
+    kind: SocketKind,
+    mode: Mode,
+    recv: &mut RecvHalf,
+    incoming: &mpsc::Sender<Frames>,
+    subscriptions: &[Bytes],
+) -> Outcome {
+    loop {
+        // Reserve room first, so a message is never taken from the socket and then lost
+        // because this future was dropped while waiting for room. `None`: the user dropped
+        // the receiver; keep reading (and discarding) so peers are not stalled.
+        let permit = incoming.reserve().await.ok();
+        match recv.recv().await {
+            Ok(message) => {
+                let frames = message.into_vec();
+                if kind == SocketKind::Sub && !subscribed(subscriptions, &frames) {
+                    continue;
+                }
+                if let Some(permit) = permit {
+                    permit.send(frames);
+                }
+            }
+            Err(error) => match mode {
+                Mode::Connected => {
+                    tracing::debug!(%error, "receive failed; connection lost");
+                    return Outcome::Disconnected;
+                }
+                // One peer of a bound socket failed; the crate has already dropped it.
+                Mode::Bound => tracing::debug!(%error, "a peer's connection failed"),
+            },
+        }
+    }
+}
+
+/// ZeroMQ's SUB rule: the first frame starts with one of the subscribed prefixes. The
+/// publisher filters too; this keeps the contract when several publishers are connected.
+fn subscribed(subscriptions: &[Bytes], frames: &Frames) -> bool {
+    let topic = frames.first().map(Bytes::as_ref).unwrap_or_default();
+    subscriptions.iter().any(|prefix| topic.starts_with(prefix))
+}
+
+/// Resolves when a connected socket loses its peer; never for a bound one.
+async fn watch(monitor: Option<Monitor>) -> Outcome {
+    let Some(mut monitor) = monitor else {
+        return future::pending().await;
+    };
+    while let Some(event) = monitor.next().await {
+        if let SocketEvent::Disconnected(peer) = event {
+            tracing::debug!(peer = ?peer, "peer disconnected");
+            return Outcome::Disconnected;
+        }
+    }
+    // The crate dropped its end of the monitor: the socket is gone.
+    Outcome::Disconnected
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_is_a_prefix_of_the_first_frame() {
+        let frames = vec![Bytes::from_static(b"news.today"), Bytes::from_static(b"x")];
+        assert!(subscribed(&[Bytes::from_static(b"news.")], &frames));
+        assert!(subscribed(&[Bytes::new()], &frames));
+        assert!(!subscribed(&[Bytes::from_static(b"weather")], &frames));
+        assert!(!subscribed(&[], &frames));
+    }
+}
