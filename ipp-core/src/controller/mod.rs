@@ -334,3 +334,6 @@ impl Controller {
         while self.tasks.join_next().await.is_some() {}
     }
 }
+
+#[cfg(test)]
+mod tests;
