@@ -259,7 +259,8 @@ impl TaskScheduler {
         let timeout = metadata
             .get("timeout")
             .and_then(Value::as_f64)
-            .filter(|t| t.is_finite() && *t >= 0.0)
+            // ipyparallel treats 0 (its default) as "no timeout".
+            .filter(|t| t.is_finite() && *t > 0.0)
             .map(Duration::from_secs_f64);
         let mut job = Job {
             msg_id: msg_id.clone(),
