@@ -262,6 +262,8 @@ impl Controller {
         tasks.spawn(relay::run_iopub_relay(
             iopub_in,
             iopub_out,
+            Arc::clone(&session),
+            max_bytes,
             hub_tx.clone(),
             shutdown.clone(),
         ));

@@ -155,23 +155,30 @@ async fn forward_swapped(
     }
 }
 
-/// Relays everything engines publish to every client, unchanged, and shows it to the Hub.
+/// Relays what engines publish to every client, unchanged, and shows it to the Hub.
+///
+/// Messages that are malformed or badly signed are dropped here: an engine never sends
+/// them, and forwarding them would only make every client's IOPub handler choke.
 pub(crate) async fn run_iopub_relay(
     engines: Socket,
     clients: Socket,
+    session: Arc<Session>,
+    max_bytes: usize,
     hub: mpsc::Sender<HubEvent>,
     shutdown: CancellationToken,
 ) {
     let (_, mut engine_rx) = engines.split();
     let (client_tx, _) = clients.split();
+    let mut warned = WarnOnce::default();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             frames = engine_rx.recv() => {
                 let Ok(frames) = frames else { break };
-                if let Ok(wire) = WireMessage::split(frames.clone()) {
-                    let _ = hub.send(HubEvent::Iopub(wire)).await;
-                }
+                let Some(wire) = accept_from_peer(frames, &session, max_bytes, &mut warned, "iopub")
+                else { continue };
+                let frames = wire.clone().into_frames();
+                let _ = hub.send(HubEvent::Iopub(wire)).await;
                 if client_tx.send(frames).await.is_err() {
                     break;
                 }

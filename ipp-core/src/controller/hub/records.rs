@@ -217,10 +217,7 @@ impl Hub {
     }
 
     pub(super) async fn record_iopub(&mut self, wire: WireMessage) {
-        // A forged `shutdown_reply` could unregister engines: check the signature.
-        if self.session.verify(&wire).is_err() {
-            return;
-        }
+        // The IOPub relay has checked the signature already.
         let Ok(msg) = wire.parse() else { return };
         let msg_type = msg.header.msg_type.as_str();
         if msg_type == "shutdown_reply" {
