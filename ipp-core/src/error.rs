@@ -74,6 +74,12 @@ pub enum Error {
         /// Which socket or channel.
         what: String,
     },
+    /// A value could not be encoded or decoded.
+    #[error("serialization failed: {reason}")]
+    Serialization {
+        /// What went wrong.
+        reason: String,
+    },
     /// A configuration value or file is unusable.
     #[error("configuration error: {0}")]
     Config(String),
@@ -110,6 +116,13 @@ impl Error {
     /// Builds an [`Error::InvalidQuery`].
     pub fn invalid_query(reason: impl Into<String>) -> Self {
         Self::InvalidQuery {
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds an [`Error::Serialization`].
+    pub fn serialization(reason: impl Into<String>) -> Self {
+        Self::Serialization {
             reason: reason.into(),
         }
     }

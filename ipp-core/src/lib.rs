@@ -10,6 +10,7 @@ pub mod controller;
 pub mod error;
 pub mod protocol;
 pub mod scheduler;
+pub mod serialize;
 pub mod store;
 pub mod transport;
 

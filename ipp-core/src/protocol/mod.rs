@@ -2,6 +2,7 @@
 //!
 //! See `shared/spec/protocol.md` for the behaviour this module implements.
 
+pub mod apply;
 pub mod connection;
 pub mod date;
 pub mod error_content;
@@ -10,6 +11,6 @@ pub mod session;
 
 pub use connection::{ClientConnectionInfo, ConnectionFiles, EngineConnectionInfo};
 pub use date::Timestamp;
-pub use error_content::{error_content, key_error_value};
+pub use error_content::{error_content, key_error_value, RemoteError};
 pub use message::{Header, JsonMap, Message, WireMessage, DELIMITER, PROTOCOL_VERSION};
 pub use session::{new_id, to_json_bytes, Session, SigningKey};
