@@ -33,9 +33,13 @@ pub(crate) enum EngineEvent {
     Unregistered { uuid: String },
 }
 
-/// A task the Hub resubmits, as if a client had sent it on the task port.
+/// What the Hub and the control relay ask of the task scheduler.
 #[derive(Debug)]
-pub(crate) struct Resubmission {
-    /// The signed frames, starting at the delimiter.
-    pub(crate) wire: WireMessage,
+pub(crate) enum TaskCommand {
+    /// A task the Hub resubmits, as if a client had sent it on the task port (the signed
+    /// frames, starting at the delimiter).
+    Resubmit(WireMessage),
+    /// A client sent `abort_request` for these ids: tasks still queued in the scheduler
+    /// are answered as aborted at once, without waiting to reach an engine.
+    Abort(Vec<String>),
 }

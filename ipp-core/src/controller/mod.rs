@@ -222,7 +222,7 @@ impl Controller {
         let (hub_tx, hub_rx) = mpsc::channel(config.event_queue.max(1));
         let (engine_events_tx, engine_events_rx) = mpsc::channel(1024);
         let (forget_tx, forget_rx) = mpsc::channel(1024);
-        let (resubmit_tx, resubmit_rx) = mpsc::channel(1024);
+        let (task_commands_tx, task_commands_rx) = mpsc::channel(1024);
         let max_bytes = config.max_message_bytes;
         let mut tasks = JoinSet::new();
 
@@ -238,7 +238,7 @@ impl Controller {
             events: hub_rx,
             engine_events: engine_events_tx,
             forget_heart: forget_tx,
-            resubmit: resubmit_tx,
+            resubmit: task_commands_tx.clone(),
             shutdown: shutdown.clone(),
         }));
         tasks.spawn(relay::run_router_relay(
@@ -251,7 +251,7 @@ impl Controller {
             shutdown.clone(),
         ));
         tasks.spawn(relay::run_router_relay(
-            relay::RelayKind::Control,
+            relay::RelayKind::Control(task_commands_tx),
             control_in,
             control_out,
             Arc::clone(&session),
@@ -285,7 +285,7 @@ impl Controller {
             engines: task_out,
             hub: hub_tx,
             engine_events: engine_events_rx,
-            resubmissions: resubmit_rx,
+            commands: task_commands_rx,
             shutdown: shutdown.clone(),
         }));
         tasks.spawn(broadcast::run_broadcast_scheduler(

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::events::HubEvent;
+use super::events::{HubEvent, TaskCommand};
 use crate::protocol::{Session, WireMessage};
 use crate::transport::{Frames, Socket, SocketSender};
 
@@ -77,13 +77,31 @@ pub(crate) fn accept_from_peer(
     }
 }
 
-/// Which side a relay reports to the Hub.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which relay this is, and whom it reports to.
+#[derive(Clone, Debug)]
 pub(crate) enum RelayKind {
-    /// Direct execution: requests and replies are recorded.
+    /// Direct execution: requests and replies are recorded by the Hub.
     Mux,
-    /// Control: nothing is recorded.
-    Control,
+    /// Control: nothing is recorded; `abort_request`s are shown to the task scheduler.
+    Control(mpsc::Sender<TaskCommand>),
+}
+
+/// The msg_ids of an `abort_request`, if `wire` is one.
+fn abort_ids(wire: &WireMessage) -> Option<Vec<String>> {
+    let header = wire.parse_header().ok()?;
+    if header.msg_type != "abort_request" {
+        return None;
+    }
+    let content: serde_json::Value = serde_json::from_slice(&wire.content).ok()?;
+    let ids = match content.get("msg_ids")? {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_owned))
+            .collect(),
+        serde_json::Value::String(one) => vec![one.clone()],
+        _ => return None,
+    };
+    Some(ids)
 }
 
 /// Relays between a client-facing and an engine-facing ROUTER, swapping the first two
@@ -99,7 +117,7 @@ pub(crate) async fn run_router_relay(
 ) {
     let channel = match kind {
         RelayKind::Mux => "mux",
-        RelayKind::Control => "control",
+        RelayKind::Control(_) => "control",
     };
     let (client_tx, mut client_rx) = client.split();
     let (engine_tx, mut engine_rx) = engine.split();
@@ -121,7 +139,12 @@ pub(crate) async fn run_router_relay(
                     }
                     continue;
                 }
-                forward_swapped(wire, &engine_tx, kind, &hub, HubEvent::MuxRequest).await;
+                if let RelayKind::Control(tasks) = &kind {
+                    if let Some(ids) = abort_ids(&wire) {
+                        let _ = tasks.send(TaskCommand::Abort(ids)).await;
+                    }
+                }
+                forward_swapped(wire, &engine_tx, &kind, &hub, HubEvent::MuxRequest).await;
             }
             frames = engine_rx.recv() => {
                 let Ok(frames) = frames else { break };
@@ -132,7 +155,7 @@ pub(crate) async fn run_router_relay(
                 if wire.idents.len() < 2 {
                     continue;
                 }
-                forward_swapped(wire, &client_tx, kind, &hub, HubEvent::MuxReply).await;
+                forward_swapped(wire, &client_tx, &kind, &hub, HubEvent::MuxReply).await;
             }
         }
     }
@@ -141,12 +164,12 @@ pub(crate) async fn run_router_relay(
 async fn forward_swapped(
     mut wire: WireMessage,
     to: &SocketSender,
-    kind: RelayKind,
+    kind: &RelayKind,
     hub: &mpsc::Sender<HubEvent>,
     event: fn(WireMessage) -> HubEvent,
 ) {
     wire.idents.swap(0, 1);
-    if kind == RelayKind::Mux {
+    if matches!(kind, RelayKind::Mux) {
         // The Hub reads the same frames the peer receives (the monitor's view).
         let _ = hub.send(event(wire.clone())).await;
     }

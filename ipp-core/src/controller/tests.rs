@@ -419,3 +419,38 @@ async fn broadcast_fans_out_with_sub_ids_and_coalesces() {
     );
     assert_eq!(coalesced.buffers, vec![Bytes::from_static(b"r")]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn aborting_a_queued_task_answers_it_at_once() {
+    let h = Harness::start(config()).await;
+    let client = h.controller.client_info().clone();
+    let mut notifications = h
+        .connect(
+            SocketKind::Sub,
+            client.notification,
+            SocketOptions::default().with_subscription(Bytes::new()),
+        )
+        .await;
+    let mut engine = register_engine(&h, "engine-a").await;
+    h.recv(&mut notifications).await;
+    let mut task = h
+        .connect(SocketKind::Dealer, client.task, SocketOptions::default())
+        .await;
+    let busy = h.session.message("apply_request", json!({}));
+    h.send(&task, vec![], busy).await;
+    h.recv(&mut engine.task).await; // the engine is busy (hwm 1): the next task must queue
+    let queued = h.session.message("apply_request", json!({}));
+    let queued_id = queued.header.msg_id.clone();
+    h.send(&task, vec![], queued).await;
+
+    let control = h
+        .connect(SocketKind::Dealer, client.control, SocketOptions::default())
+        .await;
+    let abort = h
+        .session
+        .message("abort_request", json!({"msg_ids": [queued_id]}));
+    h.send(&control, vec![Bytes::from("engine-a")], abort).await;
+    let reply = h.recv(&mut task).await;
+    assert_eq!(reply.parent_msg_id(), Some(queued_id.as_str()));
+    assert_eq!(reply.content, json!({"status": "aborted"}));
+}

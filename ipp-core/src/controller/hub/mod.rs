@@ -15,7 +15,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use self::engines::{Engines, RegisterError};
-use super::events::{EngineEvent, HubEvent, Resubmission};
+use super::events::{EngineEvent, HubEvent, TaskCommand};
 use super::relay::{accept_from_peer, WarnOnce};
 use crate::protocol::{error_content, key_error_value, EngineConnectionInfo, Message, Session};
 use crate::store::Store;
@@ -34,7 +34,7 @@ pub(crate) struct HubParts {
     pub(crate) events: mpsc::Receiver<HubEvent>,
     pub(crate) engine_events: mpsc::Sender<EngineEvent>,
     pub(crate) forget_heart: mpsc::Sender<String>,
-    pub(crate) resubmit: mpsc::Sender<Resubmission>,
+    pub(crate) resubmit: mpsc::Sender<TaskCommand>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -50,7 +50,7 @@ pub(crate) struct Hub {
     notify_tx: SocketSender,
     engine_events: mpsc::Sender<EngineEvent>,
     forget_heart: mpsc::Sender<String>,
-    resubmit: mpsc::Sender<Resubmission>,
+    resubmit: mpsc::Sender<TaskCommand>,
     shutdown: CancellationToken,
     engines: Engines,
     /// Requests (direct and load-balanced) without a result yet.

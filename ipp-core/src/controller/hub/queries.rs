@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::Hub;
-use crate::controller::events::Resubmission;
+use crate::controller::events::TaskCommand;
 use crate::error::Error;
 use crate::protocol::{date, error_content, key_error_value, to_json_bytes, JsonMap, Message};
 use crate::store::{Condition, Query, QueryValue, RecordKey, TaskRecord};
@@ -399,7 +399,12 @@ impl Hub {
             };
             // Record the new task now, so a client polling for it finds it pending.
             self.record_task_request(wire.clone()).await;
-            if self.resubmit.send(Resubmission { wire }).await.is_err() {
+            if self
+                .resubmit
+                .send(TaskCommand::Resubmit(wire))
+                .await
+                .is_err()
+            {
                 let error = error_content("RuntimeError", "the task scheduler is not running");
                 return self.answer(&msg, "resubmit_reply", error).await;
             }

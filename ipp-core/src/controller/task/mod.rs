@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::dependency::Dependency;
-use super::events::{EngineEvent, HubEvent, Resubmission};
+use super::events::{EngineEvent, HubEvent, TaskCommand};
 use super::relay::{accept_from_peer, WarnOnce};
 use crate::protocol::{date, error_content, to_json_bytes, JsonMap, Session, WireMessage};
 use crate::scheduler::{EngineLoad, Pick, Scheduler};
@@ -72,7 +72,7 @@ pub(crate) struct TaskSchedulerParts {
     pub(crate) engines: Socket,
     pub(crate) hub: mpsc::Sender<HubEvent>,
     pub(crate) engine_events: mpsc::Receiver<EngineEvent>,
-    pub(crate) resubmissions: mpsc::Receiver<Resubmission>,
+    pub(crate) commands: mpsc::Receiver<TaskCommand>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -113,7 +113,7 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
         engines,
         hub,
         mut engine_events,
-        mut resubmissions,
+        mut commands,
         shutdown,
     } = parts;
     let (client_tx, mut client_rx) = clients.split();
@@ -157,10 +157,15 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
                 ) else { continue };
                 scheduler.submit(wire).await;
             }
-            resubmission = resubmissions.recv() => {
-                let Some(Resubmission { mut wire }) = resubmission else { break };
-                wire.idents = vec![Bytes::from_static(HUB_IDENTITY)];
-                scheduler.submit(wire).await;
+            command = commands.recv() => {
+                match command {
+                    Some(TaskCommand::Resubmit(mut wire)) => {
+                        wire.idents = vec![Bytes::from_static(HUB_IDENTITY)];
+                        scheduler.submit(wire).await;
+                    }
+                    Some(TaskCommand::Abort(msg_ids)) => scheduler.abort_queued(&msg_ids).await,
+                    None => break,
+                }
             }
             frames = engine_rx.recv() => {
                 let Ok(frames) = frames else { break };
@@ -565,6 +570,39 @@ impl TaskScheduler {
         if let Err(err) = self.client_tx.send(wire.into_frames()).await {
             tracing::debug!(error = %err, "client-facing task socket closed");
         }
+    }
+
+    /// Answers queued (not yet dispatched) jobs as aborted; running ones are left to their
+    /// engine, which answers the same `abort_request`.
+    async fn abort_queued(&mut self, msg_ids: &[String]) {
+        for msg_id in msg_ids {
+            let queued = self.blocked.shift_remove(msg_id) || {
+                let before = self.ready.len();
+                self.ready.retain(|id| id != msg_id);
+                self.ready.len() != before
+            };
+            if !queued {
+                continue;
+            }
+            let Some(job) = self.jobs.remove(msg_id) else {
+                continue;
+            };
+            tracing::debug!(msg_id, "aborted a queued task");
+            self.failed.insert(job.msg_id.clone());
+            let header = self.session.header("apply_reply");
+            let frames = self.session.serialize_parts(
+                job.client.iter().cloned().collect(),
+                to_json_bytes(&header),
+                to_json_bytes(&job.header),
+                Bytes::from_static(br#"{"status":"aborted"}"#),
+                Bytes::from_static(br#"{"status":"aborted"}"#),
+                Vec::new(),
+            );
+            if let Ok(wire) = WireMessage::split(frames) {
+                self.deliver(wire).await;
+            }
+        }
+        self.update_graph(true).await;
     }
 
     /// Fails a job with a scheduler-made error reply (`apply_reply`, metadata `{}`).
