@@ -7,6 +7,7 @@
 //! the ZeroMQ transport lives in `ipp-transport-zmq`.
 
 pub mod controller;
+pub mod engine;
 pub mod error;
 pub mod protocol;
 pub mod scheduler;

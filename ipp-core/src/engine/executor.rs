@@ -1,0 +1,235 @@
+//! The Executor seam: what runs a request on an engine, and how it publishes output.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::error::Result;
+use crate::protocol::{JsonMap, Message, RemoteError, Session};
+use crate::transport::SocketSender;
+
+/// What running one request produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Success: `content` is merged into the reply content (after `"status": "ok"`), and
+    /// `buffers` become the reply's buffers.
+    Ok {
+        /// Extra reply content (for a Rust call: the `rust` section naming the payloads).
+        content: JsonMap,
+        /// The reply's binary frames.
+        buffers: Vec<Bytes>,
+    },
+    /// The request failed; the reply carries this error with the engine's `engine_info`.
+    Error(RemoteError),
+    /// The request's dependencies are not met on this engine (ipyparallel's
+    /// `UnmetDependency`): the reply says `dependencies_met: false`, so the task scheduler
+    /// tries another engine.
+    UnmetDependency,
+}
+
+impl Outcome {
+    /// A success with no extra content and no buffers.
+    pub fn ok() -> Self {
+        Self::Ok {
+            content: JsonMap::new(),
+            buffers: Vec::new(),
+        }
+    }
+
+    /// A failure with the given exception name and message.
+    pub fn error(ename: impl Into<String>, evalue: impl Into<String>) -> Self {
+        Self::Error(RemoteError::new(ename, evalue))
+    }
+}
+
+/// Runs the requests an engine receives, one at a time.
+///
+/// # Contract
+/// - The engine calls [`Executor::apply`] / [`Executor::execute`] for one request at a time,
+///   in arrival order; control messages (abort, clear, shutdown) are handled meanwhile.
+/// - A method never blocks its runtime thread: long computations go to the blocking pool
+///   (`tokio::task::spawn_blocking`), so heartbeats and control keep flowing.
+/// - Failures are returned as [`Outcome::Error`], never as panics; the engine keeps serving.
+/// - [`Executor::clear`] (a client's `clear_request`) empties whatever namespace the executor
+///   keeps between requests.
+#[async_trait]
+pub trait Executor: fmt::Debug + Send + Sync + 'static {
+    /// Runs an `apply_request` (the whole request: header, metadata, content, buffers).
+    async fn apply(&self, request: &Message, outputs: &Outputs) -> Outcome;
+
+    /// Runs an `execute_request`'s code.
+    async fn execute(&self, code: &str, outputs: &Outputs) -> Outcome;
+
+    /// Empties the executor's namespace.
+    fn clear(&self);
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<T: Executor + ?Sized> Executor for Arc<T> {
+    async fn apply(&self, request: &Message, outputs: &Outputs) -> Outcome {
+        (**self).apply(request, outputs).await
+    }
+
+    async fn execute(&self, code: &str, outputs: &Outputs) -> Outcome {
+        (**self).execute(code, outputs).await
+    }
+
+    fn clear(&self) {
+        (**self).clear();
+    }
+}
+
+/// Who an engine is: its uuid (fixed) and its id (which may change when it re-registers
+/// with a restarted controller).
+#[derive(Debug)]
+pub(crate) struct EngineIdentity {
+    pub(crate) uuid: String,
+    id: AtomicU32,
+}
+
+impl EngineIdentity {
+    pub(crate) fn new(uuid: String, id: u32) -> Self {
+        Self {
+            uuid,
+            id: AtomicU32::new(id),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u32 {
+        self.id.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_id(&self, id: u32) {
+        self.id.store(id, Ordering::Relaxed);
+    }
+}
+
+/// Publishes on the engine's IOPub socket: used by the engine itself (status, errors) and by
+/// executors (the request's stdout, stderr and display data).
+#[derive(Clone, Debug)]
+pub(crate) struct Publisher {
+    pub(crate) session: Arc<Session>,
+    pub(crate) iopub: SocketSender,
+    pub(crate) identity: Arc<EngineIdentity>,
+}
+
+impl Publisher {
+    /// Sends one IOPub message with topic `engine.<id>.<topic>`; a closed socket (the
+    /// engine is stopping) is logged, not an error for the request.
+    pub(crate) async fn publish(
+        &self,
+        topic: &str,
+        msg_type: &str,
+        parent: &JsonMap,
+        content: Value,
+        metadata: JsonMap,
+    ) -> Result<()> {
+        let mut msg = self.session.message(msg_type, content);
+        msg.parent_header = parent.clone();
+        msg.metadata = metadata;
+        msg.idents = vec![Bytes::from(format!(
+            "engine.{}.{topic}",
+            self.identity.id()
+        ))];
+        let frames = self.session.serialize(&msg);
+        self.iopub.send(frames).await
+    }
+
+    /// `{"engine": uuid}`: the metadata ipyparallel engines put on messages they send by type.
+    pub(crate) fn engine_metadata(&self) -> JsonMap {
+        let mut md = JsonMap::new();
+        md.insert("engine".into(), json!(self.identity.uuid));
+        md
+    }
+}
+
+/// Where an executor sends the current request's output: stdout/stderr text and display
+/// data, published on IOPub with the request as parent (so clients attach it to the right
+/// result) under the topics `engine.<id>.stdout`, `engine.<id>.stderr` and
+/// `engine.<id>.displaypub`.
+#[derive(Clone, Debug)]
+pub struct Outputs {
+    publisher: Publisher,
+    parent: Arc<JsonMap>,
+    msg_id: Arc<str>,
+}
+
+impl Outputs {
+    pub(crate) fn new(publisher: Publisher, parent: &Message) -> Self {
+        Self {
+            publisher,
+            parent: Arc::new(parent.header.to_map()),
+            msg_id: Arc::from(parent.header.msg_id.as_str()),
+        }
+    }
+
+    /// The engine's id (as the controller assigned it).
+    pub fn engine_id(&self) -> u32 {
+        self.publisher.identity.id()
+    }
+
+    /// The engine's uuid.
+    pub fn engine_uuid(&self) -> &str {
+        &self.publisher.identity.uuid
+    }
+
+    /// The `msg_id` of the request being run.
+    pub fn msg_id(&self) -> &str {
+        &self.msg_id
+    }
+
+    /// Publishes `text` on a stream (`stdout` or `stderr`), waiting while the IOPub queue is
+    /// full.
+    ///
+    /// # Errors
+    /// [`crate::Error::Closed`] when the engine is stopping.
+    pub async fn stream(&self, name: &str, text: &str) -> Result<()> {
+        self.publisher
+            .publish(
+                name,
+                "stream",
+                &self.parent,
+                json!({"name": name, "text": text}),
+                JsonMap::new(),
+            )
+            .await
+    }
+
+    /// Publishes `text` on stdout.
+    ///
+    /// # Errors
+    /// As [`Outputs::stream`].
+    pub async fn stdout(&self, text: &str) -> Result<()> {
+        self.stream("stdout", text).await
+    }
+
+    /// Publishes `text` on stderr.
+    ///
+    /// # Errors
+    /// As [`Outputs::stream`].
+    pub async fn stderr(&self, text: &str) -> Result<()> {
+        self.stream("stderr", text).await
+    }
+
+    /// Publishes a `display_data` message (`data` maps MIME types to representations, e.g.
+    /// `{"text/plain": "…"}`).
+    ///
+    /// # Errors
+    /// As [`Outputs::stream`].
+    pub async fn display_data(&self, data: JsonMap, metadata: JsonMap) -> Result<()> {
+        self.publisher
+            .publish(
+                "displaypub",
+                "display_data",
+                &self.parent,
+                json!({"data": data, "metadata": metadata, "transient": {}}),
+                JsonMap::new(),
+            )
+            .await
+    }
+}

@@ -1,0 +1,216 @@
+//! Running one shell request: status busy, the executor, the reply with ipyparallel's
+//! metadata, status idle.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::executor::{EngineIdentity, Executor, Outcome, Outputs, Publisher};
+use crate::protocol::{date, JsonMap, Message, RemoteError, Session};
+use crate::transport::{Frames, SocketSender};
+
+/// A request waiting for its turn.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub(crate) msg: Message,
+    /// The shell socket it came in on: the reply goes back the same way.
+    pub(crate) reply_to: SocketSender,
+    /// A client asked to abort it (answered `status: aborted` without running it).
+    pub(crate) aborted: bool,
+}
+
+/// A request that has run: its signed reply, still to be sent.
+#[derive(Debug)]
+pub(crate) struct Finished {
+    pub(crate) reply: Frames,
+    pub(crate) reply_to: SocketSender,
+    pub(crate) parent: JsonMap,
+    pub(crate) msg_id: String,
+}
+
+/// What the request tasks share.
+#[derive(Clone, Debug)]
+pub(crate) struct RequestEnv {
+    pub(crate) session: Arc<Session>,
+    pub(crate) publisher: Publisher,
+    pub(crate) executor: Arc<dyn Executor>,
+    pub(crate) identity: Arc<EngineIdentity>,
+}
+
+/// `apply_request` → `apply_reply`; anything else `x` → `x_reply`.
+pub(crate) fn reply_type(msg_type: &str) -> String {
+    match msg_type.strip_suffix("_request") {
+        Some(stem) => format!("{stem}_reply"),
+        None => format!("{msg_type}_reply"),
+    }
+}
+
+/// Publishes `status {execution_state}` for the request `parent`.
+pub(crate) async fn publish_status(publisher: &Publisher, parent: &JsonMap, state: &str) {
+    let sent = publisher
+        .publish(
+            "status",
+            "status",
+            parent,
+            json!({"execution_state": state}),
+            publisher.engine_metadata(),
+        )
+        .await;
+    if let Err(err) = sent {
+        tracing::debug!(error = %err, "status not published: the engine is stopping");
+    }
+}
+
+impl RequestEnv {
+    /// Runs one request (or answers it as aborted) and returns its reply. Status busy is
+    /// published here; status idle by the caller once the reply is sent.
+    pub(crate) async fn run(self, queued: Queued) -> Finished {
+        let Queued {
+            msg,
+            reply_to,
+            aborted,
+        } = queued;
+        let parent = msg.header.to_map();
+        publish_status(&self.publisher, &parent, "busy").await;
+        let started = date::format(&date::now());
+        let method = if msg.header.msg_type == "execute_request" {
+            "execute"
+        } else {
+            "apply"
+        };
+        let outcome = if aborted {
+            None
+        } else {
+            let outputs = Outputs::new(self.publisher.clone(), &msg);
+            Some(match msg.header.msg_type.as_str() {
+                "apply_request" => self.executor.apply(&msg, &outputs).await,
+                "execute_request" => {
+                    let code = msg
+                        .content_map()
+                        .get("code")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    self.executor.execute(code, &outputs).await
+                }
+                other => Outcome::error(
+                    "NotImplementedError",
+                    format!("this engine does not handle {other} on its shell sockets"),
+                ),
+            })
+        };
+
+        let mut metadata = self.reply_metadata(&msg, started);
+        let mut content = JsonMap::new();
+        let mut buffers = Vec::new();
+        match outcome {
+            None => {
+                content.insert("status".into(), json!("aborted"));
+                metadata.insert("status".into(), json!("aborted"));
+            }
+            Some(Outcome::Ok {
+                content: extra,
+                buffers: frames,
+            }) => {
+                content.insert("status".into(), json!("ok"));
+                if method == "execute" {
+                    content.insert("execution_count".into(), json!(0));
+                    content.insert("user_expressions".into(), json!({}));
+                    content.insert("payload".into(), json!([]));
+                }
+                content.extend(extra);
+                buffers = frames;
+                metadata.insert("status".into(), json!("ok"));
+            }
+            Some(Outcome::Error(error)) => {
+                content = self.error_content(error, method, &mut metadata);
+                self.publish_error(&parent, &content).await;
+            }
+            Some(Outcome::UnmetDependency) => {
+                let error = RemoteError {
+                    ename: "UnmetDependency".into(),
+                    evalue: String::new(),
+                    traceback: vec!["UnmetDependency: dependencies not met on this engine\n".into()],
+                    engine_info: JsonMap::new(),
+                };
+                metadata.insert("dependencies_met".into(), json!(false));
+                content = self.error_content(error, method, &mut metadata);
+            }
+        }
+        let mut reply = self.session.reply(
+            &msg.header,
+            &reply_type(&msg.header.msg_type),
+            Value::Object(content),
+        );
+        reply.metadata = metadata;
+        reply.buffers = buffers;
+        reply.idents = msg.idents;
+        Finished {
+            reply: self.session.serialize(&reply),
+            reply_to,
+            parent,
+            msg_id: msg.header.msg_id,
+        }
+    }
+
+    /// The reply metadata ipyparallel engines send (spec §7.4), without `status`.
+    fn reply_metadata(&self, request: &Message, started: String) -> JsonMap {
+        let md = &request.metadata;
+        let flag = |key: &str| md.get(key).and_then(Value::as_bool).unwrap_or(false);
+        let mut out = JsonMap::new();
+        out.insert("started".into(), json!(started));
+        out.insert("dependencies_met".into(), json!(true));
+        out.insert("engine".into(), json!(self.identity.uuid));
+        out.insert("is_broadcast".into(), json!(flag("is_broadcast")));
+        out.insert("is_coalescing".into(), json!(flag("is_coalescing")));
+        out.insert(
+            "original_msg_id".into(),
+            md.get("original_msg_id").cloned().unwrap_or(json!("")),
+        );
+        out.insert(
+            "label".into(),
+            md.get("label").cloned().unwrap_or(Value::Null),
+        );
+        out
+    }
+
+    /// The error dict for the reply content, and the error parts of the metadata.
+    fn error_content(
+        &self,
+        mut error: RemoteError,
+        method: &str,
+        metadata: &mut JsonMap,
+    ) -> JsonMap {
+        let id = self.identity.id();
+        error.engine_info = json!({
+            "engine_uuid": self.identity.uuid,
+            "engine_id": id,
+            "method": method,
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+        metadata.insert("status".into(), json!("error"));
+        metadata.insert(
+            "engine_info".into(),
+            json!({"engine_uuid": self.identity.uuid, "engine_id": id}),
+        );
+        error.to_content()
+    }
+
+    /// ipyparallel engines also publish failures on IOPub (topic `engine.<id>.error`).
+    async fn publish_error(&self, parent: &JsonMap, content: &JsonMap) {
+        let sent = self
+            .publisher
+            .publish(
+                "error",
+                "error",
+                parent,
+                Value::Object(content.clone()),
+                self.publisher.engine_metadata(),
+            )
+            .await;
+        if let Err(err) = sent {
+            tracing::debug!(error = %err, "error not published: the engine is stopping");
+        }
+    }
+}
