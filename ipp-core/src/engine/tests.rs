@@ -25,9 +25,17 @@ fn config() -> ControllerConfig {
     }
 }
 
-fn executor() -> RustExecutor {
+/// The test executor, and the sender that opens its `gate` function (which blocks until
+/// the test says so, to keep a request running while others queue up).
+fn executor() -> (RustExecutor, std::sync::mpsc::Sender<()>) {
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    let gate = std::sync::Mutex::new(gate);
     let executor = RustExecutor::new();
     executor
+        .register_infallible("gate", move |_: ()| {
+            let opened = gate.lock().map(|g| g.recv().is_ok()).unwrap_or(false);
+            opened
+        })
         .register_infallible("square", |n: i64| n * n)
         .register("checked_sqrt", |x: f64| {
             if x < 0.0 {
@@ -46,7 +54,7 @@ fn executor() -> RustExecutor {
             // Real work on the blocking pool (no sleep: time is paused in these tests).
             (0..n).fold(0u64, |acc, i| acc.wrapping_add(i))
         });
-    executor
+    (executor, open)
 }
 
 /// The controller, one engine and a client's sockets.
@@ -59,6 +67,7 @@ struct Cluster {
     control: Socket,
     iopub: Socket,
     notifications: Socket,
+    gate: std::sync::mpsc::Sender<()>,
 }
 
 impl Cluster {
@@ -88,9 +97,10 @@ impl Cluster {
         let iopub = connect(SocketKind::Sub, client.iopub, all()).await;
         let mux = connect(SocketKind::Dealer, client.mux, SocketOptions::default()).await;
         let control = connect(SocketKind::Dealer, client.control, SocketOptions::default()).await;
+        let (executor, gate) = executor();
         let engine = Engine::builder(controller.engine_info().clone())
             .with_transport(Arc::new(transport.clone()))
-            .with_executor(Arc::new(executor()))
+            .with_executor(Arc::new(executor))
             .with_config(engine_config)
             .start()
             .await
@@ -104,6 +114,7 @@ impl Cluster {
             control,
             iopub,
             notifications,
+            gate,
         };
         let note = recv(&mut cluster.notifications).await;
         assert_eq!(note.header.msg_type, "registration_notification");
@@ -202,4 +213,385 @@ async fn an_engine_registers_and_runs_a_function_with_json_and_bincode() {
 
     c.engine.shutdown().await;
     c.controller.shutdown().await;
+}
+
+fn error_of(reply: &Message) -> (String, String) {
+    assert_eq!(reply.content["status"], "error", "{:?}", reply.content);
+    assert_eq!(reply.metadata["status"], "error");
+    (
+        reply.content["ename"].as_str().unwrap().to_owned(),
+        reply.content["evalue"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_function_error_becomes_a_remote_error_with_engine_info() {
+    let mut c = Cluster::start().await;
+    let id = c
+        .call(&call("checked_sqrt", Json.encode(&-4.0f64).unwrap()))
+        .await;
+    let reply = c.reply().await;
+    let (ename, evalue) = error_of(&reply);
+    assert_eq!(ename, "RustError");
+    assert_eq!(evalue, "cannot take the square root of -4");
+    let traceback = reply.content["traceback"].as_array().unwrap();
+    assert!(traceback
+        .iter()
+        .any(|l| l.as_str().unwrap().contains("checked_sqrt")));
+    let uuid = json!(c.engine.uuid());
+    assert_eq!(
+        reply.content["engine_info"],
+        json!({"engine_uuid": uuid, "engine_id": 0, "method": "apply"})
+    );
+    assert_eq!(
+        reply.metadata["engine_info"],
+        json!({"engine_uuid": uuid, "engine_id": 0})
+    );
+    assert_eq!(reply.metadata["dependencies_met"], true);
+    // The error is also published on IOPub, between busy and idle.
+    let outputs = c.outputs_of(&id).await;
+    let types: Vec<&str> = outputs.iter().map(|m| m.header.msg_type.as_str()).collect();
+    assert_eq!(types, ["status", "error", "status"]);
+    assert_eq!(outputs[1].idents[0].as_ref(), b"engine.0.error");
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_becomes_a_rust_panic_error_and_the_engine_keeps_serving() {
+    let mut c = Cluster::start().await;
+    c.call(&RustCall::new("boom", vec![])).await;
+    let (ename, evalue) = error_of(&c.reply().await);
+    assert_eq!(ename, "RustPanic");
+    assert_eq!(evalue, "kaboom");
+
+    c.call(&call("square", Bincode.encode(&5i64).unwrap()))
+        .await;
+    let reply = c.reply().await;
+    let values = read_reply(reply.content_map(), &reply.buffers).unwrap();
+    assert_eq!(values[0].decode::<i64>().unwrap(), 25);
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_functions_bad_arguments_and_pickled_applies_are_refused() {
+    let mut c = Cluster::start().await;
+    c.call(&call("nope", Json.encode(&1).unwrap())).await;
+    let (ename, evalue) = error_of(&c.reply().await);
+    assert_eq!(ename, "NameError");
+    assert!(
+        evalue.contains("'nope'") && evalue.contains("square, "),
+        "{evalue}"
+    );
+
+    c.call(&call("square", Json.encode(&"seven").unwrap()))
+        .await;
+    let (ename, evalue) = error_of(&c.reply().await);
+    assert_eq!(ename, "TypeError");
+    assert!(evalue.contains("i64"), "{evalue}");
+
+    // What ipyparallel sends: content {} and pickled buffers.
+    let mut pickled = c.session.message("apply_request", json!({}));
+    pickled.buffers = vec![Bytes::from_static(b"\x80\x04pickle")];
+    c.send(&c.mux, pickled).await;
+    let (ename, evalue) = error_of(&c.reply().await);
+    assert_eq!(ename, "NotImplementedError");
+    assert!(
+        evalue.contains("registered Rust functions, not Python"),
+        "{evalue}"
+    );
+
+    let execute = c
+        .session
+        .message("execute_request", json!({"code": "1+1", "silent": false}));
+    c.send(&c.mux, execute).await;
+    let reply = c.reply().await;
+    assert_eq!(reply.header.msg_type, "execute_reply");
+    let (ename, evalue) = error_of(&reply);
+    assert_eq!(ename, "NotImplementedError");
+    assert!(
+        evalue.contains("execute of code is not supported"),
+        "{evalue}"
+    );
+    assert_eq!(reply.content["engine_info"]["method"], "execute");
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn push_pull_noop_and_clear_use_the_namespace() {
+    let mut c = Cluster::start().await;
+    let mut push = RustCall::new(
+        PUSH,
+        vec![
+            Bincode.encode(&vec![1u32, 2]).unwrap(),
+            Payload::raw(Bytes::from_static(b"raw!")),
+        ],
+    );
+    push.names = vec!["a".into(), "b".into()];
+    c.call(&push).await;
+    assert_eq!(c.reply().await.content["status"], "ok");
+
+    let mut pull = RustCall::new(PULL, vec![]);
+    pull.names = vec!["b".into(), "a".into()];
+    c.call(&pull).await;
+    let reply = c.reply().await;
+    let values = read_reply(reply.content_map(), &reply.buffers).unwrap();
+    assert_eq!(values[0], Payload::raw(Bytes::from_static(b"raw!")));
+    assert_eq!(values[1].decode::<Vec<u32>>().unwrap(), [1, 2]);
+
+    c.call(&RustCall::new(NOOP, vec![])).await;
+    assert_eq!(c.reply().await.content["status"], "ok");
+
+    let reply = c.control("clear_request", json!({})).await;
+    assert_eq!(reply.header.msg_type, "clear_reply");
+    assert_eq!(reply.content["status"], "ok");
+    c.call(&pull).await;
+    let (ename, evalue) = error_of(&c.reply().await);
+    assert_eq!(ename, "NameError");
+    assert_eq!(evalue, "name 'b' is not defined");
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn status_and_stream_output_frame_each_request_on_iopub() {
+    let mut c = Cluster::start().await;
+    let id = c.call(&call("chatty", Json.encode(&5u32).unwrap())).await;
+    let outputs = c.outputs_of(&id).await;
+    let summary: Vec<(String, String)> = outputs
+        .iter()
+        .map(|m| {
+            let topic = String::from_utf8(m.idents[0].to_vec()).unwrap();
+            let detail = match m.header.msg_type.as_str() {
+                "status" => m.content["execution_state"].as_str().unwrap().to_owned(),
+                _ => m.content["text"].as_str().unwrap().to_owned(),
+            };
+            (topic, detail)
+        })
+        .collect();
+    let expected = [
+        ("engine.0.status", "busy"),
+        ("engine.0.stdout", "out 5\n"),
+        ("engine.0.stderr", "err"),
+        ("engine.0.status", "idle"),
+    ]
+    .map(|(t, d)| (t.to_owned(), d.to_owned()));
+    assert_eq!(summary, expected);
+    assert!(outputs.iter().all(|m| m.header.session == c.engine.uuid()));
+    assert_eq!(outputs[0].metadata["engine"], json!(c.engine.uuid()));
+    let reply = c.reply().await;
+    let values = read_reply(reply.content_map(), &reply.buffers).unwrap();
+    assert_eq!(values[0].decode::<u32>().unwrap(), 6);
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn aborted_requests_are_answered_aborted_when_their_turn_comes() {
+    let mut c = Cluster::start().await;
+    let running = c.call(&RustCall::new("gate", vec![])).await;
+    let busy = recv(&mut c.iopub).await; // the gate is running now
+    assert_eq!(busy.parent_msg_id(), Some(running.as_str()));
+    let doomed = c.call(&call("square", Json.encode(&2i64).unwrap())).await;
+    let kept = c.call(&call("square", Json.encode(&3i64).unwrap())).await;
+
+    let reply = c
+        .control("abort_request", json!({"msg_ids": [doomed]}))
+        .await;
+    assert_eq!(reply.header.msg_type, "abort_reply");
+    assert_eq!(reply.content["status"], "ok");
+    assert_eq!(reply.metadata["engine"], json!(c.engine.uuid()));
+
+    // Control is answered while the gate still runs; the running request is not interrupted.
+    c.gate.send(()).unwrap();
+    let first = c.reply().await;
+    assert_eq!(first.parent_msg_id(), Some(running.as_str()));
+    assert_eq!(first.content["status"], "ok");
+    let second = c.reply().await;
+    assert_eq!(second.parent_msg_id(), Some(doomed.as_str()));
+    assert_eq!(second.content, json!({"status": "aborted"}));
+    assert_eq!(second.metadata["status"], "aborted");
+    let third = c.reply().await;
+    assert_eq!(third.parent_msg_id(), Some(kept.as_str()));
+    assert_eq!(third.content["status"], "ok");
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn signal_and_kernel_info_are_answered_on_control() {
+    let mut c = Cluster::start().await;
+    let reply = c.control("signal_request", json!({"sig": 2})).await;
+    assert_eq!(reply.header.msg_type, "signal_reply");
+    assert_eq!(reply.content["status"], "ok");
+    let reply = c.control("kernel_info_request", json!({})).await;
+    assert_eq!(reply.header.msg_type, "kernel_info_reply");
+    assert_eq!(reply.content["language_info"]["name"], "rust");
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_request_replies_on_control_and_iopub_then_unregisters() {
+    let mut c = Cluster::start().await;
+    let reply = c
+        .control("shutdown_request", json!({"restart": false}))
+        .await;
+    assert_eq!(reply.header.msg_type, "shutdown_reply");
+    assert_eq!(reply.content, json!({"status": "ok", "restart": false}));
+    let published = loop {
+        let msg = recv(&mut c.iopub).await;
+        if msg.header.msg_type == "shutdown_reply" {
+            break msg;
+        }
+    };
+    assert_eq!(published.idents[0].as_ref(), b"engine.0.shutdown");
+    let note = recv(&mut c.notifications).await;
+    assert_eq!(note.header.msg_type, "unregistration_notification");
+    c.engine.stopped().await;
+    let uuid = c.engine.uuid().to_owned();
+    c.engine.wait().await.unwrap();
+    assert_eq!(note.content["uuid"], json!(uuid));
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_are_echoed_while_a_long_request_runs() {
+    let mut c = Cluster::start().await;
+    let running = c.call(&RustCall::new("gate", vec![])).await;
+    recv(&mut c.iopub).await; // busy: the gate blocks a blocking-pool thread now
+                              // Well past the controller's allowed misses (3 × 100 ms): the echo task keeps answering.
+    for _ in 0..20 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let client = c.controller.client_info().clone();
+    let mut hub = c
+        .transport
+        .connect(
+            SocketKind::Dealer,
+            &format!("tcp://127.0.0.1:{}", client.registration),
+            SocketOptions::default(),
+        )
+        .await
+        .unwrap();
+    let query = c.session.message("connection_request", json!({}));
+    hub.send(c.session.serialize(&query)).await.unwrap();
+    let engines = recv(&mut hub).await;
+    assert_eq!(engines.content["engines"], json!({"0": c.engine.uuid()}));
+    c.gate.send(()).unwrap();
+    assert_eq!(c.reply().await.parent_msg_id(), Some(running.as_str()));
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_re_registers_with_a_restarted_controller() {
+    let transport = MemoryTransport::new();
+    let ports: Vec<u16> = (41_000..41_020).collect();
+    let config = ControllerConfig {
+        ports: ports.clone(),
+        ..config()
+    };
+    let first = Controller::builder(config.clone())
+        .with_transport(Arc::new(transport.clone()))
+        .start()
+        .await
+        .unwrap();
+    let (executor, _gate) = executor();
+    let engine = Engine::builder(first.engine_info().clone())
+        .with_transport(Arc::new(transport.clone()))
+        .with_executor(Arc::new(executor))
+        .start()
+        .await
+        .unwrap();
+    let uuid = engine.uuid().to_owned();
+    let notifications_of = |controller: &Controller| {
+        let transport = transport.clone();
+        let port = controller.client_info().notification;
+        async move {
+            transport
+                .connect(
+                    SocketKind::Sub,
+                    &format!("tcp://127.0.0.1:{port}"),
+                    SocketOptions::default().with_subscription(Bytes::new()),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let mut notifications = notifications_of(&first).await;
+    let note = recv(&mut notifications).await;
+    assert_eq!(note.header.msg_type, "registration_notification");
+    // The controller restarts at once: the engine notices because the new heart monitor's
+    // pings (its lifetime) start again from zero.
+    first.shutdown().await;
+
+    let second = Controller::builder(config)
+        .with_transport(Arc::new(transport.clone()))
+        .start()
+        .await
+        .unwrap();
+    let mut notifications = notifications_of(&second).await;
+    let note = recv(&mut notifications).await;
+    assert_eq!(note.header.msg_type, "registration_notification");
+    assert_eq!(note.content["uuid"], json!(uuid));
+    assert_eq!(engine.id(), 0, "the engine asked for its old id and got it");
+
+    // And it serves requests there.
+    let session = Session::new(SigningKey::new(KEY.as_bytes()));
+    let mut mux = transport
+        .connect(
+            SocketKind::Dealer,
+            &format!("tcp://127.0.0.1:{}", second.client_info().mux),
+            SocketOptions::default(),
+        )
+        .await
+        .unwrap();
+    let (content, buffers) = call("square", Json.encode(&9i64).unwrap()).to_request();
+    let mut msg = session.message("apply_request", content);
+    msg.buffers = buffers;
+    msg.idents = vec![Bytes::from(uuid.clone())];
+    mux.send(session.serialize(&msg)).await.unwrap();
+    let reply = recv(&mut mux).await;
+    let values = read_reply(reply.content_map(), &reply.buffers).unwrap();
+    assert_eq!(values[0].decode::<i64>().unwrap(), 81);
+    engine.shutdown().await;
+    second.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_stops_with_an_error_when_the_controller_never_returns() {
+    let transport = MemoryTransport::new();
+    let controller = Controller::builder(config())
+        .with_transport(Arc::new(transport.clone()))
+        .start()
+        .await
+        .unwrap();
+    let (executor, _gate) = executor();
+    let engine = Engine::builder(controller.engine_info().clone())
+        .with_transport(Arc::new(transport.clone()))
+        .with_executor(Arc::new(executor))
+        .start()
+        .await
+        .unwrap();
+    controller.shutdown().await;
+    let err = engine.wait().await.unwrap_err();
+    assert!(matches!(err, crate::Error::Timeout { .. }), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_registration_fails_start() {
+    let transport = MemoryTransport::new();
+    let controller = Controller::builder(config())
+        .with_transport(Arc::new(transport.clone()))
+        .start()
+        .await
+        .unwrap();
+    let mut info = controller.engine_info().clone();
+    info.registration = 1; // nobody listens there
+    let err = Engine::builder(info)
+        .with_transport(Arc::new(transport.clone()))
+        .with_executor(Arc::new(RustExecutor::new()))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, crate::Error::Timeout { .. }), "{err}");
+    controller.shutdown().await;
 }
