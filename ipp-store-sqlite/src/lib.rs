@@ -1,0 +1,12 @@
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod query;
+mod schema;
+mod store;
+mod writer;
+
+pub use crate::config::{SqliteConfig, DEFAULT_TABLE};
+pub use crate::error::{Error, Result};
+pub use crate::store::SqliteStore;
