@@ -187,6 +187,18 @@ impl WireMessage {
     }
 }
 
+/// Reads only the `msg_id` of a packed header (or parent header): the cheap parse the
+/// routing paths need.
+pub fn msg_id_of(packed: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct MsgIdOnly {
+        msg_id: String,
+    }
+    serde_json::from_slice::<MsgIdOnly>(packed)
+        .ok()
+        .map(|header| header.msg_id)
+}
+
 fn parse_json<T: serde::de::DeserializeOwned>(frame: &[u8], what: &str) -> Result<T> {
     serde_json::from_slice(frame)
         .map_err(|err| Error::invalid_message(format!("bad {what}: {err}")))

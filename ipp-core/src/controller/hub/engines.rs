@@ -14,8 +14,8 @@ pub(crate) struct EngineEntry {
     pub(crate) queue: IndexSet<String>,
     /// Load-balanced tasks assigned to it and not yet answered.
     pub(crate) tasks: IndexSet<String>,
-    /// Requests it finished (aborted tasks excluded).
-    pub(crate) completed: Vec<String>,
+    /// How many requests it finished (aborted tasks excluded); the ids are in the store.
+    pub(crate) completed: usize,
 }
 
 /// A registration waiting for the engine's first heartbeat.
@@ -85,7 +85,7 @@ impl Engines {
                 uuid: uuid.to_owned(),
                 queue: IndexSet::new(),
                 tasks: IndexSet::new(),
-                completed: Vec::new(),
+                completed: 0,
             },
         );
         Some(pending.id)

@@ -57,8 +57,10 @@ pub(crate) struct Hub {
     pending: HashSet<String>,
     /// Load-balanced tasks not yet sent to an engine.
     unassigned: IndexSet<String>,
-    /// Requests whose result the Hub has seen.
-    completed: HashSet<String>,
+    /// Requests whose result the Hub has seen recently (older ones are in the store).
+    completed: RecentSet,
+    /// Whether the store records anything (false for NoDb: then requests are not parsed).
+    recording: bool,
     warned: WarnOnce,
     warned_store: bool,
 }
@@ -80,6 +82,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
         resubmit,
         shutdown,
     } = parts;
+    let store_records = store.capabilities().records;
     let (query_tx, mut query_rx) = query.split();
     let (notify_tx, _) = notification.split();
     let mut hub = Hub {
@@ -98,7 +101,8 @@ pub(crate) async fn run_hub(parts: HubParts) {
         engines: Engines::default(),
         pending: HashSet::new(),
         unassigned: IndexSet::new(),
-        completed: HashSet::new(),
+        completed: RecentSet::default(),
+        recording: store_records,
         warned: WarnOnce::default(),
         warned_store: false,
     };
@@ -121,7 +125,42 @@ pub(crate) async fn run_hub(parts: HubParts) {
     }
 }
 
+/// A bounded set of recent ids: membership in O(1), the oldest forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct RecentSet {
+    members: HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl RecentSet {
+    /// How many ids are remembered: enough for any client still polling its results, small
+    /// enough that the controller's memory stays flat over millions of tasks.
+    const CAPACITY: usize = 65_536;
+
+    pub(crate) fn insert(&mut self, id: &str) {
+        if self.members.contains(id) {
+            return;
+        }
+        if self.order.len() >= Self::CAPACITY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.members.remove(&oldest);
+            }
+        }
+        self.members.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+    }
+
+    pub(crate) fn contains(&self, id: &str) -> bool {
+        self.members.contains(id)
+    }
+}
+
 impl Hub {
+    /// Remembers that a request finished.
+    fn note_completed(&mut self, msg_id: &str) {
+        self.completed.insert(msg_id);
+    }
+
     /// Sends a signed message to a peer of the query socket.
     async fn send_to(&self, idents: Vec<bytes::Bytes>, mut msg: Message) {
         msg.idents = idents;

@@ -115,28 +115,53 @@ impl Hub {
             Ok(ids) => ids,
             Err(error) => return self.answer(&msg, "hub_error", error).await,
         };
-        let show = |ids: &mut dyn Iterator<Item = &String>, count: usize| -> Value {
-            if verbose {
-                Value::Array(ids.map(|id| Value::String(id.clone())).collect())
-            } else {
-                json!(count)
-            }
+        let list = |ids: &mut dyn Iterator<Item = &String>| -> Value {
+            Value::Array(ids.map(|id| Value::String(id.clone())).collect())
         };
         let mut reply = JsonMap::new();
         reply.insert("status".into(), json!("ok"));
         for id in ids {
-            if let Some(engine) = self.engines.get(id) {
-                reply.insert(
-                    id.to_string(),
-                    json!({
-                        "queue": show(&mut engine.queue.iter(), engine.queue.len()),
-                        "completed": show(&mut engine.completed.iter(), engine.completed.len()),
-                        "tasks": show(&mut engine.tasks.iter(), engine.tasks.len()),
-                    }),
-                );
-            }
+            let Some(engine) = self.engines.get(id) else {
+                continue;
+            };
+            let (queue, tasks, uuid) = if verbose {
+                (
+                    list(&mut engine.queue.iter()),
+                    list(&mut engine.tasks.iter()),
+                    engine.uuid.clone(),
+                )
+            } else {
+                (
+                    json!(engine.queue.len()),
+                    json!(engine.tasks.len()),
+                    engine.uuid.clone(),
+                )
+            };
+            let completed = if verbose {
+                // The Hub keeps counts; the ids come from the task database.
+                let done = Query {
+                    clauses: vec![
+                        (RecordKey::EngineUuid, Condition::Eq(QueryValue::Str(uuid))),
+                        (RecordKey::Completed, Condition::Ne(QueryValue::Null)),
+                    ],
+                };
+                match self.store.find(&done, Some(&[RecordKey::MsgId])).await {
+                    Ok(records) => json!(records.into_iter().map(|r| r.msg_id).collect::<Vec<_>>()),
+                    Err(err) => return self.answer(&msg, "queue_reply", store_error(&err)).await,
+                }
+            } else {
+                json!(engine.completed)
+            };
+            reply.insert(
+                id.to_string(),
+                json!({"queue": queue, "completed": completed, "tasks": tasks}),
+            );
         }
-        let unassigned = show(&mut self.unassigned.iter(), self.unassigned.len());
+        let unassigned = if verbose {
+            list(&mut self.unassigned.iter())
+        } else {
+            json!(self.unassigned.len())
+        };
         reply.insert("unassigned".into(), unassigned);
         self.answer(&msg, "queue_reply", Value::Object(reply)).await;
     }

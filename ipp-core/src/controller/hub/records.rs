@@ -4,6 +4,7 @@ use serde_json::{json, Value};
 
 use super::Hub;
 use crate::error::Error;
+use crate::protocol::message::msg_id_of;
 use crate::protocol::{date, error_content, JsonMap, Message, WireMessage};
 use crate::store::{RecordUpdate, TaskRecord};
 
@@ -134,14 +135,18 @@ impl Hub {
         if self.engines.id_of(&uuid).is_none() {
             return; // as ipyparallel: requests to engines not (yet) registered are not recorded
         }
-        let Ok(msg) = wire.parse() else { return };
-        let msg_id = msg.header.msg_id.clone();
+        let Some(msg_id) = msg_id_of(&wire.header) else {
+            return;
+        };
         self.pending.insert(msg_id.clone());
         if let Some(engine) = self.engines.by_uuid_mut(&uuid) {
             engine.queue.insert(msg_id);
         }
-        self.save_request(request_record(&msg, "mux", Some(uuid)))
-            .await;
+        if self.recording {
+            let Ok(msg) = wire.parse() else { return };
+            self.save_request(request_record(&msg, "mux", Some(uuid)))
+                .await;
+        }
     }
 
     pub(super) async fn record_mux_reply(&mut self, wire: WireMessage) {
@@ -153,28 +158,34 @@ impl Hub {
             return;
         };
         let uuid = uuid.to_owned();
-        let Ok(msg) = wire.parse() else { return };
-        let Some(msg_id) = msg.parent_msg_id().map(str::to_owned) else {
+        let Some(msg_id) = msg_id_of(&wire.parent_header) else {
             return;
         };
         if self.pending.remove(&msg_id) {
-            self.completed.insert(msg_id.clone());
+            self.note_completed(&msg_id);
             if let Some(engine) = self.engines.by_uuid_mut(&uuid) {
                 engine.queue.shift_remove(&msg_id);
-                engine.completed.push(msg_id.clone());
+                engine.completed += 1;
             }
         } else if !self.completed.contains(&msg_id) {
             return; // a reply to nothing we recorded
         }
-        self.update_record(&msg_id, result_update(&msg)).await;
+        if self.recording {
+            let Ok(msg) = wire.parse() else { return };
+            self.update_record(&msg_id, result_update(&msg)).await;
+        }
     }
 
     pub(super) async fn record_task_request(&mut self, wire: WireMessage) {
-        let Ok(msg) = wire.parse() else { return };
-        let msg_id = msg.header.msg_id.clone();
+        let Some(msg_id) = msg_id_of(&wire.header) else {
+            return;
+        };
         self.pending.insert(msg_id.clone());
         self.unassigned.insert(msg_id);
-        self.save_request(request_record(&msg, "task", None)).await;
+        if self.recording {
+            let Ok(msg) = wire.parse() else { return };
+            self.save_request(request_record(&msg, "task", None)).await;
+        }
     }
 
     pub(super) async fn record_task_assignment(&mut self, msg_id: String, engine: String) {
@@ -182,27 +193,37 @@ impl Hub {
         if let Some(entry) = self.engines.by_uuid_mut(&engine) {
             entry.tasks.insert(msg_id.clone());
         }
-        let update = RecordUpdate {
-            engine_uuid: Some(engine),
-            ..RecordUpdate::default()
-        };
-        self.update_record(&msg_id, update).await;
+        if self.recording {
+            let update = RecordUpdate {
+                engine_uuid: Some(engine),
+                ..RecordUpdate::default()
+            };
+            self.update_record(&msg_id, update).await;
+        }
     }
 
     pub(super) async fn record_task_result(&mut self, wire: WireMessage) {
-        let Ok(msg) = wire.parse() else { return };
-        let Some(msg_id) = msg.parent_msg_id().map(str::to_owned) else {
+        #[derive(Default, serde::Deserialize)]
+        struct Engine {
+            engine: Option<String>,
+        }
+        #[derive(Default, serde::Deserialize)]
+        struct Status {
+            status: Option<String>,
+        }
+        let Some(msg_id) = msg_id_of(&wire.parent_header) else {
             return;
         };
-        let engine = msg
-            .metadata
-            .get("engine")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let aborted = msg.content_map().get("status").and_then(Value::as_str) == Some("aborted");
+        let engine = serde_json::from_slice::<Engine>(&wire.metadata)
+            .unwrap_or_default()
+            .engine;
+        let status = serde_json::from_slice::<Status>(&wire.content)
+            .unwrap_or_default()
+            .status;
+        let aborted = status.as_deref() == Some("aborted");
         if self.pending.remove(&msg_id) {
             self.unassigned.shift_remove(&msg_id);
-            self.completed.insert(msg_id.clone());
+            self.note_completed(&msg_id);
         }
         if let Some(entry) = engine
             .as_deref()
@@ -210,14 +231,21 @@ impl Hub {
         {
             entry.tasks.shift_remove(&msg_id);
             if !aborted {
-                entry.completed.push(msg_id.clone());
+                entry.completed += 1;
             }
         }
-        self.update_record(&msg_id, result_update(&msg)).await;
+        if self.recording {
+            let Ok(msg) = wire.parse() else { return };
+            self.update_record(&msg_id, result_update(&msg)).await;
+        }
     }
 
     pub(super) async fn record_iopub(&mut self, wire: WireMessage) {
-        // The IOPub relay has checked the signature already.
+        // The IOPub relay has checked the signature already. Without a database only an
+        // engine's own `shutdown_reply` matters; skip parsing everything else.
+        if !self.recording && !wire.header.windows(14).any(|w| w == b"shutdown_reply") {
+            return;
+        }
         let Ok(msg) = wire.parse() else { return };
         let msg_type = msg.header.msg_type.as_str();
         if msg_type == "shutdown_reply" {
@@ -232,6 +260,9 @@ impl Hub {
         };
         let content = msg.content_map();
         let text = |key: &str| content.get(key).and_then(Value::as_str).map(str::to_owned);
+        if !self.recording {
+            return;
+        }
         let update = match msg_type {
             "stream" => match text("name").as_deref() {
                 Some("stdout") => RecordUpdate {
@@ -266,7 +297,7 @@ impl Hub {
         if !self.pending.remove(msg_id) {
             return;
         }
-        self.completed.insert(msg_id.to_owned());
+        self.note_completed(msg_id);
         let now = date::now();
         let error = error_content(
             "EngineError",

@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use self::dependency::Dependency;
 use super::events::{EngineEvent, HubEvent, TaskCommand};
 use super::relay::{accept_from_peer, WarnOnce};
-use crate::protocol::{date, error_content, to_json_bytes, JsonMap, Session, WireMessage};
+use crate::protocol::message::msg_id_of;
+use crate::protocol::{date, error_content, to_json_bytes, Session, WireMessage};
 use crate::scheduler::{EngineLoad, Pick, Scheduler};
 use crate::transport::{Socket, SocketSender};
 
@@ -32,8 +33,8 @@ struct Job {
     client: Option<Bytes>,
     /// The original signed frames (identities stripped).
     wire: WireMessage,
-    /// The request header, the parent of replies we make ourselves.
-    header: JsonMap,
+    /// The request's packed header: the parent of replies we make ourselves.
+    header: Bytes,
     targets: Vec<String>,
     after: Dependency,
     follow: Dependency,
@@ -42,6 +43,30 @@ struct Job {
     timeout: Option<Duration>,
     /// The deadline armed when the job was last queued.
     deadline: Option<Instant>,
+}
+
+/// The task flags of a request's metadata (spec §6.2); missing keys take their defaults.
+#[derive(Debug, Default, serde::Deserialize)]
+struct TaskFlags {
+    #[serde(default)]
+    after: Option<Value>,
+    #[serde(default)]
+    follow: Option<Value>,
+    #[serde(default)]
+    targets: Option<Value>,
+    #[serde(default)]
+    retries: Option<u64>,
+    #[serde(default)]
+    timeout: Option<f64>,
+}
+
+/// What the scheduler reads of an engine reply's metadata.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ReplyFlags {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    dependencies_met: Option<bool>,
 }
 
 /// One engine as the scheduler tracks it.
@@ -238,43 +263,49 @@ impl TaskScheduler {
                 job.wire.idents.first().cloned().unwrap_or_default(),
             ],
             to_json_bytes(&header),
-            to_json_bytes(&job.header),
+            job.header.clone(),
             to_json_bytes(&metadata),
             to_json_bytes(&error),
             Vec::new(),
         );
         if let Ok(wire) = WireMessage::split(frames) {
-            self.handle_result(wire, uuid.to_owned(), msg_id.to_owned(), false)
+            self.handle_result(wire, uuid.to_owned(), msg_id.to_owned())
                 .await;
         }
     }
 
     async fn submit(&mut self, wire: WireMessage) {
-        let (header, metadata) = match (wire.parse_header(), wire.parse_metadata()) {
-            (Ok(header), Ok(metadata)) => (header, metadata),
-            (Err(err), _) | (_, Err(err)) => {
+        // Only the msg_id and the task flags are read: the hot path stays cheap.
+        let parsed = msg_id_of(&wire.header)
+            .ok_or_else(|| "a header without a msg_id".to_owned())
+            .and_then(|msg_id| {
+                serde_json::from_slice::<TaskFlags>(&wire.metadata)
+                    .map(|flags| (msg_id, flags))
+                    .map_err(|err| format!("bad metadata: {err}"))
+            });
+        let (msg_id, metadata) = match parsed {
+            Ok(parsed) => parsed,
+            Err(err) => {
                 tracing::warn!(error = %err, "dropped an unreadable task");
                 return;
             }
         };
         let client = wire.idents.first().cloned();
         let _ = self.hub.send(HubEvent::TaskSubmitted(wire.clone())).await;
-        let msg_id = header.msg_id.clone();
         self.submitted.insert(msg_id.clone());
         let timeout = metadata
-            .get("timeout")
-            .and_then(Value::as_f64)
+            .timeout
             // ipyparallel treats 0 (its default) as "no timeout".
             .filter(|t| t.is_finite() && *t > 0.0)
             .map(Duration::from_secs_f64);
         let mut job = Job {
             msg_id: msg_id.clone(),
             client: client.filter(|c| c.as_ref() != HUB_IDENTITY),
-            header: header.to_map(),
-            targets: string_list(metadata.get("targets")),
-            after: Dependency::from_metadata(metadata.get("after")),
-            follow: Dependency::from_metadata(metadata.get("follow")),
-            retries: metadata.get("retries").and_then(Value::as_u64).unwrap_or(0),
+            header: wire.header.clone(),
+            targets: string_list(metadata.targets.as_ref()),
+            after: Dependency::from_metadata(metadata.after.as_ref()),
+            follow: Dependency::from_metadata(metadata.follow.as_ref()),
+            retries: metadata.retries.unwrap_or(0),
             blacklist: HashSet::new(),
             timeout,
             deadline: None,
@@ -499,9 +530,7 @@ impl TaskScheduler {
         else {
             return;
         };
-        let parent: Option<String> = serde_json::from_slice::<JsonMap>(&wire.parent_header)
-            .ok()
-            .and_then(|p| p.get("msg_id").and_then(Value::as_str).map(str::to_owned));
+        let parent = msg_id_of(&wire.parent_header);
         let Some(msg_id) = parent else {
             tracing::debug!(engine.uuid = %uuid, "dropped an engine reply without a parent");
             return;
@@ -517,20 +546,18 @@ impl TaskScheduler {
             tracing::debug!(msg_id, "dropped a reply to a task not running there");
             return;
         }
-        self.handle_result(wire, uuid, msg_id, true).await;
+        self.handle_result(wire, uuid, msg_id).await;
     }
 
     /// Acts on a task's reply: reschedule (unmet dependency, retry) or deliver it.
-    async fn handle_result(&mut self, wire: WireMessage, uuid: String, msg_id: String, live: bool) {
-        let metadata = wire.parse_metadata().unwrap_or_default();
+    async fn handle_result(&mut self, wire: WireMessage, uuid: String, msg_id: String) {
+        let metadata: ReplyFlags = serde_json::from_slice(&wire.metadata).unwrap_or_default();
         let Some(job) = self.jobs.get_mut(&msg_id) else {
             return;
         };
-        let status = metadata
-            .get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("error");
-        let unmet = metadata.get("dependencies_met").and_then(Value::as_bool) == Some(false);
+        // ipyparallel drops a reply without `status`; we count it as a failure instead.
+        let status = metadata.status.as_deref().unwrap_or("error");
+        let unmet = metadata.dependencies_met == Some(false);
         if unmet || (status != "ok" && status != "aborted" && job.retries > 0) {
             if !unmet {
                 job.retries -= 1;
@@ -557,7 +584,6 @@ impl TaskScheduler {
             None => Vec::new(),
         };
         self.deliver(wire).await;
-        let _ = live;
         self.update_graph(true).await;
     }
 
@@ -593,7 +619,7 @@ impl TaskScheduler {
             let frames = self.session.serialize_parts(
                 job.client.iter().cloned().collect(),
                 to_json_bytes(&header),
-                to_json_bytes(&job.header),
+                job.header.clone(),
                 Bytes::from_static(br#"{"status":"aborted"}"#),
                 Bytes::from_static(br#"{"status":"aborted"}"#),
                 Vec::new(),
@@ -614,7 +640,7 @@ impl TaskScheduler {
         let frames = self.session.serialize_parts(
             job.client.iter().cloned().collect(),
             to_json_bytes(&header),
-            to_json_bytes(&job.header),
+            job.header.clone(),
             Bytes::from_static(b"{}"),
             to_json_bytes(&content),
             Vec::new(),
