@@ -339,6 +339,11 @@ async fn scheduler_made_failures_reach_the_client() {
         "scheduler failures carry no engine frame"
     );
 
+    let bogus = h.session.message("bogus_request", json!({}));
+    h.send(&task, vec![], bogus).await;
+    let reply = h.recv(&mut task).await;
+    assert_eq!(reply.content["ename"], "TypeError");
+
     let mut request = h.session.message("apply_request", json!({}));
     request.metadata = json!({"timeout": 1.0}).as_object().cloned().unwrap();
     h.send(&task, vec![], request).await; // no engine: it waits, then times out

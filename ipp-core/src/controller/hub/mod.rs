@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::engines::{Engines, RegisterError};
 use super::events::{EngineEvent, HubEvent, TaskCommand};
+use super::recent::RecentSet;
 use super::relay::{accept_from_peer, WarnOnce};
 use crate::protocol::{error_content, key_error_value, EngineConnectionInfo, Message, Session};
 use crate::store::Store;
@@ -122,36 +123,6 @@ pub(crate) async fn run_hub(parts: HubParts) {
             }
             _ = housekeeping.tick() => hub.purge_stalled_registrations(),
         }
-    }
-}
-
-/// A bounded set of recent ids: membership in O(1), the oldest forgotten first.
-#[derive(Debug, Default)]
-pub(crate) struct RecentSet {
-    members: HashSet<String>,
-    order: std::collections::VecDeque<String>,
-}
-
-impl RecentSet {
-    /// How many ids are remembered: enough for any client still polling its results, small
-    /// enough that the controller's memory stays flat over millions of tasks.
-    const CAPACITY: usize = 65_536;
-
-    pub(crate) fn insert(&mut self, id: &str) {
-        if self.members.contains(id) {
-            return;
-        }
-        if self.order.len() >= Self::CAPACITY {
-            if let Some(oldest) = self.order.pop_front() {
-                self.members.remove(&oldest);
-            }
-        }
-        self.members.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
-    }
-
-    pub(crate) fn contains(&self, id: &str) -> bool {
-        self.members.contains(id)
     }
 }
 

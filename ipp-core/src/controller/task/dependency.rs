@@ -4,6 +4,23 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
+/// A set of finished task ids, as the dependency checks read it.
+pub(crate) trait IdSet {
+    fn has(&self, id: &str) -> bool;
+}
+
+impl IdSet for HashSet<String> {
+    fn has(&self, id: &str) -> bool {
+        self.contains(id)
+    }
+}
+
+impl IdSet for crate::controller::recent::RecentSet {
+    fn has(&self, id: &str) -> bool {
+        self.contains(id)
+    }
+}
+
 /// A set of task ids with the flags that say when it is met.
 ///
 /// On the wire it is either a plain list of msg_ids (all = true, success = true,
@@ -53,13 +70,12 @@ impl Dependency {
     }
 
     /// Whether the dependency holds, given the finished tasks.
-    pub(crate) fn is_met(&self, completed: &HashSet<String>, failed: &HashSet<String>) -> bool {
+    pub(crate) fn is_met(&self, completed: &impl IdSet, failed: &impl IdSet) -> bool {
         if self.ids.is_empty() {
             return true;
         }
-        let counts = |id: &String| {
-            (self.success && completed.contains(id)) || (self.failure && failed.contains(id))
-        };
+        let counts =
+            |id: &String| (self.success && completed.has(id)) || (self.failure && failed.has(id));
         if self.all {
             self.ids.iter().all(counts)
         } else {
@@ -68,17 +84,12 @@ impl Dependency {
     }
 
     /// Whether the dependency can never hold, given the finished tasks.
-    pub(crate) fn is_unreachable(
-        &self,
-        completed: &HashSet<String>,
-        failed: &HashSet<String>,
-    ) -> bool {
+    pub(crate) fn is_unreachable(&self, completed: &impl IdSet, failed: &impl IdSet) -> bool {
         if self.ids.is_empty() {
             return false;
         }
-        let spoiled = |id: &String| {
-            (!self.success && completed.contains(id)) || (!self.failure && failed.contains(id))
-        };
+        let spoiled =
+            |id: &String| (!self.success && completed.has(id)) || (!self.failure && failed.has(id));
         if self.all {
             self.ids.iter().any(spoiled)
         } else {
@@ -87,14 +98,13 @@ impl Dependency {
     }
 
     /// Drops ids that are already satisfied (only for `all` dependencies, as ipyparallel).
-    pub(crate) fn reduce(&mut self, completed: &HashSet<String>, failed: &HashSet<String>) {
+    pub(crate) fn reduce(&mut self, completed: &impl IdSet, failed: &impl IdSet) {
         if !self.all {
             return;
         }
         let (success, failure) = (self.success, self.failure);
-        self.ids.retain(|id| {
-            !((success && completed.contains(id)) || (failure && failed.contains(id)))
-        });
+        self.ids
+            .retain(|id| !((success && completed.has(id)) || (failure && failed.has(id))));
     }
 }
 

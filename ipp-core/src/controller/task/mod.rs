@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use self::dependency::Dependency;
+use self::dependency::{Dependency, IdSet};
 use super::events::{EngineEvent, HubEvent, TaskCommand};
+use super::recent::RecentSet;
 use super::relay::{accept_from_peer, WarnOnce};
 use crate::protocol::message::msg_id_of;
 use crate::protocol::{date, error_content, to_json_bytes, Session, WireMessage};
@@ -84,6 +85,9 @@ enum Attempt {
     Wait,
 }
 
+/// How many finished task ids the scheduler remembers for dependencies.
+const HISTORY_WINDOW: usize = 262_144;
+
 /// Routing id used in place of a client's for tasks the Hub resubmits.
 const HUB_IDENTITY: &[u8] = b"\x00hub-resubmit";
 
@@ -117,11 +121,13 @@ struct TaskScheduler {
     /// Jobs whose `after` is not met yet.
     blocked: IndexSet<String>,
     running: HashMap<String, IndexSet<String>>,
-    submitted: HashSet<String>,
-    completed: HashSet<String>,
-    failed: HashSet<String>,
-    engine_completed: HashMap<String, HashSet<String>>,
-    engine_failed: HashMap<String, HashSet<String>>,
+    // Finished and submitted ids, for dependencies: bounded, so memory stays flat over
+    // millions of tasks; a dependency on an id older than the window is InvalidDependency.
+    submitted: RecentSet,
+    completed: RecentSet,
+    failed: RecentSet,
+    engine_completed: HashMap<String, RecentSet>,
+    engine_failed: HashMap<String, RecentSet>,
     timeouts: BinaryHeap<Reverse<(Instant, String)>>,
     warned: WarnOnce,
     max_message_bytes: usize,
@@ -156,9 +162,9 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
         ready: VecDeque::new(),
         blocked: IndexSet::new(),
         running: HashMap::new(),
-        submitted: HashSet::new(),
-        completed: HashSet::new(),
-        failed: HashSet::new(),
+        submitted: RecentSet::with_capacity(HISTORY_WINDOW),
+        completed: RecentSet::with_capacity(HISTORY_WINDOW),
+        failed: RecentSet::with_capacity(HISTORY_WINDOW),
         engine_completed: HashMap::new(),
         engine_failed: HashMap::new(),
         timeouts: BinaryHeap::new(),
@@ -275,15 +281,20 @@ impl TaskScheduler {
     }
 
     async fn submit(&mut self, wire: WireMessage) {
-        // Only the msg_id and the task flags are read: the hot path stays cheap.
-        let parsed = msg_id_of(&wire.header)
-            .ok_or_else(|| "a header without a msg_id".to_owned())
-            .and_then(|msg_id| {
+        #[derive(serde::Deserialize)]
+        struct IdAndType {
+            msg_id: String,
+            msg_type: String,
+        }
+        // Only the msg_id, the type and the task flags are read: the hot path stays cheap.
+        let parsed = serde_json::from_slice::<IdAndType>(&wire.header)
+            .map_err(|err| format!("bad header: {err}"))
+            .and_then(|header| {
                 serde_json::from_slice::<TaskFlags>(&wire.metadata)
-                    .map(|flags| (msg_id, flags))
+                    .map(|flags| (header, flags))
                     .map_err(|err| format!("bad metadata: {err}"))
             });
-        let (msg_id, metadata) = match parsed {
+        let (IdAndType { msg_id, msg_type }, metadata) = match parsed {
             Ok(parsed) => parsed,
             Err(err) => {
                 tracing::warn!(error = %err, "dropped an unreadable task");
@@ -292,7 +303,7 @@ impl TaskScheduler {
         };
         let client = wire.idents.first().cloned();
         let _ = self.hub.send(HubEvent::TaskSubmitted(wire.clone())).await;
-        self.submitted.insert(msg_id.clone());
+        self.submitted.insert(&msg_id);
         let timeout = metadata
             .timeout
             // ipyparallel treats 0 (its default) as "no timeout".
@@ -315,6 +326,15 @@ impl TaskScheduler {
             },
         };
         job.after.reduce(&self.completed, &self.failed);
+        if msg_type != "apply_request" && msg_type != "execute_request" {
+            // An engine would never answer it, and it would hold the engine's slot forever.
+            tracing::warn!(
+                msg_id,
+                msg_type,
+                "refused a task that is not an apply or execute request"
+            );
+            return self.fail(job, "TypeError").await;
+        }
         let mut invalid = None;
         for dep in [&job.after, &job.follow] {
             if dep
@@ -447,10 +467,15 @@ impl TaskScheduler {
 
     fn follow_met_on(&self, follow: &Dependency, uuid: &str) -> bool {
         let empty = HashSet::new();
-        follow.is_met(
-            self.engine_completed.get(uuid).unwrap_or(&empty),
-            self.engine_failed.get(uuid).unwrap_or(&empty),
-        )
+        match (
+            self.engine_completed.get(uuid),
+            self.engine_failed.get(uuid),
+        ) {
+            (Some(done), Some(failed)) => follow.is_met(done, failed),
+            (Some(done), None) => follow.is_met(done, &empty),
+            (None, Some(failed)) => follow.is_met(&empty, failed),
+            (None, None) => follow.is_met(&empty, &empty),
+        }
     }
 
     /// Whether no engine can ever take the job (spec §6.3 step 4, plus: every engine has
@@ -461,7 +486,7 @@ impl TaskScheduler {
                 .engine_completed
                 .iter()
                 .chain(self.engine_failed.iter())
-                .filter(|(_, done)| job.follow.ids.iter().any(|id| done.contains(id)))
+                .filter(|(_, done)| job.follow.ids.iter().any(|id| done.has(id)))
                 .map(|(uuid, _)| uuid)
                 .collect();
             if ran_on.len() > 1 {
@@ -576,8 +601,11 @@ impl TaskScheduler {
         } else {
             (&mut self.failed, &mut self.engine_failed)
         };
-        all.insert(msg_id.clone());
-        per_engine.entry(uuid.clone()).or_default().insert(msg_id);
+        all.insert(&msg_id);
+        per_engine
+            .entry(uuid.clone())
+            .or_insert_with(|| RecentSet::with_capacity(HISTORY_WINDOW / 4))
+            .insert(&msg_id);
         let mut wire = wire;
         wire.idents = match job.client {
             Some(client) => vec![client, Bytes::from(uuid)],
@@ -614,7 +642,7 @@ impl TaskScheduler {
                 continue;
             };
             tracing::debug!(msg_id, "aborted a queued task");
-            self.failed.insert(job.msg_id.clone());
+            self.failed.insert(&job.msg_id);
             let header = self.session.header("apply_reply");
             let frames = self.session.serialize_parts(
                 job.client.iter().cloned().collect(),
@@ -634,9 +662,13 @@ impl TaskScheduler {
     /// Fails a job with a scheduler-made error reply (`apply_reply`, metadata `{}`).
     async fn fail(&mut self, job: Job, ename: &str) {
         tracing::debug!(msg_id = %job.msg_id, ename, "task failed in the scheduler");
-        self.failed.insert(job.msg_id.clone());
+        self.failed.insert(&job.msg_id);
         let header = self.session.header("apply_reply");
-        let content = error_content(ename, "");
+        let evalue = match ename {
+            "TypeError" => "the task scheduler runs apply_request and execute_request only",
+            _ => "",
+        };
+        let content = error_content(ename, evalue);
         let frames = self.session.serialize_parts(
             job.client.iter().cloned().collect(),
             to_json_bytes(&header),
