@@ -31,7 +31,7 @@
 //!
 //! # What the engine does
 //! - **Registration**: `registration_request {uuid[, id]}` on a DEALER whose identity is the
-//!   engine uuid (the [`Session`](crate::protocol::Session) id), then the shell ROUTERs
+//!   engine uuid (the [`crate::protocol::Session`] id), then the shell ROUTERs
 //!   (MUX, task, and broadcast leaf `id % len`), the control ROUTER, the IOPub PUB and the
 //!   heart (SUB on `hb_ping`, DEALER to `hb_pong`), all with identity = uuid.
 //! - **Requests** from MUX, task and broadcast run one at a time in arrival order; each is
@@ -136,9 +136,10 @@ pub struct EngineConfig {
     pub max_queued_requests: usize,
     /// Replies held while the controller is away (1024; the oldest are dropped beyond).
     pub max_held_replies: usize,
-    /// How long [`RunningEngine::shutdown`] keeps its `unregistration_request` socket open so
-    /// the transport can deliver it (200 ms).
-    pub unregister_linger: Duration,
+    /// How long sockets stay open after the engine's last messages (the replies to a
+    /// `shutdown_request`, or the `unregistration_request` of [`RunningEngine::shutdown`]),
+    /// so the transport can deliver them: it has no flush (200 ms).
+    pub linger: Duration,
 }
 
 impl Default for EngineConfig {
@@ -150,7 +151,7 @@ impl Default for EngineConfig {
             registration_retry: Duration::from_secs(1),
             max_queued_requests: 65_536,
             max_held_replies: 1024,
-            unregister_linger: Duration::from_millis(200),
+            linger: Duration::from_millis(200),
         }
     }
 }

@@ -49,6 +49,15 @@ impl Shell {
     }
 }
 
+/// Why the engine stops (when it stops without an error).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// [`super::RunningEngine::shutdown`] was called.
+    Owner,
+    /// A client sent `shutdown_request`.
+    ShutdownRequest,
+}
+
 /// Whether the controller is reachable.
 #[derive(Debug, PartialEq, Eq)]
 enum Link {
@@ -216,18 +225,25 @@ impl Runtime {
         stopped: CancellationToken,
     ) -> Result<()> {
         let result = self.serve(&shutdown).await;
-        // Unregister unless a client's shutdown_request already told the controller (the
-        // iopub shutdown_reply unregisters us there), or the controller is gone.
-        if shutdown.is_cancelled() && self.link == Link::Up {
-            registration::unregister(
-                &self.transport,
-                &self.info,
-                &self.session,
-                self.identity.id(),
-                self.config.unregister_linger,
-            )
-            .await;
+        match result {
+            // Our owner stopped us: tell the controller, unless it is gone.
+            Ok(Stop::Owner) if self.link == Link::Up => {
+                registration::unregister(
+                    &self.transport,
+                    &self.info,
+                    &self.session,
+                    self.identity.id(),
+                    self.config.linger,
+                )
+                .await;
+            }
+            // A client's shutdown_request: the IOPub shutdown_reply unregisters us at the
+            // controller. The transport has no flush, so keep the sockets open a moment for
+            // it to deliver that and the control reply.
+            Ok(Stop::ShutdownRequest) => tokio::time::sleep(self.config.linger).await,
+            Ok(Stop::Owner) | Err(_) => {}
         }
+        let result = result.map(|_| ());
         // Stop owned tasks: the running request (its blocking thread, if any, finishes on
         // its own), a registration attempt, the heart.
         self.running.shutdown().await;
@@ -241,7 +257,7 @@ impl Runtime {
         result
     }
 
-    async fn serve(&mut self, shutdown: &CancellationToken) -> Result<()> {
+    async fn serve(&mut self, shutdown: &CancellationToken) -> Result<Stop> {
         let mut watchdog = self.new_watchdog();
         loop {
             self.start_next();
@@ -249,7 +265,7 @@ impl Runtime {
             // Every branch is cancel-safe: socket and channel `recv`, `JoinSet::join_next`,
             // `Interval::tick` and `cancelled()` lose nothing when another branch wins.
             tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
+                () = shutdown.cancelled() => return Ok(Stop::Owner),
                 Some(done) = self.running.join_next() => match done {
                     Ok(finished) => self.deliver(finished).await,
                     Err(err) => tracing::error!(error = %err, "request task failed"),
@@ -257,7 +273,7 @@ impl Runtime {
                 frames = self.control.receiver.recv() => {
                     let frames = frames?;
                     if self.control_message(frames).await {
-                        return Ok(());
+                        return Ok(Stop::ShutdownRequest);
                     }
                 }
                 frames = self.mux.receiver.recv(), if room => {
