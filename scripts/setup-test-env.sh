@@ -8,7 +8,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${IPP_TEST_VENV:-$ROOT/.venv-test}"
 PYTHON="${PYTHON:-python3}"
 # Everything the tests import; bump the stamp when this list changes.
-REQUIREMENTS=("ipyparallel==9.2.0" "pytest>=7,<9" "pytest-timeout>=2.1")
+REQUIREMENTS=("ipyparallel==9.2.0" "pytest>=7,<9" "pytest-timeout>=2.1" "nx-27017==0.8.1")
 STAMP_TEXT="${REQUIREMENTS[*]}"
 STAMP="$VENV/.ipp-test-env"
 

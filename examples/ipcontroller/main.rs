@@ -7,6 +7,7 @@
 //! ```
 
 mod profile;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +16,6 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ipp::core::controller::{Controller, ControllerConfig};
 use ipp::core::protocol::ConnectionFiles;
-use ipp::core::store::{DictDb, NoDb, Store};
 use ipp::transport_zmq::ZmqTransport;
 
 /// Starts an IPython Parallel controller (Hub + schedulers) that real ipyparallel clients
@@ -47,12 +47,18 @@ struct Args {
     /// Record nothing; queries of the task database answer with an error.
     #[arg(long, conflicts_with_all = ["sqlitedb", "mongodb"])]
     nodb: bool,
-    /// Record tasks in SQLite (not built yet).
+    /// Record tasks in SQLite, in `<profile_dir>/tasks.db` unless `[store]` in the profile's
+    /// `ipcontroller.toml` says otherwise.
     #[arg(long, conflicts_with = "mongodb")]
     sqlitedb: bool,
-    /// Record tasks in MongoDB (not built yet).
+    /// Record tasks in MongoDB (`[store]` `url`, `database` in `ipcontroller.toml`).
     #[arg(long)]
     mongodb: bool,
+    /// Restore the previous session: reuse its connection files (implies --reuse) and keep
+    /// its task records (needs a persistent store: --sqlitedb or --mongodb with a fixed
+    /// `database`). Engines are not restored; they register again.
+    #[arg(long)]
+    restore: bool,
     /// Load-balancing scheme: leastload, lru, plainrandom, twobin, weighted.
     #[arg(long)]
     scheme: Option<String>,
@@ -99,16 +105,28 @@ fn log_filter(level: &str) -> Result<&'static str> {
     })
 }
 
-/// Reads `<profile>/ipcontroller.toml` if it exists.
-fn read_config(profile_dir: &std::path::Path) -> Result<ControllerConfig> {
+/// Reads `<profile>/ipcontroller.toml` if it exists: the controller's settings at the top
+/// level, the task database's in an optional `[store]` table.
+fn read_config(
+    profile_dir: &std::path::Path,
+) -> Result<(ControllerConfig, Option<store::StoreConfig>)> {
     let path = profile_dir.join("ipcontroller.toml");
     if !path.exists() {
-        return Ok(ControllerConfig::default());
+        return Ok((ControllerConfig::default(), None));
     }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
-    toml::from_str(&text)
-        .with_context(|| format!("{} is not a valid controller configuration", path.display()))
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let store = table
+        .remove("store")
+        .map(|value| value.try_into::<store::StoreConfig>())
+        .transpose()
+        .with_context(|| format!("{}: bad [store] table", path.display()))?;
+    let config = toml::Value::Table(table)
+        .try_into()
+        .with_context(|| format!("{} is not a valid controller configuration", path.display()))?;
+    Ok((config, store))
 }
 
 #[tokio::main]
@@ -130,18 +148,24 @@ async fn run(args: Args) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
-    if args.sqlitedb {
-        bail!("--sqlitedb is not built yet (the SQLite task database comes with ipp-store-sqlite); use --dictdb or --nodb");
-    }
-    if args.mongodb {
-        bail!("--mongodb is not built yet (the MongoDB task database comes with ipp-store-mongo); use --dictdb or --nodb");
-    }
-
     let profile_dir = profile::resolve_profile_dir(args.profile_dir.as_deref(), &args.profile)?;
     profile::create_profile_dir(&profile_dir)?;
     let files = ConnectionFiles::in_profile(&profile_dir, &args.cluster_id);
 
-    let mut config = read_config(&profile_dir)?;
+    let (mut config, store_config) = read_config(&profile_dir)?;
+    let choice = store::choose(
+        store::Flags {
+            dictdb: args.dictdb,
+            nodb: args.nodb,
+            sqlitedb: args.sqlitedb,
+            mongodb: args.mongodb,
+        },
+        store_config,
+    );
+    if args.restore && !choice.is_persistent() {
+        bail!("--restore needs a task database that outlives the controller: add --sqlitedb (or --mongodb with a fixed `database` in ipcontroller.toml)");
+    }
+    let reuse = args.reuse || args.restore;
     config.ip = if args.ip == "*" {
         "0.0.0.0".into()
     } else {
@@ -163,7 +187,7 @@ async fn run(args: Args) -> Result<()> {
     if let Ok(key) = std::env::var("IPP_SESSION_KEY") {
         config.key = key;
     }
-    if args.reuse && files.client.exists() && files.engine.exists() {
+    if reuse && files.client.exists() && files.engine.exists() {
         let (client, engine) = files.read()?;
         tracing::info!(file = %files.client.display(), "reusing connection files");
         config.key = client.key.clone();
@@ -185,14 +209,10 @@ async fn run(args: Args) -> Result<()> {
         config.ports.extend(&engine.broadcast);
     }
 
-    let store: Arc<dyn Store> = if args.nodb {
-        Arc::new(NoDb)
-    } else {
-        Arc::new(DictDb::default())
-    };
+    let store = store::open(choice, &profile_dir).await?;
     let controller = Controller::builder(config)
         .with_transport(Arc::new(ZmqTransport::new()))
-        .with_store(store)
+        .with_store(store.shared())
         .start()
         .await
         .context("cannot start the controller")?;
@@ -209,10 +229,11 @@ async fn run(args: Args) -> Result<()> {
         _ = terminate.recv() => tracing::info!("terminated; shutting down"),
         () = controller.stopped() => tracing::info!("shutdown requested by a client"),
     }
-    if !args.reuse {
+    if !reuse {
         files.remove();
     }
     controller.shutdown().await;
+    store.close().await;
     Ok(())
 }
 
