@@ -229,7 +229,7 @@ impl Controller {
 
         tasks.spawn(hub::run_hub(hub::HubParts {
             session: Arc::clone(&session),
-            store,
+            store: Arc::clone(&store),
             engine_info: engine_info.clone(),
             heartbeat_period: config.heartbeat_period(),
             registration_timeout: Duration::from_secs(config.registration_timeout_s.max(1)),
@@ -282,6 +282,7 @@ impl Controller {
             scheme,
             hwm: config.hwm,
             max_message_bytes: max_bytes,
+            store: Arc::clone(&store),
             clients: task_in,
             engines: task_out,
             hub: hub_tx,
@@ -340,3 +341,5 @@ impl Controller {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_scheduling;

@@ -14,16 +14,16 @@ use crate::protocol::{Message, Session, SigningKey};
 use crate::store::DictDb;
 use crate::transport::{MemoryTransport, Socket, SocketKind, SocketOptions, Transport};
 
-const KEY: &str = "test-key";
+pub(super) const KEY: &str = "test-key";
 
-struct Harness {
-    transport: MemoryTransport,
-    controller: Controller,
-    session: Session,
+pub(super) struct Harness {
+    pub(super) transport: MemoryTransport,
+    pub(super) controller: Controller,
+    pub(super) session: Session,
 }
 
 impl Harness {
-    async fn start(config: ControllerConfig) -> Self {
+    pub(super) async fn start(config: ControllerConfig) -> Self {
         let transport = MemoryTransport::new();
         let controller = Controller::builder(config)
             .with_transport(Arc::new(transport.clone()))
@@ -38,7 +38,12 @@ impl Harness {
         }
     }
 
-    async fn connect(&self, kind: SocketKind, port: u16, options: SocketOptions) -> Socket {
+    pub(super) async fn connect(
+        &self,
+        kind: SocketKind,
+        port: u16,
+        options: SocketOptions,
+    ) -> Socket {
         let address = format!("tcp://127.0.0.1:{port}");
         self.transport
             .connect(kind, &address, options)
@@ -46,12 +51,12 @@ impl Harness {
             .unwrap()
     }
 
-    async fn send(&self, socket: &Socket, idents: Vec<Bytes>, mut msg: Message) {
+    pub(super) async fn send(&self, socket: &Socket, idents: Vec<Bytes>, mut msg: Message) {
         msg.idents = idents;
         socket.send(self.session.serialize(&msg)).await.unwrap();
     }
 
-    async fn recv(&self, socket: &mut Socket) -> Message {
+    pub(super) async fn recv(&self, socket: &mut Socket) -> Message {
         let frames = tokio::time::timeout(Duration::from_secs(60), socket.recv())
             .await
             .expect("no message within 60 s of paused time")
@@ -63,7 +68,7 @@ impl Harness {
     }
 }
 
-fn config() -> ControllerConfig {
+pub(super) fn config() -> ControllerConfig {
     ControllerConfig {
         key: KEY.into(),
         heartbeat_period_ms: 100,
@@ -73,15 +78,15 @@ fn config() -> ControllerConfig {
 }
 
 /// A fake engine: registration, heartbeat echo, and the shell sockets.
-struct FakeEngine {
-    uuid: String,
-    id: u64,
-    mux: Socket,
-    task: Socket,
-    heartbeat: tokio::task::JoinHandle<()>,
+pub(super) struct FakeEngine {
+    pub(super) uuid: String,
+    pub(super) id: u64,
+    pub(super) mux: Socket,
+    pub(super) task: Socket,
+    pub(super) heartbeat: tokio::task::JoinHandle<()>,
 }
 
-async fn register_engine(h: &Harness, uuid: &str) -> FakeEngine {
+pub(super) async fn register_engine(h: &Harness, uuid: &str) -> FakeEngine {
     let engine = h.controller.engine_info().clone();
     let identity = SocketOptions::default().with_identity(uuid.to_owned());
     let mut registration = h
@@ -128,7 +133,7 @@ async fn register_engine(h: &Harness, uuid: &str) -> FakeEngine {
 }
 
 /// The engine side of one request: receive, then reply with status ok.
-async fn serve_one(h: &Harness, socket: &mut Socket, uuid: &str) -> Message {
+pub(super) async fn serve_one(h: &Harness, socket: &mut Socket, uuid: &str) -> Message {
     let request = h.recv(socket).await;
     let mut reply = h
         .session
@@ -143,7 +148,12 @@ async fn serve_one(h: &Harness, socket: &mut Socket, uuid: &str) -> Message {
     request
 }
 
-async fn query(h: &Harness, socket: &mut Socket, msg_type: &str, content: Value) -> Message {
+pub(super) async fn query(
+    h: &Harness,
+    socket: &mut Socket,
+    msg_type: &str,
+    content: Value,
+) -> Message {
     let request = h.session.message(msg_type, content);
     let msg_id = request.header.msg_id.clone();
     h.send(socket, vec![], request).await;

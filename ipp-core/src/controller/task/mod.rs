@@ -2,6 +2,7 @@
 //! around a [`Scheduler`](crate::scheduler::Scheduler) scheme (spec §6).
 
 mod dependency;
+mod lookup;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -14,17 +15,20 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::dependency::{Dependency, IdSet};
+use self::lookup::{lookup, Lookup};
 use super::events::{EngineEvent, HubEvent, TaskCommand};
 use super::recent::RecentSet;
 use super::relay::{accept_from_peer, WarnOnce};
 use crate::protocol::message::msg_id_of;
 use crate::protocol::{date, error_content, to_json_bytes, Session, WireMessage};
 use crate::scheduler::{EngineLoad, Pick, Scheduler};
-use crate::transport::{Socket, SocketSender};
+use crate::store::Store;
+use crate::transport::{Frames, Socket, SocketReceiver, SocketSender};
 
 /// A task the scheduler holds, from submission to its final reply.
 #[derive(Debug)]
@@ -85,8 +89,12 @@ enum Attempt {
     Wait,
 }
 
-/// How many finished task ids the scheduler remembers for dependencies.
+/// How many finished task ids the scheduler remembers for dependencies; older ones are
+/// looked up in the store.
 const HISTORY_WINDOW: usize = 262_144;
+
+/// Most engine replies handled ahead of an engine's unregistration (see `run_task_scheduler`).
+const DRAIN_BEFORE_UNREGISTER: usize = 65_536;
 
 /// Routing id used in place of a client's for tasks the Hub resubmits.
 const HUB_IDENTITY: &[u8] = b"\x00hub-resubmit";
@@ -97,6 +105,8 @@ pub(crate) struct TaskSchedulerParts {
     pub(crate) scheme: Box<dyn Scheduler>,
     pub(crate) hwm: usize,
     pub(crate) max_message_bytes: usize,
+    /// The Hub's task database, read to resolve dependencies on forgotten ids.
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) clients: Socket,
     pub(crate) engines: Socket,
     pub(crate) hub: mpsc::Sender<HubEvent>,
@@ -113,6 +123,15 @@ struct TaskScheduler {
     client_tx: SocketSender,
     engine_tx: SocketSender,
     hub: mpsc::Sender<HubEvent>,
+    store: Arc<dyn Store>,
+    /// Whether the store keeps records (NoDb does not: then nothing is looked up).
+    store_records: bool,
+    /// Jobs waiting for the store to resolve ids the scheduler does not know.
+    parked: HashSet<String>,
+    /// The store lookups of parked jobs; owned here, so they stop with the scheduler.
+    lookups: JoinSet<Lookup>,
+    /// Which parked job each lookup task serves (to unpark it if the lookup panics).
+    lookup_jobs: HashMap<tokio::task::Id, String>,
     /// Engines in least-recently-used order.
     engines: Vec<EngineSlot>,
     jobs: HashMap<String, Job>,
@@ -140,6 +159,7 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
         scheme,
         hwm,
         max_message_bytes,
+        store,
         clients,
         engines,
         hub,
@@ -157,6 +177,11 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
         client_tx,
         engine_tx,
         hub,
+        store_records: store.capabilities().records,
+        store,
+        parked: HashSet::new(),
+        lookups: JoinSet::new(),
+        lookup_jobs: HashMap::new(),
         engines: Vec::new(),
         jobs: HashMap::new(),
         ready: VecDeque::new(),
@@ -173,15 +198,37 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
     };
     loop {
         let next_timeout = scheduler.timeouts.peek().map(|Reverse((at, _))| *at);
-        // Every branch is cancel-safe: channel/socket `recv` and `sleep_until`.
+        // Every branch is cancel-safe: channel/socket `recv`, `JoinSet::join_next` (a
+        // finished task's output stays in the set until returned) and `sleep_until`.
         tokio::select! {
             () = shutdown.cancelled() => break,
             event = engine_events.recv() => {
                 let Some(event) = event else { break };
-                scheduler.engine_event(event).await;
+                scheduler.membership(event, &mut engine_rx).await;
+            }
+            joined = scheduler.lookups.join_next_with_id(), if !scheduler.lookups.is_empty() => {
+                match joined {
+                    Some(Ok((id, answer))) => {
+                        scheduler.lookup_jobs.remove(&id);
+                        scheduler.lookup_done(answer).await;
+                    }
+                    Some(Err(err)) => {
+                        let msg_id = scheduler.lookup_jobs.remove(&err.id()).unwrap_or_default();
+                        scheduler.lookup_done(Lookup {
+                            msg_id,
+                            outcome: Err(format!("the lookup task failed: {err}")),
+                        }).await;
+                    }
+                    None => {}
+                }
             }
             frames = client_rx.recv() => {
                 let Ok(frames) = frames else { break };
+                // Membership changes the Hub announced before this submission apply first
+                // (spec §6.1): a client that saw an engine register may count on it.
+                while let Ok(event) = engine_events.try_recv() {
+                    scheduler.membership(event, &mut engine_rx).await;
+                }
                 let Some(wire) = accept_from_peer(
                     frames, &scheduler.session, scheduler.max_message_bytes,
                     &mut scheduler.warned, "task",
@@ -200,9 +247,7 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
             }
             frames = engine_rx.recv() => {
                 let Ok(frames) = frames else { break };
-                if let Ok(wire) = WireMessage::split(frames) {
-                    scheduler.engine_reply(wire).await;
-                }
+                scheduler.engine_frames(frames).await;
             }
             () = sleep_until(next_timeout) => scheduler.expire_timeouts().await,
         }
@@ -229,6 +274,20 @@ fn string_list(value: Option<&Value>) -> Vec<String> {
 }
 
 impl TaskScheduler {
+    /// Applies an engine registration or loss.
+    async fn membership(&mut self, event: EngineEvent, engine_rx: &mut SocketReceiver) {
+        if matches!(event, EngineEvent::Unregistered { .. }) {
+            // Replies the engine sent before it went are already queued: handle them
+            // first, so a finished task is not failed or rerun as stranded.
+            let mut ready = Vec::new();
+            engine_rx.drain_ready(DRAIN_BEFORE_UNREGISTER, &mut ready);
+            for frames in ready {
+                self.engine_frames(frames).await;
+            }
+        }
+        self.engine_event(event).await;
+    }
+
     async fn engine_event(&mut self, event: EngineEvent) {
         match event {
             EngineEvent::Registered { uuid } => {
@@ -309,7 +368,7 @@ impl TaskScheduler {
             // ipyparallel treats 0 (its default) as "no timeout".
             .filter(|t| t.is_finite() && *t > 0.0)
             .map(Duration::from_secs_f64);
-        let mut job = Job {
+        let job = Job {
             msg_id: msg_id.clone(),
             client: client.filter(|c| c.as_ref() != HUB_IDENTITY),
             header: wire.header.clone(),
@@ -325,7 +384,6 @@ impl TaskScheduler {
                 ..wire
             },
         };
-        job.after.reduce(&self.completed, &self.failed);
         if msg_type != "apply_request" && msg_type != "execute_request" {
             // An engine would never answer it, and it would hold the engine's slot forever.
             tracing::warn!(
@@ -335,13 +393,82 @@ impl TaskScheduler {
             );
             return self.fail(job, "TypeError").await;
         }
+        let unknown = self.unknown_ids(&job);
+        let on_itself = job.after.ids.contains(&msg_id) || job.follow.ids.contains(&msg_id);
+        if !unknown.is_empty() && !on_itself && self.store_records {
+            // Ids outside our window may be in the task database: park the job and ask it,
+            // off this loop, so a slow store never holds up scheduling.
+            tracing::debug!(msg_id, unknown = unknown.len(), "looking up dependencies");
+            let store = Arc::clone(&self.store);
+            let handle = self.lookups.spawn(lookup(store, msg_id.clone(), unknown));
+            self.lookup_jobs.insert(handle.id(), msg_id.clone());
+            self.parked.insert(msg_id.clone());
+            self.jobs.insert(msg_id, job);
+            return;
+        }
+        self.admit(job).await;
+    }
+
+    /// The dependency ids of `job` that are neither its own nor known to the scheduler.
+    fn unknown_ids(&self, job: &Job) -> Vec<String> {
+        let mut unknown: Vec<String> = Vec::new();
+        for id in job.after.ids.iter().chain(&job.follow.ids) {
+            if *id != job.msg_id && !self.is_known(id) && !unknown.contains(id) {
+                unknown.push(id.clone());
+            }
+        }
+        unknown
+    }
+
+    /// Whether `msg_id` was submitted to this scheduler (recently, or it is still held) or
+    /// found finished in the store.
+    fn is_known(&self, msg_id: &str) -> bool {
+        self.submitted.contains(msg_id) || self.jobs.contains_key(msg_id)
+    }
+
+    /// Unparks a job once the store has answered about its unknown dependencies.
+    async fn lookup_done(&mut self, answer: Lookup) {
+        if !self.parked.remove(&answer.msg_id) {
+            return; // aborted while parked
+        }
+        let Some(job) = self.jobs.remove(&answer.msg_id) else {
+            return;
+        };
+        match answer.outcome {
+            Ok(found) => {
+                for done in found {
+                    self.submitted.insert(&done.msg_id);
+                    let (all, per_engine) = if done.succeeded {
+                        (&mut self.completed, &mut self.engine_completed)
+                    } else {
+                        (&mut self.failed, &mut self.engine_failed)
+                    };
+                    all.insert(&done.msg_id);
+                    if let Some(engine) = done.engine {
+                        per_engine
+                            .entry(engine)
+                            .or_insert_with(|| RecentSet::with_capacity(HISTORY_WINDOW / 4))
+                            .insert(&done.msg_id);
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(msg_id = %job.msg_id, error = %err,
+                    "could not look up dependencies in the task database");
+            }
+        }
+        self.admit(job).await;
+        // Jobs submitted meanwhile may depend on this one, which may have just failed.
+        self.update_graph(true).await;
+    }
+
+    /// Validates a job's dependencies and runs or queues it (spec §6.3 steps 1-3).
+    async fn admit(&mut self, mut job: Job) {
+        let msg_id = job.msg_id.clone();
+        job.after.reduce(&self.completed, &self.failed);
         let mut invalid = None;
         for dep in [&job.after, &job.follow] {
-            if dep
-                .ids
-                .iter()
-                .any(|id| *id == msg_id || !self.submitted.contains(id))
-            {
+            if dep.ids.iter().any(|id| *id == msg_id || !self.is_known(id)) {
                 invalid = invalid.or(Some("InvalidDependency"));
             } else if dep.is_unreachable(&self.completed, &self.failed) {
                 invalid = invalid.or(Some("ImpossibleDependency"));
@@ -546,6 +673,13 @@ impl TaskScheduler {
         }
     }
 
+    /// Handles frames from the engine-facing socket; unreadable ones are dropped.
+    async fn engine_frames(&mut self, frames: Frames) {
+        if let Ok(wire) = WireMessage::split(frames) {
+            self.engine_reply(wire).await;
+        }
+    }
+
     async fn engine_reply(&mut self, wire: WireMessage) {
         let Some(uuid) = wire
             .idents
@@ -583,11 +717,26 @@ impl TaskScheduler {
         // ipyparallel drops a reply without `status`; we count it as a failure instead.
         let status = metadata.status.as_deref().unwrap_or("error");
         let unmet = metadata.dependencies_met == Some(false);
-        if unmet || (status != "ok" && status != "aborted" && job.retries > 0) {
-            if !unmet {
-                job.retries -= 1;
+        let retry = status != "ok" && status != "aborted" && job.retries > 0;
+        if unmet || retry {
+            job.blacklist.insert(uuid.clone());
+        }
+        // A failure is retried only where another engine could take it; when none is left
+        // the client gets the real error (ipyparallel would hold the task forever).
+        let retry = retry && {
+            let job = &*job;
+            self.engines.iter().any(|slot| {
+                !job.blacklist.contains(&slot.uuid)
+                    && (job.targets.is_empty() || job.targets.contains(&slot.uuid))
+            })
+        };
+        if unmet || retry {
+            if let Some(job) = self.jobs.get_mut(&msg_id) {
+                if !unmet {
+                    job.retries -= 1;
+                }
             }
-            job.blacklist.insert(uuid);
+            tracing::debug!(msg_id, engine.uuid = %uuid, unmet, "rescheduling a task");
             self.enqueue_ready(msg_id);
             self.update_graph(false).await;
             return;
@@ -630,7 +779,7 @@ impl TaskScheduler {
     /// engine, which answers the same `abort_request`.
     async fn abort_queued(&mut self, msg_ids: &[String]) {
         for msg_id in msg_ids {
-            let queued = self.blocked.shift_remove(msg_id) || {
+            let queued = self.parked.remove(msg_id) || self.blocked.shift_remove(msg_id) || {
                 let before = self.ready.len();
                 self.ready.retain(|id| id != msg_id);
                 self.ready.len() != before
