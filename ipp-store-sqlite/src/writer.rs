@@ -130,6 +130,7 @@ impl Writer {
         let mut errors = Vec::new();
         let path = self.path.clone();
         let table = quote(&self.table);
+        let insert_sql = insert_sql(&table);
         let sql_err = |operation: &'static str| {
             let path = path.clone();
             move |source| Error::Sqlite {
@@ -151,7 +152,7 @@ impl Writer {
         for op in merge_updates_into_adds(batch.drain(..)) {
             match op {
                 Op::Add(record) => {
-                    if let Err(err) = insert(&tx, &table, &record).map_err(sql_err("add")) {
+                    if let Err(err) = insert(&tx, &insert_sql, &record).map_err(sql_err("add")) {
                         errors.push(err);
                     }
                 }
@@ -249,11 +250,15 @@ fn error_chain(err: &Error) -> String {
     text
 }
 
-fn insert(conn: &Connection, table: &str, record: &TaskRecord) -> rusqlite::Result<()> {
+/// The `INSERT` statement for `table` (already quoted).
+fn insert_sql(table: &str) -> String {
     let marks = vec!["?"; RecordKey::ALL.len()].join(", ");
-    let sql = format!("INSERT INTO {table} ({}) VALUES ({marks})", all_columns());
+    format!("INSERT INTO {table} ({}) VALUES ({marks})", all_columns())
+}
+
+fn insert(conn: &Connection, sql: &str, record: &TaskRecord) -> rusqlite::Result<()> {
     let values = RecordKey::ALL.map(|key| to_sql(record, key));
-    conn.prepare_cached(&sql)?
+    conn.prepare_cached(sql)?
         .execute(params_from_iter(values))?;
     Ok(())
 }
