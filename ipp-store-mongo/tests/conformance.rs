@@ -1,6 +1,7 @@
 //! Every Store conformance check against a real MongoDB-wire server: `nx-27017` from PyPI,
-//! started here on 127.0.0.1 (`$IPP_TEST_NX27017`, else `<repo>/.venv-test/bin/nx-27017`)
-//! and stopped by its pid at the end. A fresh database per check.
+//! started here on 127.0.0.1 (`$IPP_TEST_NX27017`, else beside `$IPP_TEST_PYTHON`, else
+//! `<repo>/.venv-test/bin/nx-27017`) and stopped by its pid at the end. A fresh database
+//! per check.
 //!
 //! A custom harness (`harness = false`): the server must outlive every check and be
 //! stopped after the last one, which libtest has no hook for.
@@ -41,6 +42,17 @@ impl Drop for Server {
 fn nx_27017() -> PathBuf {
     if let Some(path) = std::env::var_os("IPP_TEST_NX27017").filter(|p| !p.is_empty()) {
         return PathBuf::from(path);
+    }
+    // Beside the test Python that scripts/test.sh exports (it may live in another venv).
+    if let Some(python) = std::env::var_os("IPP_TEST_PYTHON").filter(|p| !p.is_empty()) {
+        if let Some(candidate) = PathBuf::from(python)
+            .parent()
+            .map(|dir| dir.join("nx-27017"))
+        {
+            if candidate.exists() {
+                return candidate;
+            }
+        }
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-test/bin/nx-27017")
 }
