@@ -205,10 +205,11 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Reports a kept error, then waits for the queued writes: what every read does first.
+    /// Waits for the queued writes, then reports a kept error (so that a failure of the
+    /// writes waited for is reported by this read): what every read does first.
     async fn before_read(&self) -> ipp_core::Result<()> {
-        self.take_error()?;
-        self.flush().await
+        self.flush().await?;
+        self.take_error()
     }
 }
 

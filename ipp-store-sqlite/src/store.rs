@@ -237,8 +237,9 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection, &str) -> Result<T> + Send + 'static,
     {
-        self.take_error()?;
+        // Wait first, so that a failure of the writes waited for is reported by this read.
         self.flush().await?;
+        self.take_error()?;
         let conn = Arc::clone(&self.reader); // std Mutex, locked only inside the closure
         let table = quote(&self.table);
         let out = tokio::task::spawn_blocking(move || {

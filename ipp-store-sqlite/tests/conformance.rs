@@ -134,8 +134,8 @@ async fn a_failed_write_is_reported_by_the_next_call_once() {
     let other = rusqlite::Connection::open(&path).unwrap();
     other.execute_batch("DROP TABLE \"ipython-tasks\"").unwrap();
     store.add(task("lost", 1)).await.unwrap();
-    store.flush().await.unwrap();
-    let err = store.add(task("next", 2)).await.unwrap_err();
+    // The read waits for that write, and reports its failure.
+    let err = store.history().await.unwrap_err();
     assert!(
         matches!(
             err,
