@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipp_core::store::{
-    DictDb, Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord,
+    Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord,
 };
 use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
@@ -116,9 +116,7 @@ impl MongoStore {
             closed: AtomicBool::new(false),
             pending_error,
             writer: Mutex::new(Some(writer)),
-            // `StoreCapabilities` cannot be built outside ipp-core; DictDb's are the
-            // capabilities of any store that keeps records.
-            capabilities: DictDb::new().capabilities(),
+            capabilities: StoreCapabilities::RECORDS_EVERYTHING,
         })
     }
 

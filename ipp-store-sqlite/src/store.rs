@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ipp_core::store::{
-    DictDb, Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord,
+    Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord,
 };
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
@@ -115,9 +115,7 @@ impl SqliteStore {
             pending_error,
             reader: Arc::new(Mutex::new(reader)),
             writer_thread: Mutex::new(Some(handle)),
-            // `StoreCapabilities` cannot be built outside ipp-core; DictDb's are the
-            // capabilities of any store that keeps records.
-            capabilities: DictDb::default().capabilities(),
+            capabilities: StoreCapabilities::RECORDS_EVERYTHING,
         })
     }
 

@@ -30,6 +30,14 @@ pub struct StoreCapabilities {
     pub records: bool,
 }
 
+impl StoreCapabilities {
+    /// A store that records every task and answers every query.
+    pub const RECORDS_EVERYTHING: Self = Self { records: true };
+
+    /// A store that records nothing (like [`NoDb`]).
+    pub const RECORDS_NOTHING: Self = Self { records: false };
+}
+
 /// The Hub's task database.
 ///
 /// # Contract
