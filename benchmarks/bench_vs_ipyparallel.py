@@ -54,6 +54,19 @@ def rss_kib(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` and all its descendants, in seconds."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / ticks
+
+
 def median_ms(call, n: int) -> float:
     samples = []
     for _ in range(n):
@@ -101,9 +114,13 @@ def run_workload(cluster: Cluster, sizes: argparse.Namespace) -> dict[str, float
     def lb_map():
         assert lb.map(noop1, range(m), chunksize=1).get(timeout=600) == list(range(m))
 
+    cpu_start = cpu_seconds(pid)
     out["tp_lb"] = m / timed(lb_async)
     out["tp_direct"] = m / timed(direct_async)
     out["tp_map"] = m / timed(lb_map)
+    # Controller CPU per task over the three throughput runs: what it costs the machine,
+    # independent of how busy the machine was.
+    out["cpu_per_task"] = (cpu_seconds(pid) - cpu_start) / (3 * m) * 1e6
 
     blob = b"x" * (sizes.megabytes * 1024 * 1024)
     target = rc[0]
@@ -122,6 +139,7 @@ ROWS = [
     ("tp_lb", "throughput, LB apply_async x{tasks} + wait", "tasks/s", True),
     ("tp_direct", "throughput, direct apply_async x{tasks} + wait", "tasks/s", True),
     ("tp_map", "throughput, LB map of {tasks} no-ops", "tasks/s", True),
+    ("cpu_per_task", "controller CPU per task (throughput runs)", "µs", False),
     ("push", "push {megabytes} MB bytes to one engine", "s", False),
     ("pull", "pull {megabytes} MB bytes from one engine", "s", False),
     ("rss_before", "controller RSS before", "MiB", False),
