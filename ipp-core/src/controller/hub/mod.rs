@@ -111,15 +111,19 @@ pub(crate) async fn run_hub(parts: HubParts) {
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         // All branches are cancel-safe: channel and socket `recv`, interval `tick`.
+        // `biased`: events first. A relay queues its event before it forwards the reply, so
+        // a client that got its reply and then asks the Hub about it finds the Hub already
+        // up to date.
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => break,
-            frames = query_rx.recv() => {
-                let Ok(frames) = frames else { break };
-                hub.handle_query(frames).await;
-            }
             event = events.recv() => {
                 let Some(event) = event else { break };
                 hub.handle_event(event).await;
+            }
+            frames = query_rx.recv() => {
+                let Ok(frames) = frames else { break };
+                hub.handle_query(frames).await;
             }
             _ = housekeeping.tick() => hub.purge_stalled_registrations(),
         }
