@@ -112,7 +112,7 @@ impl LoadBalancedView {
     /// (including `TaskTimeout`, `ImpossibleDependency`, `EngineError`) arrive in the result.
     pub async fn apply<A, R>(&self, function: &str, arg: &A) -> ClientResult<AsyncResult<R, One>>
     where
-        A: Serialize + ?Sized,
+        A: Serialize + Sync + ?Sized,
         R: DeserializeOwned,
     {
         self.apply_with(&Bincode, function, arg).await
@@ -130,7 +130,7 @@ impl LoadBalancedView {
     ) -> ClientResult<AsyncResult<R, One>>
     where
         S: Serializer,
-        A: Serialize + ?Sized,
+        A: Serialize + Sync + ?Sized,
         R: DeserializeOwned,
     {
         let call = PackedCall::encode(serializer, function, arg)?;
@@ -163,7 +163,7 @@ impl LoadBalancedView {
         options: MapOptions,
     ) -> ClientResult<AsyncResult<R>>
     where
-        A: Serialize,
+        A: Serialize + Sync,
         R: DeserializeOwned,
     {
         let metadata = self.metadata()?;

@@ -279,7 +279,7 @@ impl BlockingDirectView {
     ///
     /// # Errors
     /// As [`DirectView::apply`], plus the tasks' failures.
-    pub fn apply<A: Serialize + ?Sized, R: DeserializeOwned>(
+    pub fn apply<A: Serialize + Sync + ?Sized, R: DeserializeOwned>(
         &self,
         function: &str,
         arg: &A,
@@ -292,7 +292,7 @@ impl BlockingDirectView {
     ///
     /// # Errors
     /// As [`DirectView::map`], plus the tasks' failures.
-    pub fn map<A: Serialize, R: DeserializeOwned>(
+    pub fn map<A: Serialize + Sync, R: DeserializeOwned>(
         &self,
         function: &str,
         items: &[A],
@@ -306,7 +306,7 @@ impl BlockingDirectView {
     ///
     /// # Errors
     /// As [`DirectView::push`].
-    pub fn push<T: Serialize>(&self, values: &[(&str, T)]) -> ClientResult<()> {
+    pub fn push<T: Serialize + Sync>(&self, values: &[(&str, T)]) -> ClientResult<()> {
         self.blocker
             .run(async { self.view.push(values).await?.await.map(|_| ()) })
     }
@@ -324,7 +324,7 @@ impl BlockingDirectView {
     ///
     /// # Errors
     /// As [`DirectView::scatter`].
-    pub fn scatter<T: Serialize>(&self, name: &str, items: &[T]) -> ClientResult<()> {
+    pub fn scatter<T: Serialize + Sync>(&self, name: &str, items: &[T]) -> ClientResult<()> {
         self.blocker
             .run(async { self.view.scatter(name, items).await?.await.map(|_| ()) })
     }
@@ -370,7 +370,7 @@ impl BlockingLoadBalancedView {
     ///
     /// # Errors
     /// As [`LoadBalancedView::apply`], plus the task's failure.
-    pub fn apply<A: Serialize + ?Sized, R: DeserializeOwned>(
+    pub fn apply<A: Serialize + Sync + ?Sized, R: DeserializeOwned>(
         &self,
         function: &str,
         arg: &A,
@@ -383,7 +383,7 @@ impl BlockingLoadBalancedView {
     ///
     /// # Errors
     /// As [`LoadBalancedView::map`], plus the tasks' failures.
-    pub fn map<A: Serialize, R: DeserializeOwned>(
+    pub fn map<A: Serialize + Sync, R: DeserializeOwned>(
         &self,
         function: &str,
         items: &[A],
@@ -406,7 +406,7 @@ impl BlockingBroadcastView {
     ///
     /// # Errors
     /// As [`BroadcastView::apply`], plus the tasks' failures.
-    pub fn apply<A: Serialize + ?Sized, R: DeserializeOwned>(
+    pub fn apply<A: Serialize + Sync + ?Sized, R: DeserializeOwned>(
         &self,
         function: &str,
         arg: &A,

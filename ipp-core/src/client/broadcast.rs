@@ -48,7 +48,7 @@ impl BroadcastView {
     /// Bad targets, a serialization error, or a closed client.
     pub async fn apply<A, R>(&self, function: &str, arg: &A) -> ClientResult<AsyncResult<R>>
     where
-        A: Serialize + ?Sized,
+        A: Serialize + Sync + ?Sized,
         R: DeserializeOwned,
     {
         self.apply_with(&Bincode, function, arg).await
@@ -66,7 +66,7 @@ impl BroadcastView {
     ) -> ClientResult<AsyncResult<R>>
     where
         S: Serializer,
-        A: Serialize + ?Sized,
+        A: Serialize + Sync + ?Sized,
         R: DeserializeOwned,
     {
         let targets = self.client.resolve(self.targets.as_deref())?;

@@ -164,6 +164,11 @@ pub(crate) fn decode_each<T: DeserializeOwned>(payloads: &[Payload]) -> ClientRe
         .collect::<crate::Result<Vec<T>>>()?])
 }
 
+/// Keeps the returned payloads undecoded, one list per reply (a pull of raw values).
+pub(crate) fn decode_payloads(payloads: &[Payload]) -> ClientResult<Vec<Vec<Payload>>> {
+    Ok(vec![payloads.to_vec()])
+}
+
 /// Ignores the returned values: one `()` per reply (push, scatter).
 pub(crate) fn decode_unit(_payloads: &[Payload]) -> ClientResult<Vec<()>> {
     Ok(vec![()])

@@ -18,7 +18,7 @@ pub type ClientResult<T> = std::result::Result<T, ClientError>;
 pub enum ClientError {
     /// A task failed on its engine, or the controller or the client failed it (engine death).
     #[error("remote error: {0}")]
-    Remote(RemoteError),
+    Remote(Box<RemoteError>),
     /// Several tasks of one result failed: `(engine id if known, error)` per failed task.
     #[error("{} tasks failed; first: {}", .0.len(), composite_first(.0))]
     Composite(Vec<(Option<u32>, RemoteError)>),
@@ -88,7 +88,7 @@ impl ClientError {
     /// The remote errors this error carries (one for `Remote`, all for `Composite`).
     pub fn remote_errors(&self) -> Vec<&RemoteError> {
         match self {
-            Self::Remote(error) => vec![error],
+            Self::Remote(error) => vec![error.as_ref()],
             Self::Composite(errors) => errors.iter().map(|(_, e)| e).collect(),
             _ => Vec::new(),
         }
@@ -134,7 +134,7 @@ impl Failure {
     /// The error a caller sees for the request `msg_id`.
     pub(crate) fn to_error(&self, msg_id: &str) -> ClientError {
         match self {
-            Self::Remote(error) => ClientError::Remote(error.clone()),
+            Self::Remote(error) => ClientError::Remote(Box::new(error.clone())),
             Self::RequestTimeout(after) => ClientError::RequestTimeout {
                 msg_id: msg_id.to_owned(),
                 after: *after,

@@ -63,7 +63,9 @@ fn ok_content(msg: Message) -> ClientResult<(JsonMap, Vec<Bytes>)> {
     if content.get("status").and_then(Value::as_str) == Some("ok") {
         Ok((content.clone(), msg.buffers))
     } else {
-        Err(ClientError::Remote(RemoteError::from_content(content)))
+        Err(ClientError::Remote(Box::new(RemoteError::from_content(
+            content,
+        ))))
     }
 }
 
@@ -211,7 +213,11 @@ impl Client {
                     msg_id: msg_id.to_owned(),
                 })
             }
-            _ => return Err(ClientError::Remote(RemoteError::from_content(&result))),
+            _ => {
+                return Err(ClientError::Remote(Box::new(RemoteError::from_content(
+                    &result,
+                ))))
+            }
         }
         let payloads = read_reply(&result, &buffers)?;
         Ok(payloads
@@ -258,12 +264,15 @@ impl Client {
         Ok(())
     }
 
-    /// Sends a control request to each target engine and waits for every reply.
+    /// Sends a control request to each target engine and waits for every reply. With
+    /// `death_is_success` (shutdown), an engine that unregisters before its reply reaches
+    /// us (its `EngineError`) counts as done.
     async fn control(
         &self,
         targets: Option<&[u32]>,
         msg_type: &str,
         content: Value,
+        death_is_success: bool,
     ) -> ClientResult<()> {
         let targets = self.resolve(targets)?;
         let waits = targets.into_iter().map(|(id, uuid)| {
@@ -271,8 +280,12 @@ impl Client {
             async move {
                 let reply = self
                     .request(Channel::Control, vec![Bytes::from(uuid)], msg, Some(id))
-                    .await?;
-                ok_content(reply).map(|_| ())
+                    .await;
+                match reply {
+                    Ok(reply) => ok_content(reply).map(|_| ()),
+                    Err(err) if death_is_success && err.is_remote("EngineError") => Ok(()),
+                    Err(err) => Err(err),
+                }
             }
         });
         let results = futures::future::join_all(waits).await;
@@ -291,7 +304,7 @@ impl Client {
         msg_ids: Option<&[String]>,
     ) -> ClientResult<()> {
         let ids: Vec<String> = msg_ids.map(<[String]>::to_vec).unwrap_or_default();
-        self.control(targets, "abort_request", json!({"msg_ids": ids}))
+        self.control(targets, "abort_request", json!({"msg_ids": ids}), false)
             .await
     }
 
@@ -304,7 +317,7 @@ impl Client {
     pub async fn shutdown(&self, targets: Option<&[u32]>, hub: bool) -> ClientResult<()> {
         let skip_engines = hub && targets.is_none() && self.ids().is_empty();
         if !skip_engines {
-            self.control(targets, "shutdown_request", json!({"restart": false}))
+            self.control(targets, "shutdown_request", json!({"restart": false}), true)
                 .await?;
         }
         if hub {

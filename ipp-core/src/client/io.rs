@@ -31,6 +31,9 @@ use crate::transport::{Frames, SocketReceiver, SocketSender};
 const RECV_BATCH: usize = 256;
 /// How many liveness pings we remember answers for.
 const MAX_PINGS: usize = 16;
+/// After the controller answers again, how long its ping answers (rather than only the
+/// notifications, which our SUB may miss while it reconnects) define the engine list.
+const RESYNC_WINDOW: Duration = Duration::from_secs(30);
 
 /// The outgoing sockets, indexed by `Channel::index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +183,7 @@ struct Io {
     pings: VecDeque<String>,
     ping_sent: Option<Instant>,
     last_ping: Option<Instant>,
+    resync_until: Option<Instant>,
     warned_bad_signature: bool,
     finished: bool,
 }
@@ -241,6 +245,7 @@ pub(crate) async fn run(parts: IoParts) {
         pings: VecDeque::new(),
         ping_sent: None,
         last_ping: Some(Instant::now()),
+        resync_until: None,
         warned_bad_signature: false,
         finished: false,
     };
@@ -476,7 +481,7 @@ impl Io {
         }
         match &entry.route.sink {
             Sink::Result { shared, index } => {
-                let engine = engine_from_ident.or_else(|| match &entry.route.engines {
+                let engine = engine_from_ident.or(match &entry.route.engines {
                     OnEngines::One(id) => Some(*id),
                     _ => None,
                 });
@@ -522,15 +527,24 @@ impl Io {
 
     fn on_pong(&mut self, wire: WireMessage) {
         self.ping_sent = None;
-        if self.connection_state() != ConnectionState::Unreachable {
+        let now = Instant::now();
+        let regained = self.connection_state() == ConnectionState::Unreachable;
+        let resyncing = self.resync_until.is_some_and(|until| now < until);
+        if !regained && !resyncing {
             return;
         }
         let Ok(msg) = wire.parse() else { return };
-        // We missed notifications while the controller was away: take its engine list.
+        // We missed notifications while the controller was away (and may miss more while
+        // our notification socket reconnects): take its engine list for a while.
         let map = engines_from_reply(msg.content_map());
-        tracing::info!(engines = map.len(), "the controller answers again");
-        self.replace_engines(map);
-        self.set_state(ConnectionState::Connected);
+        if *self.engines.borrow() != map {
+            self.replace_engines(map);
+        }
+        if regained {
+            tracing::info!(engines = self.uuids.len(), "the controller answers again");
+            self.resync_until = Some(now + RESYNC_WINDOW);
+            self.set_state(ConnectionState::Connected);
+        }
     }
 
     fn replace_engines(&mut self, map: EngineMap) {

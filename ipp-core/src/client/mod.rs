@@ -329,9 +329,9 @@ impl Client {
             after: config.connect_timeout,
         })??;
         if reply.content_map().get("status").and_then(|s| s.as_str()) != Some("ok") {
-            return Err(ClientError::Remote(
+            return Err(ClientError::Remote(Box::new(
                 crate::protocol::RemoteError::from_content(reply.content_map()),
-            ));
+            )));
         }
         let engines = io::engines_from_reply(reply.content_map());
         tracing::info!(engines = engines.len(), registration = %address(&info, info.registration), "client connected");

@@ -184,7 +184,7 @@ impl ResultShared {
 /// One request's failure as the reader sees it.
 #[derive(Debug)]
 enum SlotError {
-    Remote(Option<u32>, RemoteError),
+    Remote(Option<u32>, Box<RemoteError>),
     Aborted(String),
     Local(ClientError),
 }
@@ -235,7 +235,7 @@ fn read_slot<T>(slot: &Slot, decode: Decoder<T>) -> Result<SlotValues<T>, SlotEr
         Some(Outcome::Failed {
             failure, engine, ..
         }) => Err(match failure {
-            Failure::Remote(error) => SlotError::Remote(*engine, error.clone()),
+            Failure::Remote(error) => SlotError::Remote(*engine, Box::new(error.clone())),
             other => SlotError::Local(other.to_error(&slot.msg_id)),
         }),
         Some(Outcome::Reply { wire, engine, .. }) => {
@@ -261,7 +261,7 @@ fn read_reply_values<T>(
         _ => {
             let error = RemoteError::from_content(content);
             let engine = engine.or_else(|| engine_id_of(&error));
-            return Err(SlotError::Remote(engine, error));
+            return Err(SlotError::Remote(engine, Box::new(error)));
         }
     }
     let local = |e: crate::Error| SlotError::Local(e.into());
@@ -273,7 +273,7 @@ fn read_reply_values<T>(
         if count == 0 {
             return Ok(Vec::new());
         }
-        if msg.buffers.len() % count != 0 {
+        if !msg.buffers.len().is_multiple_of(count) {
             return Err(local(crate::Error::invalid_message(format!(
                 "coalesced reply with {} frames for {count} engines",
                 msg.buffers.len()
@@ -309,7 +309,7 @@ fn fold_errors(errors: Vec<SlotError>) -> ClientError {
             SlotError::Aborted(msg_id) if count == 1 => {
                 return ClientError::TaskAborted { msg_id };
             }
-            SlotError::Remote(engine, error) => remote.push((engine, error)),
+            SlotError::Remote(engine, error) => remote.push((engine, *error)),
             SlotError::Aborted(msg_id) => remote.push((
                 None,
                 RemoteError::new("TaskAborted", format!("task {msg_id} was aborted")),

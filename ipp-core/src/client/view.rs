@@ -133,7 +133,7 @@ impl DirectView {
     /// serialization error, or a closed client. Remote failures arrive in the result.
     pub async fn apply<A, R>(&self, function: &str, arg: &A) -> ClientResult<AsyncResult<R>>
     where
-        A: Serialize + ?Sized,
+        A: Serialize + Sync + ?Sized,
         R: DeserializeOwned,
     {
         self.apply_with(&Bincode, function, arg).await
@@ -151,7 +151,7 @@ impl DirectView {
     ) -> ClientResult<AsyncResult<R>>
     where
         S: Serializer,
-        A: Serialize + ?Sized,
+        A: Serialize + Sync + ?Sized,
         R: DeserializeOwned,
     {
         let call = PackedCall::encode(serializer, function, arg)?;
@@ -171,7 +171,7 @@ impl DirectView {
         options: MapOptions,
     ) -> ClientResult<AsyncResult<R>>
     where
-        A: Serialize,
+        A: Serialize + Sync,
         R: DeserializeOwned,
     {
         let targets = self.client.resolve(self.targets.as_deref())?;
@@ -191,7 +191,10 @@ impl DirectView {
     ///
     /// # Errors
     /// As [`DirectView::apply`].
-    pub async fn push<T: Serialize>(&self, values: &[(&str, T)]) -> ClientResult<AsyncResult<()>> {
+    pub async fn push<T: Serialize + Sync>(
+        &self,
+        values: &[(&str, T)],
+    ) -> ClientResult<AsyncResult<()>> {
         let payloads = values
             .iter()
             .map(|(name, value)| Ok(((*name).to_owned(), Bincode.encode(value)?)))
@@ -235,12 +238,27 @@ impl DirectView {
             .await
     }
 
+    /// As [`DirectView::pull`], but returns the stored payloads undecoded (any format; a
+    /// large raw value comes back as its frames, without a copy).
+    ///
+    /// # Errors
+    /// As [`DirectView::apply`].
+    pub async fn pull_payloads(&self, names: &[&str]) -> ClientResult<AsyncResult<Vec<Payload>>> {
+        let call = RustCall {
+            function: PULL.to_owned(),
+            names: names.iter().map(|n| (*n).to_owned()).collect(),
+            args: Vec::new(),
+        };
+        self.broadcast_call(PackedCall::new(&call), call::decode_payloads)
+            .await
+    }
+
     /// Partitions `items` across the targets and stores each share (a `Vec<T>`) under
     /// `name` on its engine.
     ///
     /// # Errors
     /// As [`DirectView::apply`].
-    pub async fn scatter<T: Serialize>(
+    pub async fn scatter<T: Serialize + Sync>(
         &self,
         name: &str,
         items: &[T],
