@@ -56,16 +56,26 @@ impl Outcome {
 /// - Failures are returned as [`Outcome::Error`], never as panics; the engine keeps serving.
 /// - [`Executor::clear`] (a client's `clear_request`) empties whatever namespace the executor
 ///   keeps between requests.
+/// - [`Executor::signal`] (a client's `signal_request`) is called from the engine's main
+///   task while a request may be running: it must return at once.
 #[async_trait]
 pub trait Executor: fmt::Debug + Send + Sync + 'static {
     /// Runs an `apply_request` (the whole request: header, metadata, content, buffers).
     async fn apply(&self, request: &Message, outputs: &Outputs) -> Outcome;
 
-    /// Runs an `execute_request`'s code.
-    async fn execute(&self, code: &str, outputs: &Outputs) -> Outcome;
+    /// Runs an `execute_request` (content `{code, silent, …}`).
+    async fn execute(&self, request: &Message, outputs: &Outputs) -> Outcome;
 
     /// Empties the executor's namespace.
     fn clear(&self);
+
+    /// Delivers a client's `signal_request` (a signal number, e.g. 2 for SIGINT) to the
+    /// request running now, as ipyparallel's nanny does with `os.kill`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unsupported`] when this executor cannot deliver that signal; the
+    /// client gets an error reply.
+    fn signal(&self, signal: i32) -> Result<()>;
 }
 
 #[async_trait]
@@ -75,12 +85,16 @@ impl<T: Executor + ?Sized> Executor for Arc<T> {
         (**self).apply(request, outputs).await
     }
 
-    async fn execute(&self, code: &str, outputs: &Outputs) -> Outcome {
-        (**self).execute(code, outputs).await
+    async fn execute(&self, request: &Message, outputs: &Outputs) -> Outcome {
+        (**self).execute(request, outputs).await
     }
 
     fn clear(&self) {
         (**self).clear();
+    }
+
+    fn signal(&self, signal: i32) -> Result<()> {
+        (**self).signal(signal)
     }
 }
 
@@ -214,6 +228,45 @@ impl Outputs {
     /// As [`Outputs::stream`].
     pub async fn stderr(&self, text: &str) -> Result<()> {
         self.stream("stderr", text).await
+    }
+
+    /// Publishes `execute_input {code, execution_count}` (topic `engine.<id>.execute_input`),
+    /// as ipykernel does before running a non-silent `execute_request`.
+    ///
+    /// # Errors
+    /// As [`Outputs::stream`].
+    pub async fn execute_input(&self, code: &str, execution_count: u64) -> Result<()> {
+        self.publisher
+            .publish(
+                "execute_input",
+                "execute_input",
+                &self.parent,
+                json!({"code": code, "execution_count": execution_count}),
+                self.publisher.engine_metadata(),
+            )
+            .await
+    }
+
+    /// Publishes `execute_result {data, metadata, execution_count}` (topic
+    /// `engine.<id>.execute_result`): the value of a code string's last expression.
+    ///
+    /// # Errors
+    /// As [`Outputs::stream`].
+    pub async fn execute_result(
+        &self,
+        data: JsonMap,
+        metadata: JsonMap,
+        execution_count: u64,
+    ) -> Result<()> {
+        self.publisher
+            .publish(
+                "execute_result",
+                "execute_result",
+                &self.parent,
+                json!({"data": data, "metadata": metadata, "execution_count": execution_count}),
+                JsonMap::new(),
+            )
+            .await
     }
 
     /// Publishes a `display_data` message (`data` maps MIME types to representations, e.g.

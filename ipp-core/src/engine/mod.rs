@@ -40,9 +40,10 @@
 //!   `original_msg_id`, `label`, `status`).
 //! - **Control** requests are handled at once, even while a request runs: `abort_request`
 //!   (queued requests are answered `status: aborted` when their turn comes; **the running
-//!   one is not interrupted**), `clear_request`, `shutdown_request`, `signal_request` (answered
-//!   `ok`, but a running Rust function cannot be interrupted: signals are not delivered to
-//!   it), `kernel_info_request`.
+//!   one is not interrupted**), `clear_request`, `shutdown_request`, `signal_request` (handed to
+//!   [`Executor::signal`]: the Python executor of `ipp-py` interrupts running Python code
+//!   on SIGINT; a running Rust function cannot be interrupted, so the Rust executor
+//!   acknowledges and drops it), `kernel_info_request`.
 //! - **Heartbeats** are echoed by their own task, so a long request never delays them.
 //!
 //! # Losing the controller

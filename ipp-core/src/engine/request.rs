@@ -84,14 +84,7 @@ impl RequestEnv {
             let outputs = Outputs::new(self.publisher.clone(), &msg);
             Some(match msg.header.msg_type.as_str() {
                 "apply_request" => self.executor.apply(&msg, &outputs).await,
-                "execute_request" => {
-                    let code = msg
-                        .content_map()
-                        .get("code")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default();
-                    self.executor.execute(code, &outputs).await
-                }
+                "execute_request" => self.executor.execute(&msg, &outputs).await,
                 other => Outcome::error(
                     "NotImplementedError",
                     format!("this engine does not handle {other} on its shell sockets"),

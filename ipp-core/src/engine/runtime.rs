@@ -110,6 +110,24 @@ async fn connect(
     transport.connect(kind, &address(info, port), options).await
 }
 
+/// A signal number from `signal_request`'s `sig`: an integer, or a name as Python's
+/// `signal` module spells it (`"SIGINT"`, also `"INT"`).
+fn signal_number(sig: &Value) -> Option<i32> {
+    if let Some(n) = sig.as_i64() {
+        return i32::try_from(n).ok();
+    }
+    let name = sig.as_str()?;
+    let name = name.strip_prefix("SIG").unwrap_or(name);
+    Some(match name {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "TERM" => 15,
+        _ => return None,
+    })
+}
+
 fn broadcast_port(info: &EngineConnectionInfo, id: u32) -> u16 {
     let len = info.broadcast.len().max(1);
     let index = usize::try_from(id).unwrap_or(0) % len;
@@ -394,8 +412,7 @@ impl Runtime {
                 stop = true;
                 json!({"status": "ok", "restart": false})
             }
-            // A Rust function cannot be interrupted: the signal is acknowledged and dropped.
-            "signal_request" => json!({"status": "ok"}),
+            "signal_request" => self.signal(msg.content_map()),
             "kernel_info_request" => self.kernel_info(),
             other => crate::protocol::error_content(
                 "NotImplementedError",
@@ -468,6 +485,21 @@ impl Runtime {
                 }
                 None => tracing::warn!(msg_id = %id, "too many pending aborts; ignored"),
             }
+        }
+    }
+
+    /// `signal_request {sig}` (a number or a name such as `"SIGINT"`): handed to the
+    /// executor, which interrupts the running request if it can.
+    fn signal(&self, content: &JsonMap) -> Value {
+        let Some(signal) = content.get("sig").and_then(signal_number) else {
+            return crate::protocol::error_content(
+                "ValueError",
+                &format!("signal_request needs a signal number or name, not {content:?}"),
+            );
+        };
+        match self.env.executor.signal(signal) {
+            Ok(()) => json!({"status": "ok"}),
+            Err(err) => crate::protocol::error_content("NotImplementedError", &err.to_string()),
         }
     }
 

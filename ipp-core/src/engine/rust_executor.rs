@@ -256,10 +256,21 @@ impl RustExecutor {
             handle: tokio::runtime::Handle::current(),
             function: Arc::clone(&label),
         };
-        let args = call.args;
+        let (args, map) = (call.args, call.map);
         // The blocking pool keeps long computations off the runtime threads; a panic is
         // caught by tokio and comes back as a `JoinError`.
-        match tokio::task::spawn_blocking(move || function(&ctx, args)).await {
+        let run = move || {
+            if !map {
+                return function(&ctx, args);
+            }
+            // A map chunk: one call per item, one result per item, in order.
+            let mut results = Vec::with_capacity(args.len());
+            for arg in args {
+                results.extend(function(&ctx, vec![arg])?);
+            }
+            Ok(results)
+        };
+        match tokio::task::spawn_blocking(run).await {
             Ok(Ok(values)) => ok_values(&values),
             Ok(Err(error)) => Outcome::Error(*error),
             Err(err) if err.is_panic() => {
@@ -304,7 +315,7 @@ impl Executor for RustExecutor {
         }
     }
 
-    async fn execute(&self, _code: &str, _outputs: &Outputs) -> Outcome {
+    async fn execute(&self, _request: &Message, _outputs: &Outputs) -> Outcome {
         Outcome::error(
             "NotImplementedError",
             "execute of code is not supported by the Rust executor: this engine runs \
@@ -314,6 +325,16 @@ impl Executor for RustExecutor {
 
     fn clear(&self) {
         self.namespace().clear();
+    }
+
+    /// A running Rust function cannot be interrupted: the signal is acknowledged and
+    /// dropped (documented in the engine's module guide).
+    fn signal(&self, signal: i32) -> crate::error::Result<()> {
+        tracing::debug!(
+            signal,
+            "signal acknowledged; Rust functions cannot be interrupted"
+        );
+        Ok(())
     }
 }
 

@@ -420,6 +420,11 @@ async fn signal_and_kernel_info_are_answered_on_control() {
     let reply = c.control("signal_request", json!({"sig": 2})).await;
     assert_eq!(reply.header.msg_type, "signal_reply");
     assert_eq!(reply.content["status"], "ok");
+    let reply = c.control("signal_request", json!({"sig": "SIGINT"})).await;
+    assert_eq!(reply.content["status"], "ok");
+    let reply = c.control("signal_request", json!({"sig": "SIGNOPE"})).await;
+    assert_eq!(reply.content["status"], "error");
+    assert_eq!(reply.content["ename"], "ValueError");
     let reply = c.control("kernel_info_request", json!({})).await;
     assert_eq!(reply.header.msg_type, "kernel_info_reply");
     assert_eq!(reply.content["language_info"]["name"], "rust");
