@@ -1,0 +1,44 @@
+"""Type stubs for the native module ``ipp_rs._ipp_rs``."""
+
+from typing import Optional, Protocol, Sequence, Tuple, Union
+
+__version__: str
+
+def init_logging(level: str = "info") -> None:
+    """Install a tracing subscriber on stderr ($IPP_RS_LOG overrides ``level``)."""
+
+class OutputSink:
+    """Where a running request's output goes (published on the engine's IOPub)."""
+
+    def stream(self, name: str, text: str) -> None: ...
+    def execute_input(self, code: str, execution_count: int) -> None: ...
+    def execute_result(self, data: str, metadata: str, execution_count: int) -> None: ...
+    def display_data(self, data: str, metadata: str) -> None: ...
+
+_ApplyReply = Union[
+    Tuple[str, Sequence[bytes]],  # ("ok", buffers)
+    Tuple[str, str, str, Sequence[str]],  # ("error", ename, evalue, traceback)
+    Tuple[str],  # ("unmet",)
+]
+_ExecuteReply = Union[
+    Tuple[str, int],  # ("ok", execution_count)
+    Tuple[str, str, str, Sequence[str]],
+]
+
+class _Kernel(Protocol):
+    def apply(self, msg_id: str, buffers: list[bytes], sink: OutputSink) -> _ApplyReply: ...
+    def execute(self, code: str, silent: bool, sink: OutputSink) -> _ExecuteReply: ...
+    def clear(self) -> None: ...
+
+class Engine:
+    """An engine whose requests run as Python code on the thread calling ``serve``."""
+
+    def __init__(self, connection_info: str, requested_id: Optional[int] = None) -> None: ...
+    @property
+    def id(self) -> Optional[int]: ...
+    @property
+    def uuid(self) -> Optional[str]: ...
+    @property
+    def busy(self) -> bool: ...
+    def stop(self) -> None: ...
+    def serve(self, kernel: _Kernel) -> None: ...

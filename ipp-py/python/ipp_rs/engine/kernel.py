@@ -1,0 +1,257 @@
+"""The Python side of the ipp_rs engine: a persistent namespace, and how ``apply_request``
+and ``execute_request`` run in it, as ipyparallel's engine kernel
+(``ipyparallel/engine/kernel.py``) does.
+
+The Rust engine calls :meth:`Kernel.apply`, :meth:`Kernel.execute` and :meth:`Kernel.clear`
+on the Python thread, one request at a time, with an :class:`~ipp_rs._ipp_rs.OutputSink`
+that publishes on IOPub. Results are plain tuples (see ``_ipp_rs.pyi``).
+
+Pickled apply requests are read with ipyparallel's own helpers
+(``unpack_apply_message`` / ``serialize_object``): the pickles reference
+``ipyparallel.serialize.canning`` classes, so **ipyparallel must be importable** in the
+engine's Python to run them; without it every apply is answered with an ``ImportError``
+RemoteError saying so. Code strings (``execute``) run without ipyparallel.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import builtins
+import io
+import json
+import linecache
+import sys
+import traceback
+import types
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
+
+# jupyter_client's Session defaults, which ipyparallel's engine passes to serialize_object.
+BUFFER_THRESHOLD = 1024
+ITEM_THRESHOLD = 64
+
+_current_sink: Optional[Any] = None
+
+
+class _StreamWriter(io.TextIOBase):
+    """``sys.stdout`` / ``sys.stderr`` while a request runs: each write goes to the
+    request's sink at once (the Rust side merges writes still queued into one message)."""
+
+    def __init__(self, name: str, sink: Any):
+        super().__init__()
+        self._name = name
+        self._sink = sink
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"<{self._name}>"
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._sink.stream(self._name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextmanager
+def _captured(sink: Any) -> Iterator[None]:
+    """Sends stdout and stderr to `sink` for the duration."""
+    global _current_sink
+    saved = sys.stdout, sys.stderr, _current_sink
+    sys.stdout = _StreamWriter("stdout", sink)
+    sys.stderr = _StreamWriter("stderr", sink)
+    _current_sink = sink
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr, _current_sink = saved
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return repr(value)
+
+
+def _format(value: Any) -> tuple[dict, dict]:
+    """MIME bundle of `value`: IPython's formatters when IPython is installed, else repr."""
+    try:
+        from IPython.core.formatters import DisplayFormatter
+    except ImportError:
+        return {"text/plain": repr(value)}, {}
+    try:
+        data, metadata = DisplayFormatter().format(value)
+    except Exception:
+        return {"text/plain": repr(value)}, {}
+    return data, metadata
+
+
+def display(*objs: Any) -> None:
+    """Publishes each object as ``display_data`` on the running request (it lands in the
+    client's ``AsyncResult.display_outputs``); outside a request, prints them."""
+    sink = _current_sink
+    if sink is None:
+        print(*objs)
+        return
+    for obj in objs:
+        data, metadata = _format(obj)
+        sink.display_data(
+            json.dumps(data, default=_json_default), json.dumps(metadata, default=_json_default)
+        )
+
+
+class _Shell:
+    """What ipyparallel's engine-side helpers (``ipyparallel.util._push`` / ``_pull`` /
+    ``_execute``) expect from ``get_ipython()``."""
+
+    def __init__(self, namespace: dict):
+        self.user_ns = namespace
+        self.user_global_ns = namespace
+
+
+class Kernel:
+    """A persistent namespace (a ``__main__`` module, as IPython's) and the requests run
+    in it."""
+
+    def __init__(self) -> None:
+        self.user_module = types.ModuleType("__main__")
+        self.user_ns: dict = self.user_module.__dict__
+        self.execution_count = 0
+        self._cells = 0
+        self._reset_namespace()
+        # As IPython does: classes and functions defined by user code live in `__main__`,
+        # so pickle finds them there when results are sent back.
+        sys.modules["__main__"] = self.user_module
+        self._shell = _Shell(self.user_ns)
+        self._patch_ipyparallel()
+
+    # -- requests -------------------------------------------------------------------------
+
+    def apply(self, msg_id: str, bufs: list, sink: Any) -> tuple:
+        """Runs ``f(*args, **kwargs)`` from an ``apply_request``'s buffers; answers
+        ``("ok", result_buffers)``, ``("error", ename, evalue, traceback)`` or
+        ``("unmet",)``."""
+        try:
+            from ipyparallel.serialize import serialize_object, unpack_apply_message
+        except ImportError as exc:
+            return (
+                "error",
+                "ImportError",
+                "this engine runs pickled apply requests with ipyparallel's serialization, "
+                f"but ipyparallel cannot be imported in {sys.executable}: {exc}",
+                [],
+            )
+        ns = self.user_ns
+        # ipyparallel's kernel binds f, args and kwargs to temporary names and runs
+        # `result = f(*args, **kwargs)` in the user namespace; so do we.
+        prefix = f"_{str(msg_id).replace('-', '_')}_"
+        fname, argname, kwargname, resultname = (
+            prefix + "f",
+            prefix + "args",
+            prefix + "kwargs",
+            prefix + "result",
+        )
+        with _captured(sink):
+            try:
+                f, args, kwargs = unpack_apply_message(bufs, ns, copy=False)
+                temporary = {fname: f, argname: args, kwargname: kwargs, resultname: None}
+                ns.update(temporary)
+                try:
+                    code = f"{resultname} = {fname}(*{argname}, **{kwargname})"
+                    exec(compile(code, "<ipp_rs apply>", "exec"), ns, ns)
+                    result = ns.get(resultname)
+                finally:
+                    for key in temporary:
+                        ns.pop(key, None)
+                buffers = serialize_object(
+                    result, buffer_threshold=BUFFER_THRESHOLD, item_threshold=ITEM_THRESHOLD
+                )
+            except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+                return self._failure(exc)
+        return ("ok", [b if isinstance(b, bytes) else bytes(b) for b in buffers])
+
+    def execute(self, code: str, silent: bool, sink: Any) -> tuple:
+        """Runs a code string; when not `silent`, counts it, publishes ``execute_input``
+        and shows the value of a final expression as ``execute_result``. Answers
+        ``("ok", execution_count)`` or ``("error", ename, evalue, traceback)``."""
+        if not silent:
+            self.execution_count += 1
+            sink.execute_input(code, self.execution_count)
+        count = self.execution_count
+        self._cells += 1
+        filename = f"<ipp_rs cell {self._cells}>"
+        # So tracebacks can show the failing line.
+        linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+        ns = self.user_ns
+        with _captured(sink):
+            try:
+                tree = ast.parse(code, filename, "exec")
+                last = None
+                if not silent and tree.body and isinstance(tree.body[-1], ast.Expr):
+                    last = ast.Expression(tree.body.pop().value)
+                exec(compile(tree, filename, "exec"), ns, ns)
+                if last is not None:
+                    value = eval(compile(last, filename, "eval"), ns, ns)
+                    if value is not None:
+                        ns["_"] = value
+                        data, metadata = _format(value)
+                        sink.execute_result(
+                            json.dumps(data, default=_json_default),
+                            json.dumps(metadata, default=_json_default),
+                            count,
+                        )
+            except BaseException as exc:  # noqa: BLE001
+                return self._failure(exc)
+        return ("ok", count)
+
+    def clear(self) -> None:
+        """Empties the namespace (a client's ``clear_request``)."""
+        self._reset_namespace()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _reset_namespace(self) -> None:
+        self.user_ns.clear()
+        self.user_ns.update(
+            __name__="__main__", __doc__=None, __builtins__=builtins, __package__=None
+        )
+
+    def _patch_ipyparallel(self) -> None:
+        """ipyparallel's push/pull/execute helpers find the namespace via
+        ``IPython.get_ipython()``, imported into ``ipyparallel.util``: answer for it."""
+        try:
+            import ipyparallel.util as util
+        except ImportError:
+            return
+        shell = self._shell
+        util.get_ipython = lambda: shell  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _failure(exc: BaseException) -> tuple:
+        """``("unmet",)`` for ipyparallel's UnmetDependency, else the error tuple with a
+        plain-text traceback that starts at user code."""
+        if type(exc).__name__ == "UnmetDependency":
+            return ("unmet",)
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename in (__file__, "<ipp_rs apply>"):
+            tb = tb.tb_next
+        try:
+            evalue = str(exc)
+        except Exception as str_error:  # noqa: BLE001
+            evalue = f"Failed to cast exception to string: {str_error}"
+        lines = traceback.format_exception(type(exc), exc, tb)
+        return ("error", type(exc).__name__, evalue, [line.rstrip("\n") for line in lines])

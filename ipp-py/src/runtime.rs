@@ -1,0 +1,37 @@
+//! The process-wide tokio runtime and logging setup shared by everything in `ipp_rs`.
+
+use std::sync::OnceLock;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::PyResult;
+
+/// The one runtime of the process (STYLE §9): created on first use, never shut down, so
+/// tasks spawned by one Python object can outlive it.
+static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+
+/// The shared runtime, created on first use with two worker threads (networking only:
+/// Python code never runs on them).
+pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let built = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ipp-rs-io")
+        .enable_all()
+        .build()
+        .map_err(|err| PyRuntimeError::new_err(format!("cannot start the tokio runtime: {err}")))?;
+    // Two threads may race to build one; the loser's runtime is dropped unused.
+    Ok(RUNTIME.get_or_init(|| built))
+}
+
+/// Installs the stderr subscriber once (see `init_logging` in lib.rs).
+pub(crate) fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("IPP_RS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // An error means a subscriber is already installed: keep it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
