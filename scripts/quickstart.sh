@@ -37,7 +37,7 @@ for n in 1 2; do
         >"$logs/engine-$n.log" 2>&1 &
     pids+=($!)
 done
-if ! "$PY" examples/quickstart/quickstart.py; then
+if ! "$PY" examples/ipyparallel_quickstart.py; then
     echo "quickstart: failed; controller log:" >&2
     tail -n 20 "$logs/controller.log" >&2
     exit 1

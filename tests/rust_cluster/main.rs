@@ -37,9 +37,6 @@ fn executor(release: Arc<AtomicBool>) -> Arc<RustExecutor> {
     let executor = RustExecutor::new();
     executor
         .register_infallible("square", |x: i64| x * x)
-        .register_infallible("squares", |xs: Vec<i64>| {
-            xs.into_iter().map(|x| x * x).collect::<Vec<_>>()
-        })
         .register("fail_on_odd", |x: i64| {
             if x % 2 == 1 {
                 Err(format!("odd: {x}"))
@@ -135,14 +132,14 @@ async fn every_client_call_works_over_zeromq() -> Result<()> {
     let items: Vec<i64> = (0..1000).collect();
     let expected: Vec<i64> = items.iter().map(|x| x * x).collect();
     let mapped = lb
-        .map::<_, i64>("squares", &items, MapOptions::default().with_chunksize(10))
+        .map::<_, i64>("square", &items, MapOptions::default().with_chunksize(10))
         .await?;
     assert_eq!(mapped.msg_ids().len(), 100);
     assert_eq!(mapped.get(GUARD).await?, expected);
     assert_eq!(mapped.progress(), 100);
     let unordered = lb
         .map::<_, i64>(
-            "squares",
+            "square",
             &items,
             MapOptions::default().with_chunksize(3).with_ordered(false),
         )
@@ -156,7 +153,7 @@ async fn every_client_call_works_over_zeromq() -> Result<()> {
     assert_eq!(streamed, expected);
     let direct_map = client
         .view_all()
-        .map::<_, i64>("squares", &items, MapOptions::default())
+        .map::<_, i64>("square", &items, MapOptions::default())
         .await?;
     assert_eq!(direct_map.get(GUARD).await?, expected);
 
@@ -283,7 +280,7 @@ async fn every_client_call_works_over_zeromq() -> Result<()> {
                 .apply::<_, i64>("square", &4i64)?,
         );
         values.extend(client.load_balanced_view().map::<_, i64>(
-            "squares",
+            "square",
             &[5i64, 6],
             MapOptions::default(),
         )?);

@@ -173,7 +173,7 @@ impl LoadBalancedView {
                 Ok(Request {
                     channel: Channel::Task,
                     idents: Vec::new(),
-                    call: PackedCall::encode(&Bincode, function, chunk)?,
+                    call: PackedCall::encode_map(&Bincode, function, chunk)?,
                     engine: None,
                 })
             })
@@ -182,7 +182,7 @@ impl LoadBalancedView {
             &self.client,
             &metadata,
             requests,
-            call::decode_chunk::<R>,
+            call::decode_values::<R>,
             options.ordered,
         )
         .await

@@ -49,6 +49,20 @@ impl PackedCall {
             vec![serializer.encode(arg)?],
         )))
     }
+
+    /// A map call: `function` applied on the engine to each of `items` separately, so a
+    /// function registered for one item serves `map` unchanged.
+    pub(crate) fn encode_map<S: Serializer, A: Serialize>(
+        serializer: &S,
+        function: &str,
+        items: &[A],
+    ) -> ClientResult<Self> {
+        let args = items
+            .iter()
+            .map(|item| serializer.encode(item))
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok(Self::new(&RustCall::map(function, args)))
+    }
 }
 
 /// Signs and frames an `apply_request` with the given header and metadata.
@@ -147,7 +161,15 @@ pub(crate) fn decode_one<T: DeserializeOwned>(payloads: &[Payload]) -> ClientRes
     }
 }
 
-/// Decodes a reply of one list and flattens it (a map chunk, a gather part).
+/// Decodes a map chunk's reply: one value per item.
+pub(crate) fn decode_values<T: DeserializeOwned>(payloads: &[Payload]) -> ClientResult<Vec<T>> {
+    Ok(payloads
+        .iter()
+        .map(Payload::decode)
+        .collect::<crate::Result<Vec<T>>>()?)
+}
+
+/// Decodes a reply of one list and flattens it (a gather part).
 pub(crate) fn decode_chunk<T: DeserializeOwned>(payloads: &[Payload]) -> ClientResult<Vec<T>> {
     let mut values = Vec::new();
     for payload in payloads {

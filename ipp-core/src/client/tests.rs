@@ -30,9 +30,6 @@ fn executor() -> Arc<RustExecutor> {
     let executor = RustExecutor::new();
     executor
         .register_infallible("square", |x: i64| x * x)
-        .register_infallible("squares", |xs: Vec<i64>| {
-            xs.into_iter().map(|x| x * x).collect::<Vec<_>>()
-        })
         .register("fail_on_odd", |x: i64| {
             if x % 2 == 1 {
                 Err(format!("odd: {x}"))
@@ -163,12 +160,12 @@ async fn maps_are_chunked_ordered_and_streamed() {
     let lb = client.load_balanced_view();
     for chunksize in [1, 7, 100] {
         let options = MapOptions::default().with_chunksize(chunksize);
-        let result = lb.map::<_, i64>("squares", &items, options).await.unwrap();
+        let result = lb.map::<_, i64>("square", &items, options).await.unwrap();
         assert_eq!(result.msg_ids().len(), items.len().div_ceil(chunksize));
         assert_eq!(result.await.unwrap(), expected);
     }
     let unordered = lb
-        .map::<_, i64>("squares", &items, MapOptions::default().with_ordered(false))
+        .map::<_, i64>("square", &items, MapOptions::default().with_ordered(false))
         .await
         .unwrap();
     let mut streamed: Vec<i64> = unordered
@@ -181,7 +178,7 @@ async fn maps_are_chunked_ordered_and_streamed() {
 
     let direct = client.view_all();
     let result = direct
-        .map::<_, i64>("squares", &items, MapOptions::default())
+        .map::<_, i64>("square", &items, MapOptions::default())
         .await
         .unwrap();
     assert_eq!(result.msg_ids().len(), 2);
@@ -267,7 +264,7 @@ async fn remote_failures_are_remote_and_composite_errors() {
     assert_eq!(engines, vec![Some(0), Some(1)]);
 
     let result = lb
-        .map::<_, i64>("squares", &[1i64], MapOptions::default())
+        .map::<_, i64>("square", &[1i64], MapOptions::default())
         .await
         .unwrap();
     assert!(result.wait(LONG).await);

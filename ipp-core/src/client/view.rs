@@ -21,9 +21,9 @@ pub use super::broadcast::BroadcastView;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MapOptions {
-    /// Items per call (load-balanced map); each call's argument is a `Vec` of this many
-    /// items and it returns a `Vec` of results. Default 1. A direct map sends one call per
-    /// engine with that engine's share and ignores it.
+    /// Items per task (load-balanced map): each task carries this many items and the engine
+    /// applies the function to each. Default 1. A direct map sends one call per engine with
+    /// that engine's share and ignores it.
     pub chunksize: usize,
     /// Whether streaming yields results in item order (true) or as they arrive. Awaiting
     /// the result always gives item order. Default true.
@@ -158,9 +158,9 @@ impl DirectView {
         self.broadcast_call(call, call::decode_one::<R>).await
     }
 
-    /// Partitions `items` across the targets (contiguously, in target order) and calls
-    /// `function` once per engine with its share as a `Vec<A>`; the function returns a
-    /// `Vec<R>`, and the result is every `R` in item order.
+    /// Partitions `items` across the targets (contiguously, in target order) and sends each
+    /// engine its share in one map call: the engine applies `function` to each item, and
+    /// the result is every `R` in item order.
     ///
     /// # Errors
     /// As [`DirectView::apply`].
@@ -180,10 +180,10 @@ impl DirectView {
         for (target, range) in targets.into_iter().zip(ranges) {
             calls.push((
                 target,
-                PackedCall::encode(&Bincode, function, &items[range])?,
+                PackedCall::encode_map(&Bincode, function, &items[range])?,
             ));
         }
-        self.send(calls, call::decode_chunk::<R>, options.ordered)
+        self.send(calls, call::decode_values::<R>, options.ordered)
             .await
     }
 
@@ -215,6 +215,7 @@ impl DirectView {
             function: PUSH.to_owned(),
             names,
             args,
+            map: false,
         };
         self.broadcast_call(PackedCall::new(&call), call::decode_unit)
             .await
@@ -233,6 +234,7 @@ impl DirectView {
             function: PULL.to_owned(),
             names: names.iter().map(|n| (*n).to_owned()).collect(),
             args: Vec::new(),
+            map: false,
         };
         self.broadcast_call(PackedCall::new(&call), call::decode_each::<T>)
             .await
@@ -248,6 +250,7 @@ impl DirectView {
             function: PULL.to_owned(),
             names: names.iter().map(|n| (*n).to_owned()).collect(),
             args: Vec::new(),
+            map: false,
         };
         self.broadcast_call(PackedCall::new(&call), call::decode_payloads)
             .await
@@ -271,6 +274,7 @@ impl DirectView {
                 function: PUSH.to_owned(),
                 names: vec![name.to_owned()],
                 args: vec![Bincode.encode(&items[range])?],
+                map: false,
             };
             calls.push((target, PackedCall::new(&call)));
         }
@@ -287,6 +291,7 @@ impl DirectView {
             function: PULL.to_owned(),
             names: vec![name.to_owned()],
             args: Vec::new(),
+            map: false,
         };
         self.broadcast_call(PackedCall::new(&call), call::decode_chunk::<T>)
             .await

@@ -10,6 +10,10 @@
 //! buffers  [<argument frames…>]
 //! ```
 //!
+//! A *map* call (`"map": true`) applies the function to each argument separately and
+//! returns one payload per argument, in order: that is how a chunk of a `map` travels, so
+//! a function registered for one item serves `map` unchanged.
+//!
 //! A reply's content carries `{"status": "ok", "rust": {"formats": […], "frames": […]}}` and
 //! its buffers the returned payloads. `names` is used by the namespace built-ins
 //! ([`PUSH`], [`PULL`]). A real ipyparallel engine answers a Rust call with an error (it
@@ -41,6 +45,8 @@ pub struct RustCall {
     pub names: Vec<String>,
     /// The encoded arguments.
     pub args: Vec<Payload>,
+    /// Apply the function to each argument separately (a chunk of a `map`).
+    pub map: bool,
 }
 
 /// Writes payloads as `formats` + `frames` (counts) and the concatenated buffers.
@@ -112,6 +118,15 @@ impl RustCall {
             function: function.into(),
             names: Vec::new(),
             args,
+            map: false,
+        }
+    }
+
+    /// A map call: `function` applied to each of `items` separately.
+    pub fn map(function: impl Into<String>, items: Vec<Payload>) -> Self {
+        Self {
+            map: true,
+            ..Self::new(function, items)
         }
     }
 
@@ -120,6 +135,9 @@ impl RustCall {
         let mut section = JsonMap::new();
         section.insert("function".into(), json!(self.function));
         section.insert("names".into(), json!(self.names));
+        if self.map {
+            section.insert("map".into(), json!(true));
+        }
         let buffers = write_payloads(&self.args, &mut section);
         (json!({ RUST_KEY: section }), buffers)
     }
@@ -152,6 +170,7 @@ impl RustCall {
             function,
             names,
             args: read_payloads(section, buffers)?,
+            map: section.get("map").and_then(Value::as_bool).unwrap_or(false),
         }))
     }
 }
@@ -202,6 +221,17 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(parsed, call);
+    }
+
+    #[test]
+    fn a_map_call_keeps_its_flag() {
+        let call = RustCall::map("f", vec![Bincode.encode(&1u8).unwrap(); 3]);
+        let (content, buffers) = call.to_request();
+        let parsed = RustCall::from_request(content.as_object().unwrap(), &buffers)
+            .unwrap()
+            .unwrap();
+        assert!(parsed.map);
+        assert_eq!(parsed.args.len(), 3);
     }
 
     #[test]
