@@ -5,9 +5,9 @@
 # Needs python3 with the venv module and pip, and cargo. Prints the venv's python path on
 # stdout.
 #
-# ipp_rs is rebuilt only when the Rust or Python sources it is built from change (a hash of
-# them is kept in the venv); cargo's target dir ($CARGO_TARGET_DIR, default <repo>/target)
-# caches the compiled dependencies between builds.
+# ipp_rs is rebuilt only when the Rust or Python sources it is built from (or
+# $IPP_RS_BUILD_ARGS) change: a hash of them is kept in the venv. cargo's target dir
+# ($CARGO_TARGET_DIR, default <repo>/target) caches the compiled dependencies between builds.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,8 +28,9 @@ ipp_rs_sources_hash() {
             -path '*/target' -prune -o -path '*/__pycache__' -prune -o -type f \
             \( -name '*.rs' -o -name '*.toml' -o -name '*.lock' -o -name '*.py' -o -name '*.pyi' \
             -o -name 'py.typed' -o -name '*.md' \) -print0 2>/dev/null \
-            | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
-    )
+            | LC_ALL=C sort -z | xargs -0 sha256sum
+        echo "build args: ${IPP_RS_BUILD_ARGS:-}"
+    ) | sha256sum | cut -d' ' -f1
 }
 
 # Builds and installs ipp-py into the venv unless the installed build is from these sources.
@@ -45,7 +46,11 @@ install_ipp_rs() {
     # No build isolation: maturin comes from the venv, and the build shares cargo's target
     # dir with the workspace so compiled dependencies are reused.
     # maturin's build backend runs the `maturin` command: put the venv first on PATH.
+    # The dev profile (unless $IPP_RS_BUILD_ARGS says otherwise, e.g. "--release" for
+    # benchmarks) reuses the debug artifacts of `cargo build --workspace`: the wheel then
+    # adds only pyo3 and ipp-py to the build.
     PATH="$VENV/bin:$PATH" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}" \
+        MATURIN_PEP517_ARGS="${IPP_RS_BUILD_ARGS:---profile dev}" \
         "$VENV/bin/python" -m pip install \
         --disable-pip-version-check --quiet --no-build-isolation --force-reinstall --no-deps \
         "$ROOT/ipp-py" >&2

@@ -1,5 +1,6 @@
 //! The process-wide tokio runtime and logging setup shared by everything in `ipp_rs`.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use pyo3::exceptions::PyRuntimeError;
@@ -33,5 +34,7 @@ pub(crate) fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: engine logs usually go to files.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

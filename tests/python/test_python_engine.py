@@ -8,6 +8,7 @@ builds and installs it).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -295,3 +296,70 @@ def test_ipp_rs_display_publishes_display_data(rc):
     ar = finished(rc[0].execute("from ipp_rs.engine import display\ndisplay({'k': 1})", block=False))
     (output,) = ar.outputs
     assert output["data"]["text/plain"] == "{'k': 1}"
+
+
+KERNEL_SCRIPT = r"""
+import json, sys
+if sys.argv[1] == "no-ipyparallel":
+    sys.modules["ipyparallel"] = None  # as if it were not installed
+from ipp_rs.engine.kernel import Kernel
+
+class Sink:
+    def __init__(self):
+        self.events = []
+    def stream(self, name, text):
+        self.events.append(["stream", name, text])
+    def execute_input(self, code, count):
+        self.events.append(["execute_input", code, count])
+    def execute_result(self, data, metadata, count):
+        self.events.append(["execute_result", json.loads(data), count])
+    def display_data(self, data, metadata):
+        self.events.append(["display_data", json.loads(data)])
+
+k = Kernel()
+out = {}
+sink = Sink()
+out["apply"] = list(k.apply("m-1", [b"", b""], sink))
+out["execute"] = list(k.execute("y = 2\nprint(y)\ny + 1", False, sink))
+out["silent"] = list(k.execute("y + 1", True, sink))
+out["error"] = list(k.execute("def f():\n    return 1/0\nf()", False, sink))
+k.clear()
+out["cleared"] = list(k.execute("y", True, sink))
+out["events"] = sink.events
+print(json.dumps(out))
+"""
+
+
+def run_kernel(mode: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", KERNEL_SCRIPT, mode], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_kernel_without_ipyparallel_answers_apply_with_a_clear_error():
+    out = run_kernel("no-ipyparallel")
+    status, ename, evalue, _ = out["apply"]
+    assert (status, ename) == ("error", "ImportError")
+    assert "ipyparallel cannot be imported" in evalue
+    # Code strings still run.
+    assert out["execute"] == ["ok", 1]
+
+
+def test_kernel_execute_semantics():
+    out = run_kernel("normal")
+    assert out["execute"] == ["ok", 1]
+    assert out["silent"] == ["ok", 1]  # silent: not counted, no result shown
+    assert out["events"][:3] == [
+        ["execute_input", "y = 2\nprint(y)\ny + 1", 1],
+        ["stream", "stdout", "2"],
+        ["stream", "stdout", "\n"],
+    ]
+    assert ["execute_result", {"text/plain": "3"}, 1] in out["events"]
+    assert len([e for e in out["events"] if e[0] == "execute_result"]) == 1
+    status, ename, evalue, traceback = out["error"]
+    assert (status, ename, evalue) == ("error", "ZeroDivisionError", "division by zero")
+    assert any("return 1/0" in line for line in traceback), traceback
+    assert not any("kernel.py" in line for line in traceback), traceback
+    assert out["cleared"][:2] == ["error", "NameError"]

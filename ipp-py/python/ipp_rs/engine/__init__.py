@@ -109,9 +109,9 @@ def connection_info(args: argparse.Namespace) -> str:
     deadline = time.monotonic() + max(0.0, args.wait_for_url_file)
     while not path.exists():
         if time.monotonic() >= deadline:
-            raise SystemExit(
-                f"ipp-rs-engine: error: connection file {path} not found after "
-                f"{args.wait_for_url_file:.1f} s; start a controller or pass --file"
+            raise FileNotFoundError(
+                f"connection file {path} not found after {args.wait_for_url_file:.1f} s; "
+                "start a controller or pass --file"
             )
         time.sleep(0.1)
     return path.read_text()
@@ -128,12 +128,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"ipp-rs-engine: error: unknown log level {args.log_level!r}", file=sys.stderr)
         return 2
     _ipp_rs.init_logging(level)
-    info = connection_info(args)
     try:
-        engine = _ipp_rs.Engine(info, requested_id=args.id)
-    except ValueError as exc:
+        engine = _ipp_rs.Engine(connection_info(args), requested_id=args.id)
+    except (OSError, ValueError) as exc:
         print(f"ipp-rs-engine: error: {exc}", file=sys.stderr)
-        return 2
+        return 255
     kernel = Kernel()
 
     def on_terminate(signum: int, frame: object) -> None:
