@@ -2,44 +2,48 @@
 
 /// The first `n` decimal digits of pi ("3141…"), by the Rabinowitz–Wagon spigot.
 pub(crate) fn pi_digits(n: usize) -> String {
-    let len = n * 10 / 3 + 2;
-    let mut remainders = vec![2u64; len];
-    let mut digits = String::with_capacity(n + 1);
+    let len = n * 10 / 3 + 1;
+    let mut a = vec![2u64; len];
+    let mut digits = String::with_capacity(n + 2);
     let mut held_nines = 0usize;
     let mut predigit: Option<u64> = None;
+    let emit = |digits: &mut String, d: u64| digits.push(char::from(b'0' + d as u8));
     for _ in 0..=n {
-        let mut carry = 0u64;
-        for i in (1..len).rev() {
-            let i64_ = i as u64;
-            let x = remainders[i] * 10 + carry * i64_;
-            remainders[i] = x % (2 * i64_ + 1);
-            carry = x / (2 * i64_ + 1);
+        let mut q = 0u64;
+        for i in (1..=len).rev() {
+            let i = i as u64;
+            let x = 10 * a[i as usize - 1] + q * i;
+            a[i as usize - 1] = x % (2 * i - 1);
+            q = x / (2 * i - 1);
         }
-        let x = remainders[0] * 10 + carry;
-        remainders[0] = x % 10;
-        let digit = x / 10;
+        a[0] = q % 10;
+        let digit = q / 10;
         match digit {
             9 => held_nines += 1,
             10 => {
                 if let Some(p) = predigit {
-                    digits.push(char::from(b'0' + (p + 1) as u8));
+                    emit(&mut digits, p + 1);
                 }
-                digits.extend(std::iter::repeat_n('0', held_nines));
+                for _ in 0..held_nines {
+                    emit(&mut digits, 0);
+                }
                 predigit = Some(0);
                 held_nines = 0;
             }
             _ => {
                 if let Some(p) = predigit {
-                    digits.push(char::from(b'0' + p as u8));
+                    emit(&mut digits, p);
+                }
+                for _ in 0..held_nines {
+                    emit(&mut digits, 9);
                 }
                 predigit = Some(digit);
-                digits.extend(std::iter::repeat_n('9', held_nines));
                 held_nines = 0;
             }
         }
     }
     if let Some(p) = predigit {
-        digits.push(char::from(b'0' + p as u8));
+        emit(&mut digits, p);
     }
     digits.truncate(n);
     digits

@@ -23,11 +23,22 @@ pub(crate) struct Hearts {
     previous_ping: Bytes,
 }
 
-/// What one beat found.
+/// What one beat found: the hearts that missed too many beats.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct BeatOutcome {
-    pub(crate) started: Vec<String>,
     pub(crate) stopped: Vec<String>,
+}
+
+/// What the Hub asks of the heart monitor.
+#[derive(Debug)]
+pub(crate) enum HeartCommand {
+    /// Forget a heart: its engine unregistered, or is registering (anew) and must be
+    /// reported again on its next echo.
+    Forget(String),
+    /// Send the current ping again, a few times over the next moments, so a registering
+    /// engine (which connects its heart after the registration reply) echoes without
+    /// waiting for the next period.
+    PingNow,
 }
 
 impl Hearts {
@@ -41,14 +52,22 @@ impl Hearts {
         }
     }
 
-    /// Records a pong; only echoes of the current or previous ping count.
-    pub(crate) fn pong(&mut self, heart: &[u8], payload: &[u8]) {
+    /// Records a pong; only echoes of the current or previous ping count. Returns the
+    /// heart's uuid when this is its first echo, so a registering engine is reported at
+    /// once instead of at the next beat.
+    pub(crate) fn pong(&mut self, heart: &[u8], payload: &[u8]) -> Option<String> {
         if payload != self.current_ping.as_ref() && payload != self.previous_ping.as_ref() {
-            return;
+            return None;
         }
-        if let Ok(uuid) = std::str::from_utf8(heart) {
+        let uuid = std::str::from_utf8(heart).ok()?;
+        if !self.responses.contains(uuid) {
             self.responses.insert(uuid.to_owned());
         }
+        if self.beating.contains_key(uuid) {
+            return None;
+        }
+        self.beating.insert(uuid.to_owned(), 0);
+        Some(uuid.to_owned())
     }
 
     /// Closes a period: new hearts start, silent ones miss a beat, and those past the allowed
@@ -70,16 +89,17 @@ impl Hearts {
                 true
             }
         });
-        for uuid in responded {
-            if !self.beating.contains_key(&uuid) {
-                self.beating.insert(uuid.clone(), 0);
-                outcome.started.push(uuid);
-            }
-        }
-        outcome.started.sort();
+        // New hearts were reported by `pong` as their first echo arrived.
+        drop(responded);
         outcome.stopped.sort();
         self.previous_ping = std::mem::replace(&mut self.current_ping, next_ping);
         outcome
+    }
+
+    /// Makes `next` the ping to expect without closing a period (an extra ping: nobody
+    /// misses a beat for it).
+    pub(crate) fn rotate(&mut self, next: Bytes) {
+        self.previous_ping = std::mem::replace(&mut self.current_ping, next);
     }
 
     /// The payload of the ping now outstanding.
@@ -98,6 +118,18 @@ impl Hearts {
     }
 }
 
+/// Spacing of the extra pings sent while an engine registers.
+const BURST_STEP: Duration = Duration::from_millis(50);
+/// How long extra pings go on after a registration request.
+const BURST_LENGTH: Duration = Duration::from_secs(2);
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the heart monitor until shutdown: one ping per period on `ping`, pongs `[uuid,
 /// payload]` on `pong`, and `HeartsStarted` / `HeartsStopped` events to the Hub.
 pub(crate) async fn run_heart_monitor(
@@ -106,7 +138,7 @@ pub(crate) async fn run_heart_monitor(
     period: Duration,
     max_misses: u32,
     hub: mpsc::Sender<HubEvent>,
-    mut forget: mpsc::Receiver<String>,
+    mut commands: mpsc::Receiver<HeartCommand>,
     shutdown: CancellationToken,
 ) {
     let (ping_tx, _) = ping.split();
@@ -115,7 +147,10 @@ pub(crate) async fn run_heart_monitor(
     let started_at = Instant::now();
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Extra pings while engines register: (next extra ping, last one).
+    let mut burst: Option<(Instant, Instant)> = None;
     loop {
+        let next_burst = burst.map(|(next, _)| next);
         // All branches are cancel-safe (`tick`, channel `recv`).
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -124,10 +159,6 @@ pub(crate) async fn run_heart_monitor(
                 let lifetime = started_at.elapsed().as_secs_f64();
                 let next = Bytes::from(format!("{lifetime:?}"));
                 let outcome = hearts.beat(next.clone());
-                if !outcome.started.is_empty() {
-                    tracing::debug!(hearts = ?outcome.started, "new hearts");
-                    let _ = hub.send(HubEvent::HeartsStarted(outcome.started)).await;
-                }
                 if !outcome.stopped.is_empty() {
                     tracing::info!(hearts = ?outcome.stopped, "hearts stopped beating");
                     let _ = hub.send(HubEvent::HeartsStopped(outcome.stopped)).await;
@@ -139,12 +170,29 @@ pub(crate) async fn run_heart_monitor(
             frames = pong_rx.recv() => {
                 let Ok(frames) = frames else { break };
                 if let [heart, payload, ..] = frames.as_slice() {
-                    hearts.pong(heart, payload);
+                    if let Some(uuid) = hearts.pong(heart, payload) {
+                        tracing::debug!(heart = %uuid, "new heart");
+                        let _ = hub.send(HubEvent::HeartsStarted(vec![uuid])).await;
+                    }
                 }
             }
-            uuid = forget.recv() => {
-                if let Some(uuid) = uuid {
-                    hearts.forget(&uuid);
+            command = commands.recv() => match command {
+                Some(HeartCommand::Forget(uuid)) => hearts.forget(&uuid),
+                Some(HeartCommand::PingNow) => {
+                    let now = Instant::now();
+                    burst = Some((now + BURST_STEP, now + BURST_LENGTH.min(period)));
+                }
+                None => {}
+            },
+            () = sleep_until(next_burst) => {
+                let now = Instant::now();
+                burst = burst.and_then(|(_, end)| (now < end).then_some((now + BURST_STEP, end)));
+                // A fresh lifetime, so the payloads engines see keep growing (our engines
+                // detect a restarted controller by its lifetime going backwards).
+                let next = Bytes::from(format!("{:?}", started_at.elapsed().as_secs_f64()));
+                hearts.rotate(next.clone());
+                if ping_tx.send(vec![next]).await.is_err() {
+                    break;
                 }
             }
         }
@@ -163,10 +211,27 @@ mod tests {
     fn a_heart_starts_on_its_first_echo() {
         let mut hearts = Hearts::new(2);
         hearts.beat(ping(1));
-        hearts.pong(b"engine-a", b"1");
-        let outcome = hearts.beat(ping(2));
-        assert_eq!(outcome.started, vec!["engine-a".to_owned()]);
+        assert_eq!(hearts.pong(b"engine-a", b"1"), Some("engine-a".to_owned()));
+        assert_eq!(hearts.pong(b"engine-a", b"1"), None);
         assert!(hearts.is_beating("engine-a"));
+    }
+
+    #[test]
+    fn an_extra_ping_keeps_the_previous_one_valid() {
+        let mut hearts = Hearts::new(2);
+        hearts.beat(ping(1));
+        hearts.rotate(ping(2));
+        assert!(hearts.pong(b"engine-a", b"1").is_some());
+        assert!(hearts.pong(b"engine-b", b"2").is_some());
+    }
+
+    #[test]
+    fn a_forgotten_heart_is_reported_again() {
+        let mut hearts = Hearts::new(2);
+        hearts.beat(ping(1));
+        hearts.pong(b"engine-a", b"1");
+        hearts.forget("engine-a");
+        assert_eq!(hearts.pong(b"engine-a", b"1"), Some("engine-a".to_owned()));
     }
 
     #[test]
@@ -175,9 +240,8 @@ mod tests {
         hearts.beat(ping(1));
         hearts.beat(ping(2));
         hearts.beat(ping(3));
-        hearts.pong(b"engine-a", b"1");
-        hearts.pong(b"engine-b", b"junk");
-        assert!(hearts.beat(ping(4)).started.is_empty());
+        assert_eq!(hearts.pong(b"engine-a", b"1"), None);
+        assert_eq!(hearts.pong(b"engine-b", b"junk"), None);
     }
 
     #[test]
@@ -185,8 +249,7 @@ mod tests {
         let mut hearts = Hearts::new(2);
         hearts.beat(ping(1));
         hearts.beat(ping(2));
-        hearts.pong(b"engine-a", b"1");
-        assert_eq!(hearts.beat(ping(3)).started.len(), 1);
+        assert!(hearts.pong(b"engine-a", b"1").is_some());
     }
 
     #[test]

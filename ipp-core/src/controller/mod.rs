@@ -222,7 +222,7 @@ impl Controller {
         let shutdown = CancellationToken::new();
         let (hub_tx, hub_rx) = mpsc::channel(config.event_queue.max(1));
         let (engine_events_tx, engine_events_rx) = mpsc::channel(1024);
-        let (forget_tx, forget_rx) = mpsc::channel(1024);
+        let (hearts_tx, hearts_rx) = mpsc::channel(1024);
         let (task_commands_tx, task_commands_rx) = mpsc::channel(1024);
         let max_bytes = config.max_message_bytes;
         let mut tasks = JoinSet::new();
@@ -238,7 +238,7 @@ impl Controller {
             notification,
             events: hub_rx,
             engine_events: engine_events_tx,
-            forget_heart: forget_tx,
+            hearts: hearts_tx,
             resubmit: task_commands_tx.clone(),
             shutdown: shutdown.clone(),
         }));
@@ -263,7 +263,7 @@ impl Controller {
         tasks.spawn(relay::run_iopub_relay(
             iopub_in,
             iopub_out,
-            Arc::clone(&session),
+            Arc::new(Session::new(SigningKey::new(config.key.as_bytes()))),
             max_bytes,
             hub_tx.clone(),
             shutdown.clone(),
@@ -274,7 +274,7 @@ impl Controller {
             config.heartbeat_period(),
             config.heartbeat_max_misses,
             hub_tx.clone(),
-            forget_rx,
+            hearts_rx,
             shutdown.clone(),
         ));
         tasks.spawn(task::run_task_scheduler(task::TaskSchedulerParts {

@@ -180,8 +180,9 @@ async fn forward_swapped(
 
 /// Relays what engines publish to every client, unchanged, and shows it to the Hub.
 ///
-/// Messages that are malformed or badly signed are dropped here: an engine never sends
-/// them, and forwarding them would only make every client's IOPub handler choke.
+/// Messages that are malformed, badly signed or replayed are dropped here: an engine never
+/// sends them, and forwarding them would only make every client's IOPub handler choke.
+/// `session` must be the relay's own (its replay history is per receiver).
 pub(crate) async fn run_iopub_relay(
     engines: Socket,
     clients: Socket,
@@ -200,6 +201,11 @@ pub(crate) async fn run_iopub_relay(
                 let Ok(frames) = frames else { break };
                 let Some(wire) = accept_from_peer(frames, &session, max_bytes, &mut warned, "iopub")
                 else { continue };
+                // What a client would choke on: replayed frames and parts that are not JSON.
+                if let Err(err) = session.remember_signature(&wire).and_then(|()| wire.check_json()) {
+                    tracing::debug!(error = %err, "dropped an IOPub message");
+                    continue;
+                }
                 let frames = wire.clone().into_frames();
                 let _ = hub.send(HubEvent::Iopub(wire)).await;
                 if client_tx.send(frames).await.is_err() {

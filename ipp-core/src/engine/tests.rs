@@ -526,6 +526,9 @@ async fn the_engine_re_registers_with_a_restarted_controller() {
     assert_eq!(note.header.msg_type, "registration_notification");
     // The controller restarts at once: the engine notices because the new heart monitor's
     // pings (its lifetime) start again from zero.
+    // Subscribe before the new controller binds (same ports): the engine re-registers as
+    // soon as it sees the new monitor's first ping, and that notification must not be missed.
+    let mut notifications = notifications_of(&first).await;
     first.shutdown().await;
 
     let second = Controller::builder(config)
@@ -533,7 +536,6 @@ async fn the_engine_re_registers_with_a_restarted_controller() {
         .start()
         .await
         .unwrap();
-    let mut notifications = notifications_of(&second).await;
     let note = recv(&mut notifications).await;
     assert_eq!(note.header.msg_type, "registration_notification");
     assert_eq!(note.content["uuid"], json!(uuid));

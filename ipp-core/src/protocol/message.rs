@@ -171,6 +171,27 @@ impl WireMessage {
         parse_json(&self.metadata, "metadata")
     }
 
+    /// Checks that the four packed parts are JSON objects, without building them.
+    ///
+    /// # Errors
+    /// [`Error::InvalidMessage`] naming the first part that is not a JSON object.
+    pub fn check_json(&self) -> Result<()> {
+        for (frame, what) in [
+            (&self.header, "header"),
+            (&self.parent_header, "parent header"),
+            (&self.metadata, "metadata"),
+            (&self.content, "content"),
+        ] {
+            parse_json::<serde::de::IgnoredAny>(frame, what)?;
+            if frame.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Err(Error::invalid_message(format!(
+                    "{what} is not a JSON object"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Parses every part into a [`Message`], keeping identities and buffers as they are.
     ///
     /// # Errors

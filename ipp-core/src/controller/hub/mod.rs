@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::engines::{Engines, RegisterError};
 use super::events::{EngineEvent, HubEvent, TaskCommand};
+use super::heartbeat::HeartCommand;
 use super::recent::RecentSet;
 use super::relay::{accept_from_peer, WarnOnce};
 use crate::protocol::{error_content, key_error_value, EngineConnectionInfo, Message, Session};
@@ -34,7 +35,7 @@ pub(crate) struct HubParts {
     pub(crate) notification: Socket,
     pub(crate) events: mpsc::Receiver<HubEvent>,
     pub(crate) engine_events: mpsc::Sender<EngineEvent>,
-    pub(crate) forget_heart: mpsc::Sender<String>,
+    pub(crate) hearts: mpsc::Sender<HeartCommand>,
     pub(crate) resubmit: mpsc::Sender<TaskCommand>,
     pub(crate) shutdown: CancellationToken,
 }
@@ -50,7 +51,7 @@ pub(crate) struct Hub {
     query_tx: SocketSender,
     notify_tx: SocketSender,
     engine_events: mpsc::Sender<EngineEvent>,
-    forget_heart: mpsc::Sender<String>,
+    hearts: mpsc::Sender<HeartCommand>,
     resubmit: mpsc::Sender<TaskCommand>,
     shutdown: CancellationToken,
     engines: Engines,
@@ -79,7 +80,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
         notification,
         mut events,
         engine_events,
-        forget_heart,
+        hearts,
         resubmit,
         shutdown,
     } = parts;
@@ -96,7 +97,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
         query_tx,
         notify_tx,
         engine_events,
-        forget_heart,
+        hearts,
         resubmit,
         shutdown: shutdown.clone(),
         engines: Engines::default(),
@@ -267,6 +268,10 @@ impl Hub {
         let reply = match self.engines.begin_registration(&uuid, requested, deadline) {
             Ok(id) => {
                 tracing::info!(engine.id = id, engine.uuid = %uuid, "engine registering");
+                // Its first echo completes the registration: make sure it counts as new,
+                // and ping now rather than at the next period.
+                let _ = self.hearts.send(HeartCommand::Forget(uuid.clone())).await;
+                let _ = self.hearts.send(HeartCommand::PingNow).await;
                 let period_ms =
                     u64::try_from(self.heartbeat_period.as_millis()).unwrap_or(u64::MAX);
                 json!({
@@ -331,7 +336,10 @@ impl Hub {
             return;
         };
         tracing::info!(engine.id = id, engine.uuid = %entry.uuid, "engine unregistered");
-        let _ = self.forget_heart.send(entry.uuid.clone()).await;
+        let _ = self
+            .hearts
+            .send(HeartCommand::Forget(entry.uuid.clone()))
+            .await;
         let _ = self
             .engine_events
             .send(EngineEvent::Unregistered {
