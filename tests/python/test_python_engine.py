@@ -118,6 +118,14 @@ def test_map_direct_and_load_balanced(rc, dview):
     assert lview.apply_sync(interactive(lambda: "balanced")) == "balanced"
 
 
+def test_broadcast_view_apply_and_execute(rc):
+    bview = rc.broadcast_view()
+    bview.block = True
+    assert bview.apply_sync(interactive(lambda: 5)) == [5, 5]
+    bview.execute("broadcast_mark = 1")
+    assert rc[:].pull("broadcast_mark", block=True) == [1, 1]
+
+
 def test_push_pull_scatter_gather_and_dict_access(rc, dview):
     dview.push({"a": 1, "b": [1, 2, 3]})
     assert dview.pull("a") == [1, 1]
@@ -246,19 +254,35 @@ def test_abort_of_queued_requests(rc):
         queued.get(timeout=TIMEOUT)
 
 
+@interactive
+def announce_then_sleep(seconds):
+    import time
+
+    print("started", flush=True)
+    time.sleep(seconds)
+
+
 def test_signal_interrupts_running_python_code(rc):
     view = rc[1]
-    ar = view.apply_async(time.sleep, 30)
+    ar = view.apply_async(announce_then_sleep, 30)
+    # The print is streamed while the request runs: once it is here, the sleep has begun.
     deadline = time.monotonic() + TIMEOUT
-    while not rc.queue_status(targets=[1])[1]["queue"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # let the engine start the sleep
+    while "started" not in ar.stdout:
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.02)
     rc.send_signal(2, targets=[1], block=True)
     with pytest.raises(error.RemoteError) as info:
         ar.get(timeout=TIMEOUT)
     assert info.value.ename == "KeyboardInterrupt"
     # The engine lives on.
     assert view.apply_sync(interactive(lambda: "alive")) == "alive"
+
+
+def test_signals_other_than_sigint_are_refused(rc):
+    with pytest.raises(error.RemoteError) as info:
+        rc.send_signal(15, targets=[1], block=True)
+    assert "SIGINT" in str(info.value)
+    assert rc[1].apply_sync(interactive(lambda: "alive")) == "alive"
 
 
 def test_queue_status_and_db_query(rc):

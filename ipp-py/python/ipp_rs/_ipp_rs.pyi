@@ -1,12 +1,17 @@
 """Type stubs for the native module ``ipp_rs._ipp_rs``."""
 
-from typing import Optional, Protocol, Sequence, Tuple, Union
+from typing import Optional, Protocol, Sequence, Tuple, Union, final
+
+from typing_extensions import Self
+
+__all__ = ["__version__", "init_logging", "Engine", "OutputSink"]
 
 __version__: str
 
 def init_logging(level: str = "info") -> None:
     """Install a tracing subscriber on stderr ($IPP_RS_LOG overrides ``level``)."""
 
+@final
 class OutputSink:
     """Where a running request's output goes (published on the engine's IOPub)."""
 
@@ -30,10 +35,11 @@ class _Kernel(Protocol):
     def execute(self, code: str, silent: bool, sink: OutputSink) -> _ExecuteReply: ...
     def clear(self) -> None: ...
 
+@final
 class Engine:
     """An engine whose requests run as Python code on the thread calling ``serve``."""
 
-    def __init__(self, connection_info: str, requested_id: Optional[int] = None) -> None: ...
+    def __new__(cls, connection_info: str, requested_id: Optional[int] = None) -> Self: ...
     @property
     def id(self) -> Optional[int]: ...
     @property

@@ -201,8 +201,10 @@ class Kernel:
             try:
                 tree = ast.parse(code, filename, "exec")
                 last = None
-                if not silent and tree.body and isinstance(tree.body[-1], ast.Expr):
-                    last = ast.Expression(tree.body.pop().value)
+                tail = tree.body[-1] if tree.body else None
+                if not silent and isinstance(tail, ast.Expr):
+                    tree.body.pop()
+                    last = ast.Expression(tail.value)
                 exec(compile(tree, filename, "exec"), ns, ns)
                 if last is not None:
                     value = eval(compile(last, filename, "eval"), ns, ns)
