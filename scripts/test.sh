@@ -29,6 +29,11 @@ step() {
 
 step "cargo build" cargo build --workspace --examples
 step "cargo test" cargo test --workspace --all-features
+# Every program in examples/ must run, not only build (small sizes: this is a debug build).
+step "example: embedded_controller" cargo run -q --example embedded_controller
+step "example: quickstart" cargo run -q --example quickstart -- --digits 500 --tasks 2000
+step "example: bench" cargo run -q --example bench -- --quick --stores nodb,sqlite
+step "example tests" cargo test -q --examples
 step "pytest" "$PY" -m pytest "$ROOT/tests/python" -v "$@"
 
 if ((${#failed[@]})); then
