@@ -2,8 +2,8 @@
 //!
 //! The public package is the Python code in `python/ipp_rs`; this module gives it the parts
 //! that run in Rust:
-//! - [`engine::PyEngine`] (`ipp_rs._ipp_rs.Engine`): the `ipp-core` engine runtime over
-//!   ZeroMQ with a [`executor::PythonExecutor`], which hands each request to Python code
+//! - `engine::PyEngine` (`ipp_rs._ipp_rs.Engine`): the `ipp-core` engine runtime over
+//!   ZeroMQ with a `executor::PythonExecutor`, which hands each request to Python code
 //!   running on the thread that called `Engine.serve` (the main thread of
 //!   `python -m ipp_rs.engine`). Networking, heartbeats and control stay on the shared
 //!   tokio runtime's threads; the GIL is held only while Python code runs.
