@@ -129,7 +129,10 @@ fn read_config(
     Ok((config, store))
 }
 
-#[tokio::main]
+// One thread: the controller's work per message is small, and a single-threaded runtime
+// avoids the cross-thread wake-ups that dominated its CPU profile (BENCHMARKS.md). Store
+// I/O still runs on tokio's blocking pool.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args = Args::parse();
     if let Err(err) = run(args).await {
