@@ -111,12 +111,8 @@ pub(crate) async fn run_hub(parts: HubParts) {
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        // All branches are cancel-safe: channel and socket `recv`, interval `tick`.
-        // `biased`: events first. A relay queues its event before it forwards the reply, so
-        // a client that got its reply and then asks the Hub about it finds the Hub already
-        // up to date.
+        // Every branch is cancel-safe: channel and socket `recv`, interval `tick`.
         tokio::select! {
-            biased;
             () = shutdown.cancelled() => break,
             event = events.recv() => {
                 let Some(event) = event else { break };
@@ -124,6 +120,15 @@ pub(crate) async fn run_hub(parts: HubParts) {
             }
             frames = query_rx.recv() => {
                 let Ok(frames) = frames else { break };
+                // A relay queues its event before it forwards the reply, so the events
+                // queued now include everything the asking client has seen: handle them
+                // first (only those: a busy stream of new events never starves queries).
+                for _ in 0..events.len() {
+                    match events.try_recv() {
+                        Ok(event) => hub.handle_event(event).await,
+                        Err(_) => break,
+                    }
+                }
                 hub.handle_query(frames).await;
             }
             _ = housekeeping.tick() => hub.purge_stalled_registrations(),
