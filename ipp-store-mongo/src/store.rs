@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ipp_core::store::{
-    Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord,
-};
+use ipp_core::store::{Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord};
 use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, IndexModel};

@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ipp_core::store::{
-    Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord,
-};
+use ipp_core::store::{Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, watch};
