@@ -29,6 +29,7 @@ pub struct LoadBalancedView {
     targets: Option<Vec<u32>>,
     retries: u32,
     label: Option<String>,
+    time_limit: Option<Duration>,
 }
 
 impl LoadBalancedView {
@@ -41,6 +42,7 @@ impl LoadBalancedView {
             targets: None,
             retries: 0,
             label: None,
+            time_limit: None,
         }
     }
 
@@ -65,6 +67,14 @@ impl LoadBalancedView {
     /// Run only on these engines.
     pub fn with_targets(mut self, targets: &[u32]) -> Self {
         self.targets = Some(targets.to_vec());
+        self
+    }
+
+    /// Limits how long each task may run on its engine (our extension, not in
+    /// ipyparallel): past it the engine interrupts the task where it can and answers
+    /// with a `TaskTimeLimit` error, then serves the next request.
+    pub fn with_time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
         self
     }
 
@@ -102,6 +112,7 @@ impl LoadBalancedView {
             "targets": targets,
             "retries": self.retries,
             "label": self.label,
+            "time_limit": self.time_limit.map(|t| t.as_secs_f64()),
         })))
     }
 

@@ -2,6 +2,7 @@
 //! metadata, status idle.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -61,7 +62,52 @@ pub(crate) async fn publish_status(publisher: &Publisher, parent: &JsonMap, stat
     }
 }
 
+/// How long an interrupted task gets to stop before the engine answers without it.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
+
+/// SIGINT: what a time limit sends to the executor.
+const SIGINT: i32 = 2;
+
+/// The request's `time_limit` (seconds, our extension of ipyparallel's metadata), if any.
+fn time_limit(msg: &Message) -> Option<Duration> {
+    msg.metadata
+        .get("time_limit")
+        .and_then(Value::as_f64)
+        .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
+        .map(Duration::from_secs_f64)
+}
+
 impl RequestEnv {
+    /// Runs `work` for at most `limit`. Past it, the executor is interrupted (SIGINT: a
+    /// Python executor raises `KeyboardInterrupt`) and given [`INTERRUPT_GRACE`] to stop;
+    /// either way the task is answered with a `TaskTimeLimit` error and the engine serves
+    /// the next request. Work that cannot be interrupted (a Rust function) finishes in the
+    /// background and its result is dropped.
+    async fn run_limited(
+        &self,
+        work: impl std::future::Future<Output = Outcome>,
+        limit: Duration,
+    ) -> Outcome {
+        tokio::pin!(work);
+        if let Ok(outcome) = tokio::time::timeout(limit, &mut work).await {
+            return outcome;
+        }
+        let interrupted = self.executor.signal(SIGINT).is_ok()
+            && tokio::time::timeout(INTERRUPT_GRACE, &mut work)
+                .await
+                .is_ok();
+        let what = if interrupted {
+            "was interrupted"
+        } else {
+            "could not be interrupted; it goes on in the background and its result is dropped"
+        };
+        tracing::warn!(limit = ?limit, interrupted, "a task exceeded its time limit");
+        Outcome::error(
+            "TaskTimeLimit",
+            format!("the task ran longer than its time limit of {limit:?} and {what}"),
+        )
+    }
+
     /// Runs one request (or answers it as aborted) and returns its reply. Status busy is
     /// published here; status idle by the caller once the reply is sent.
     pub(crate) async fn run(self, queued: Queued) -> Finished {
@@ -82,13 +128,19 @@ impl RequestEnv {
             None
         } else {
             let outputs = Outputs::new(self.publisher.clone(), &msg);
-            Some(match msg.header.msg_type.as_str() {
-                "apply_request" => self.executor.apply(&msg, &outputs).await,
-                "execute_request" => self.executor.execute(&msg, &outputs).await,
-                other => Outcome::error(
-                    "NotImplementedError",
-                    format!("this engine does not handle {other} on its shell sockets"),
-                ),
+            let work = async {
+                match msg.header.msg_type.as_str() {
+                    "apply_request" => self.executor.apply(&msg, &outputs).await,
+                    "execute_request" => self.executor.execute(&msg, &outputs).await,
+                    other => Outcome::error(
+                        "NotImplementedError",
+                        format!("this engine does not handle {other} on its shell sockets"),
+                    ),
+                }
+            };
+            Some(match time_limit(&msg) {
+                None => work.await,
+                Some(limit) => self.run_limited(work, limit).await,
             })
         };
 

@@ -602,3 +602,30 @@ async fn a_refused_registration_fails_start() {
     assert!(matches!(err, crate::Error::Timeout { .. }), "{err}");
     controller.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_task_over_its_time_limit_is_answered_with_task_time_limit() {
+    let mut c = Cluster::start().await;
+    let (content, buffers) = RustCall::new("gate", vec![]).to_request();
+    let mut msg = c.session.message("apply_request", content);
+    msg.metadata = json!({"time_limit": 1.0}).as_object().cloned().unwrap();
+    msg.buffers = buffers;
+    let limited = c.send(&c.mux, msg).await;
+    let busy = recv(&mut c.iopub).await; // the gate is running now
+    assert_eq!(busy.parent_msg_id(), Some(limited.as_str()));
+    // A blocked blocking-pool thread keeps paused time from advancing by itself.
+    for _ in 0..5 {
+        tokio::time::advance(Duration::from_millis(600)).await;
+    }
+    let reply = c.reply().await;
+    assert_eq!(reply.parent_msg_id(), Some(limited.as_str()));
+    assert_eq!(reply.content["ename"], "TaskTimeLimit");
+    assert_eq!(reply.metadata["status"], "error");
+    // A Rust function cannot be interrupted: it is let go; the engine serves the next one.
+    c.gate.send(()).unwrap();
+    let next = c.call(&call("square", Json.encode(&4i64).unwrap())).await;
+    let reply = c.reply().await;
+    assert_eq!(reply.parent_msg_id(), Some(next.as_str()));
+    assert_eq!(reply.content["status"], "ok");
+    c.controller.shutdown().await;
+}
