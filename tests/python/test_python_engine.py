@@ -278,6 +278,43 @@ def test_signal_interrupts_running_python_code(rc):
     assert view.apply_sync(interactive(lambda: "alive")) == "alive"
 
 
+def wait_until_started(ar):
+    """Waits for the request's "started" print: its sleep has begun."""
+    deadline = time.monotonic() + TIMEOUT
+    while "started" not in ar.stdout:
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.02)
+
+
+def test_abort_interrupts_a_running_python_request(rc):
+    view = rc[1]
+    ar = view.apply_async(announce_then_sleep, 30)
+    wait_until_started(ar)
+    began = time.monotonic()
+    view.abort(ar, block=True)
+    with pytest.raises(error.TaskAborted):
+        ar.get(timeout=TIMEOUT)
+    assert time.monotonic() - began < 10, "the running request was not interrupted"
+    assert view.apply_sync(interactive(lambda: "alive")) == "alive"
+
+
+def test_time_limit_interrupts_python_code_with_task_time_limit(rc):
+    # `time_limit` is our extension of the request metadata; the ipyparallel client has
+    # no flag for it, but its low-level send takes any metadata.
+    future = rc.send_apply_request(
+        rc._task_socket, announce_then_sleep, [30], metadata={"time_limit": 1.0}
+    )
+    ar = ipp.AsyncResult(rc, future, fname="announce_then_sleep")
+    began = time.monotonic()
+    with pytest.raises(error.RemoteError) as info:
+        ar.get(timeout=TIMEOUT)
+    assert info.value.ename == "TaskTimeLimit"
+    assert "time limit" in info.value.evalue
+    assert time.monotonic() - began < 10
+    engine = ar.engine_id
+    assert rc[engine].apply_sync(interactive(lambda: "alive")) == "alive"
+
+
 def test_signals_other_than_sigint_are_refused(rc):
     with pytest.raises(error.RemoteError) as info:
         rc.send_signal(15, targets=[1], block=True)

@@ -39,8 +39,11 @@
 //!   metadata (`started`, `dependencies_met`, `engine`, `is_broadcast`, `is_coalescing`,
 //!   `original_msg_id`, `label`, `status`).
 //! - **Control** requests are handled at once, even while a request runs: `abort_request`
-//!   (queued requests are answered `status: aborted` when their turn comes; **the running
-//!   one is not interrupted**), `clear_request`, `shutdown_request`, `signal_request` (handed to
+//!   (queued requests are answered `status: aborted` when their turn comes; a running one
+//!   named in `msg_ids` is interrupted through [`Executor::signal`] (SIGINT) and answered
+//!   `aborted` if it stops within a second; a Rust function cannot be interrupted and
+//!   answers its real result; the `abort_reply` lists the running ids in `interrupting`,
+//!   our extension), `clear_request`, `shutdown_request`, `signal_request` (handed to
 //!   [`Executor::signal`]: the Python executor of `ipp-py` interrupts running Python code
 //!   on SIGINT; a running Rust function cannot be interrupted, so the Rust executor
 //!   acknowledges and drops it), `kernel_info_request`.

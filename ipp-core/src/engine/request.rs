@@ -1,10 +1,12 @@
 //! Running one shell request: status busy, the executor, the reply with ipyparallel's
 //! metadata, status idle.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 use super::executor::{EngineIdentity, Executor, Outcome, Outputs, Publisher};
 use crate::protocol::{date, JsonMap, Message, RemoteError, Session};
@@ -18,6 +20,35 @@ pub(crate) struct Queued {
     pub(crate) reply_to: SocketSender,
     /// A client asked to abort it (answered `status: aborted` without running it).
     pub(crate) aborted: bool,
+}
+
+/// A client's request to abort the request that is running now (`abort_request` naming
+/// it): the running task interrupts its executor and answers `status: aborted` if the work
+/// stops.
+#[derive(Debug, Default)]
+pub(crate) struct AbortHandle {
+    requested: AtomicBool,
+    notify: Notify,
+}
+
+impl AbortHandle {
+    /// Asks the running request to stop; later calls change nothing.
+    pub(crate) fn abort(&self) {
+        if !self.requested.swap(true, Ordering::SeqCst) {
+            self.notify.notify_one();
+        }
+    }
+
+    fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`AbortHandle::abort`] has been called.
+    async fn requested(&self) {
+        while !self.is_requested() {
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// A request that has run: its signed reply, still to be sent.
@@ -108,9 +139,43 @@ impl RequestEnv {
         )
     }
 
+    /// Runs `work` until it finishes or `abort` is requested. On abort the executor is
+    /// interrupted (SIGINT) and given [`INTERRUPT_GRACE`] to stop: `None` if it stopped
+    /// (the request is answered `aborted`), else the work runs to its end and its real
+    /// outcome is answered (a Rust function cannot be interrupted).
+    async fn run_abortable(
+        &self,
+        work: impl std::future::Future<Output = Outcome>,
+        abort: &AbortHandle,
+    ) -> Option<Outcome> {
+        tokio::pin!(work);
+        tokio::select! {
+            biased;
+            outcome = &mut work => return Some(outcome),
+            () = abort.requested() => {}
+        }
+        if self.executor.signal(SIGINT).is_ok() {
+            if let Ok(outcome) = tokio::time::timeout(INTERRUPT_GRACE, &mut work).await {
+                tracing::info!("the running request was aborted");
+                // Whatever the interrupted work answered (KeyboardInterrupt, or a result
+                // that beat the signal), the client asked for an abort: say so, unless
+                // it had already succeeded.
+                return match outcome {
+                    ok @ Outcome::Ok { .. } => Some(ok),
+                    _ => None,
+                };
+            }
+        }
+        tracing::warn!(
+            "abort of the running request: the executor could not interrupt it; it runs to \
+             its end and its result is answered"
+        );
+        Some(work.await)
+    }
+
     /// Runs one request (or answers it as aborted) and returns its reply. Status busy is
     /// published here; status idle by the caller once the reply is sent.
-    pub(crate) async fn run(self, queued: Queued) -> Finished {
+    pub(crate) async fn run(self, queued: Queued, abort: Arc<AbortHandle>) -> Finished {
         let Queued {
             msg,
             reply_to,
@@ -138,10 +203,13 @@ impl RequestEnv {
                     ),
                 }
             };
-            Some(match time_limit(&msg) {
-                None => work.await,
-                Some(limit) => self.run_limited(work, limit).await,
-            })
+            let limited = async {
+                match time_limit(&msg) {
+                    None => work.await,
+                    Some(limit) => self.run_limited(work, limit).await,
+                }
+            };
+            self.run_abortable(limited, &abort).await
         };
 
         let mut metadata = self.reply_metadata(&msg, started);

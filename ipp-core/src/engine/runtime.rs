@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::executor::{EngineIdentity, Executor, Publisher};
 use super::heartbeat::{self, HeartLink, Loss};
 use super::registration::{self, address, Registered, RegistrationFailure};
-use super::request::{publish_status, reply_type, Finished, Queued, RequestEnv};
+use super::request::{publish_status, reply_type, AbortHandle, Finished, Queued, RequestEnv};
 use super::EngineConfig;
 use crate::error::{Error, Result};
 use crate::protocol::{EngineConnectionInfo, JsonMap, Message, Session};
@@ -87,6 +87,8 @@ pub(crate) struct Runtime {
     abort_ids: HashSet<String>,
     /// The request running now (at most one).
     running: JoinSet<Finished>,
+    /// The running request's msg_id and its abort handle.
+    running_request: Option<(String, Arc<AbortHandle>)>,
     /// The re-registration attempt in flight (at most one).
     registering: JoinSet<Result<Registered, RegistrationFailure>>,
     link: Link,
@@ -223,6 +225,7 @@ impl Runtime {
             queue: VecDeque::new(),
             abort_ids: HashSet::new(),
             running: JoinSet::new(),
+            running_request: None,
             registering: JoinSet::new(),
             link: Link::Up,
             registered_at: Instant::now(),
@@ -355,7 +358,9 @@ impl Runtime {
             return;
         }
         if let Some(queued) = self.queue.pop_front() {
-            self.running.spawn(self.env.clone().run(queued));
+            let abort = Arc::new(AbortHandle::default());
+            self.running_request = Some((queued.msg.header.msg_id.clone(), Arc::clone(&abort)));
+            self.running.spawn(self.env.clone().run(queued, abort));
         }
     }
 
@@ -368,6 +373,7 @@ impl Runtime {
             parent,
             msg_id,
         } = finished;
+        self.running_request = None;
         if self.link == Link::Up {
             if let Err(err) = reply_to.send(reply).await {
                 tracing::warn!(error = %err, %msg_id, "reply not sent");
@@ -400,10 +406,7 @@ impl Runtime {
         publish_status(&self.env.publisher, &parent, "busy").await;
         let mut stop = false;
         let content = match msg_type.as_str() {
-            "abort_request" => {
-                self.abort(msg.content_map());
-                json!({"status": "ok"})
-            }
+            "abort_request" => self.abort(msg.content_map()),
             "clear_request" => {
                 self.env.executor.clear();
                 json!({"status": "ok"})
@@ -460,7 +463,10 @@ impl Runtime {
     }
 
     /// `abort_request {msg_ids}`: a list (empty = everything queued now) or one string.
-    fn abort(&mut self, content: &JsonMap) {
+    /// Queued requests are answered `aborted` when their turn comes; the running one, when
+    /// named, is interrupted (see `RequestEnv::run_abortable`) and listed in the reply's
+    /// `interrupting` (our extension of the `abort_reply` content).
+    fn abort(&mut self, content: &JsonMap) -> Value {
         let ids: Vec<String> = match content.get("msg_ids") {
             Some(Value::Array(items)) => items
                 .iter()
@@ -474,9 +480,18 @@ impl Runtime {
                 queued.aborted = true;
             }
             tracing::info!(count = self.queue.len(), "aborting every queued request");
-            return;
+            return json!({"status": "ok"});
         }
+        let mut interrupting = Vec::new();
         for id in ids {
+            if let Some((running, handle)) = &self.running_request {
+                if *running == id {
+                    tracing::info!(msg_id = %id, "aborting the running request");
+                    handle.abort();
+                    interrupting.push(id);
+                    continue;
+                }
+            }
             match self.queue.iter_mut().find(|q| q.msg.header.msg_id == id) {
                 Some(queued) => queued.aborted = true,
                 // Not here yet (or already done): remember it, as ipykernel does.
@@ -486,6 +501,7 @@ impl Runtime {
                 None => tracing::warn!(msg_id = %id, "too many pending aborts; ignored"),
             }
         }
+        json!({"status": "ok", "interrupting": interrupting})
     }
 
     /// `signal_request {sig}` (a number or a name such as `"SIGINT"`): handed to the

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use super::{Engine, EngineConfig, RunningEngine, RustExecutor, TaskContext};
+use super::{
+    Engine, EngineConfig, Executor, Outcome, Outputs, RunningEngine, RustExecutor, TaskContext,
+};
 use crate::controller::{Controller, ControllerConfig};
 use crate::protocol::apply::{read_reply, RustCall, NOOP, PULL, PUSH};
 use crate::protocol::{Message, Session, SigningKey, WireMessage};
@@ -76,6 +78,15 @@ impl Cluster {
     }
 
     async fn start_with(engine_config: EngineConfig) -> Self {
+        let (executor, gate) = executor();
+        Self::start_with_executor(engine_config, Arc::new(executor), gate).await
+    }
+
+    async fn start_with_executor(
+        engine_config: EngineConfig,
+        executor: Arc<dyn Executor>,
+        gate: std::sync::mpsc::Sender<()>,
+    ) -> Self {
         let transport = MemoryTransport::new();
         let controller = Controller::builder(config())
             .with_transport(Arc::new(transport.clone()))
@@ -97,10 +108,9 @@ impl Cluster {
         let iopub = connect(SocketKind::Sub, client.iopub, all()).await;
         let mux = connect(SocketKind::Dealer, client.mux, SocketOptions::default()).await;
         let control = connect(SocketKind::Dealer, client.control, SocketOptions::default()).await;
-        let (executor, gate) = executor();
         let engine = Engine::builder(controller.engine_info().clone())
             .with_transport(Arc::new(transport.clone()))
-            .with_executor(Arc::new(executor))
+            .with_executor(executor)
             .with_config(engine_config)
             .start()
             .await
@@ -627,5 +637,81 @@ async fn a_task_over_its_time_limit_is_answered_with_task_time_limit() {
     let reply = c.reply().await;
     assert_eq!(reply.parent_msg_id(), Some(next.as_str()));
     assert_eq!(reply.content["status"], "ok");
+    c.controller.shutdown().await;
+}
+
+/// An executor whose requests run until interrupted (as Python code stopped by SIGINT).
+#[derive(Debug, Default)]
+struct Interruptible {
+    interrupt: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Executor for Interruptible {
+    async fn apply(&self, _request: &Message, _outputs: &Outputs) -> Outcome {
+        self.interrupt.notified().await;
+        Outcome::error("KeyboardInterrupt", "interrupted")
+    }
+
+    async fn execute(&self, request: &Message, outputs: &Outputs) -> Outcome {
+        self.apply(request, outputs).await
+    }
+
+    fn clear(&self) {}
+
+    fn signal(&self, _signal: i32) -> crate::Result<()> {
+        self.interrupt.notify_one();
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn aborting_the_running_request_interrupts_it_and_answers_aborted() {
+    let (gate, _unused) = std::sync::mpsc::channel();
+    let mut c = Cluster::start_with_executor(
+        EngineConfig::default(),
+        Arc::new(Interruptible::default()),
+        gate,
+    )
+    .await;
+    let running = c.call(&RustCall::new("anything", vec![])).await;
+    let busy = recv(&mut c.iopub).await;
+    assert_eq!(busy.parent_msg_id(), Some(running.as_str()));
+    let queued = c.call(&RustCall::new("anything", vec![])).await;
+
+    let reply = c
+        .control("abort_request", json!({"msg_ids": [running, queued]}))
+        .await;
+    assert_eq!(reply.content["status"], "ok");
+    assert_eq!(reply.content["interrupting"], json!([running]));
+
+    let first = c.reply().await;
+    assert_eq!(first.parent_msg_id(), Some(running.as_str()));
+    assert_eq!(first.content, json!({"status": "aborted"}));
+    assert_eq!(first.metadata["status"], "aborted");
+    let second = c.reply().await;
+    assert_eq!(second.parent_msg_id(), Some(queued.as_str()));
+    assert_eq!(second.content, json!({"status": "aborted"}));
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn aborting_a_running_rust_function_lets_it_finish_and_answers_its_result() {
+    let mut c = Cluster::start().await;
+    let running = c.call(&RustCall::new("gate", vec![])).await;
+    let busy = recv(&mut c.iopub).await;
+    assert_eq!(busy.parent_msg_id(), Some(running.as_str()));
+    let reply = c
+        .control("abort_request", json!({"msg_ids": [running]}))
+        .await;
+    assert_eq!(reply.content["interrupting"], json!([running]));
+    // The Rust function ignores the interrupt; past the grace period it still runs.
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_millis(600)).await;
+    }
+    c.gate.send(()).unwrap();
+    let done = c.reply().await;
+    assert_eq!(done.parent_msg_id(), Some(running.as_str()));
+    assert_eq!(done.content["status"], "ok");
     c.controller.shutdown().await;
 }
