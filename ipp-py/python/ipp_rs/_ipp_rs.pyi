@@ -1,10 +1,11 @@
 """Type stubs for the native module ``ipp_rs._ipp_rs``."""
 
-from typing import Optional, Protocol, Sequence, Tuple, Union, final
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence, Tuple, Union, final
 
 from typing_extensions import Self
 
-__all__ = ["__version__", "init_logging", "Engine", "OutputSink"]
+__all__ = ["__version__", "init_logging", "Controller", "Engine", "OutputSink"]
 
 __version__: str
 
@@ -48,3 +49,42 @@ class Engine:
     def busy(self) -> bool: ...
     def stop(self) -> None: ...
     def serve(self, kernel: _Kernel) -> None: ...
+
+@final
+class Controller:
+    """An IPython Parallel controller (Hub and schedulers) running in this process.
+
+    The constructor records the settings; ``start()`` binds the sockets and writes
+    ``<profile_dir>/security/ipcontroller[-<cluster_id>]-{client,engine}.json``.
+    """
+
+    def __new__(
+        cls,
+        ip: str = "127.0.0.1",
+        *,
+        location: Optional[str] = None,
+        ports: Optional[Sequence[int]] = None,
+        scheme: str = "leastload",
+        hwm: int = 1,
+        db: str = "dictdb",
+        db_path: Optional[str] = None,
+        ping: Optional[int] = None,
+        key: Optional[str] = None,
+        profile_dir: Optional[str] = None,
+        cluster_id: str = "",
+        registration_timeout: Optional[float] = None,
+    ) -> Self: ...
+    def start(self) -> Self: ...
+    def stop(self) -> None: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def client_info(self) -> dict[str, Any]: ...
+    @property
+    def engine_info(self) -> dict[str, Any]: ...
+    @property
+    def client_file(self) -> Optional[Path]: ...
+    @property
+    def engine_file(self) -> Optional[Path]: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *args: object) -> bool: ...
