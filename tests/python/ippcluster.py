@@ -29,6 +29,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(sys.executable).parent
 PING_MS = 250
 CONTROLLER_KINDS = ("ours", "reference")
+# Engine processes a Cluster can start: ipyparallel's `ipengine`, or our Python engine
+# (`python -m ipp_rs.engine`, the Rust engine runtime running requests as Python code).
+ENGINE_KINDS = ("ipengine", "ipp_rs")
+# Client packages the interop matrix drives a cluster with (same API, import name differs).
+CLIENT_MODULES = ("ipyparallel", "ipp_rs")
 
 
 def controller_under_test() -> str:
@@ -97,8 +102,16 @@ def log_tail(path: Path, lines: int = 40) -> str:
 class Cluster:
     """A controller and its engines, started on 127.0.0.1 in a throw-away IPYTHONDIR."""
 
-    def __init__(self, kind: str | None = None, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        kind: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        engine_kind: str = "ipengine",
+    ):
         self.kind = kind or controller_under_test()
+        if engine_kind not in ENGINE_KINDS:
+            raise ValueError(f"engine_kind must be one of {ENGINE_KINDS}, not {engine_kind!r}")
+        self.engine_kind = engine_kind
         self.extra_args = tuple(extra_args)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"ipp-test-{self.kind}-"))
         self.ipython_dir = self.tmp / "ipython"
@@ -177,10 +190,20 @@ class Cluster:
                 return False
         return True
 
+    def engine_command(self, index: int) -> list[str]:
+        """The command line of engine number `index` of this cluster's `engine_kind`."""
+        if self.engine_kind == "ipp_rs":
+            # Each engine asks for its index as id, so engine process i is engine id i.
+            return [
+                sys.executable, "-m", "ipp_rs.engine", f"--file={self.engine_file}",
+                f"--id={index}",
+            ]
+        return [venv_tool("ipengine"), f"--file={self.engine_file}"]
+
     def start_engine(self) -> subprocess.Popen:
         index = len(self.engines)
         log = self.tmp / f"engine-{index}.log"
-        engine = self._spawn([venv_tool("ipengine"), f"--file={self.engine_file}"], log)
+        engine = self._spawn(self.engine_command(index), log)
         self.engines.append(engine)
         return engine
 
@@ -188,6 +211,15 @@ class Cluster:
         import ipyparallel as ipp
 
         rc = ipp.Client(str(self.client_file), **kwargs)
+        self.clients.append(rc)
+        return rc
+
+    def client_from(self, module: str, **kwargs):
+        """A client of this cluster made by `<module>.Client` (``ipyparallel`` or ``ipp_rs``:
+        the same API), closed with the cluster."""
+        import importlib
+
+        rc = importlib.import_module(module).Client(str(self.client_file), **kwargs)
         self.clients.append(rc)
         return rc
 
@@ -262,6 +294,11 @@ class Cluster:
         for rc in self.clients:
             try:
                 rc.close(linger=0)
+            except TypeError:
+                try:  # a client whose close() takes no linger
+                    rc.close()
+                except Exception:
+                    pass
             except Exception:
                 pass
         self.clients.clear()
@@ -277,3 +314,27 @@ class Cluster:
             sys.stderr.write(f"\nkeeping logs in {self.tmp}\n")
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def client_unavailable(module: str) -> str | None:
+    """Why `<module>.Client` cannot be used in this Python, or None when it can (for skips:
+    the ipp_rs client is written after the engine)."""
+    import importlib
+
+    if module not in CLIENT_MODULES:
+        raise ValueError(f"client module must be one of {CLIENT_MODULES}, not {module!r}")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        return f"{module} is not importable ({exc}): run scripts/setup-test-env.sh"
+    if not hasattr(mod, "Client"):
+        return f"{module}.Client does not exist yet (the ipp_rs client is not written yet)"
+    return None
+
+
+def start_cluster(
+    controller: str, engine_kind: str = "ipengine", engines: int = 2
+) -> Cluster:
+    """A started Cluster: `controller` ("ours" or "reference") with `engines` engines of
+    `engine_kind` ("ipengine" or "ipp_rs"), all registered when this returns."""
+    return Cluster(controller, engine_kind=engine_kind).start(engines=engines)
