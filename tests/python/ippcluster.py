@@ -333,8 +333,9 @@ def client_unavailable(module: str) -> str | None:
 
 
 def start_cluster(
-    controller: str, engine_kind: str = "ipengine", engines: int = 2
+    controller: str | None = None, engine_kind: str = "ipengine", engines: int = 2
 ) -> Cluster:
-    """A started Cluster: `controller` ("ours" or "reference") with `engines` engines of
-    `engine_kind` ("ipengine" or "ipp_rs"), all registered when this returns."""
+    """A started Cluster: `controller` ("ours", "reference", or None for the controller
+    under test) with `engines` engines of `engine_kind` ("ipengine" or "ipp_rs"), all
+    registered when this returns."""
     return Cluster(controller, engine_kind=engine_kind).start(engines=engines)
