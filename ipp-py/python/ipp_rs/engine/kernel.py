@@ -6,11 +6,15 @@ The Rust engine calls :meth:`Kernel.apply`, :meth:`Kernel.execute` and :meth:`Ke
 on the Python thread, one request at a time, with an :class:`~ipp_rs._ipp_rs.OutputSink`
 that publishes on IOPub. Results are plain tuples (see ``_ipp_rs.pyi``).
 
-Pickled apply requests are read with ipyparallel's own helpers
-(``unpack_apply_message`` / ``serialize_object``): the pickles reference
-``ipyparallel.serialize.canning`` classes, so **ipyparallel must be importable** in the
-engine's Python to run them; without it every apply is answered with an ``ImportError``
-RemoteError saying so. Code strings (``execute``) run without ipyparallel.
+Pickled apply requests are read and results written with :mod:`ipp_rs.serialize`, with or
+without ipyparallel installed in the engine's Python. With ipyparallel, the canning classes
+are ipyparallel's (results are exactly what an ``ipengine`` sends). Without it, requests
+from ipyparallel's client still run: their ``ipyparallel.*`` names are read as ipp_rs's
+counterparts, the helpers it ships by reference (``ipyparallel.util._push`` / ``_pull`` /
+``_execute``) find this namespace through :func:`ipp_rs.util.get_ipython`, and
+``from ipyparallel.error import ...`` / ``from ipyparallel.serialize import ...`` in
+shipped code (ipyparallel's ``@require``) import ipp_rs's modules; results are then
+pickles of ipp_rs's classes, which a client with ``ipp_rs`` installed reads.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import ast
 import base64
 import builtins
+import importlib
 import io
 import json
 import linecache
@@ -26,6 +31,10 @@ import traceback
 import types
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
+
+from .. import util as ipp_rs_util
+from ..serialize import IPYPARALLEL, serialize_object, unpack_apply_message
+from ..serialize.canning import IPYPARALLEL_MODULE_ALIASES
 
 # jupyter_client's Session defaults, which ipyparallel's engine passes to serialize_object.
 BUFFER_THRESHOLD = 1024
@@ -137,7 +146,11 @@ class Kernel:
         # so pickle finds them there when results are sent back.
         sys.modules["__main__"] = self.user_module
         self._shell = _Shell(self.user_ns)
-        self._patch_ipyparallel()
+        ipp_rs_util.engine_shell = self._shell
+        if IPYPARALLEL:
+            self._patch_ipyparallel()
+        else:
+            _alias_ipyparallel_imports()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -145,16 +158,6 @@ class Kernel:
         """Runs ``f(*args, **kwargs)`` from an ``apply_request``'s buffers; answers
         ``("ok", result_buffers)``, ``("error", ename, evalue, traceback)`` or
         ``("unmet",)``."""
-        try:
-            from ipyparallel.serialize import serialize_object, unpack_apply_message
-        except ImportError as exc:
-            return (
-                "error",
-                "ImportError",
-                "this engine runs pickled apply requests with ipyparallel's serialization, "
-                f"but ipyparallel cannot be imported in {sys.executable}: {exc}",
-                [],
-            )
         ns = self.user_ns
         # ipyparallel's kernel binds f, args and kwargs to temporary names and runs
         # `result = f(*args, **kwargs)` in the user namespace; so do we.
@@ -233,18 +236,21 @@ class Kernel:
         )
 
     def _patch_ipyparallel(self) -> None:
-        """ipyparallel's push/pull/execute helpers find the namespace via
-        ``IPython.get_ipython()``, imported into ``ipyparallel.util``: answer for it."""
-        try:
-            import ipyparallel.util as util
-        except ImportError:
-            return
+        """ipyparallel's engine-side helpers (``ipyparallel.util._push`` / ``_pull`` /
+        ``_execute``, ``BroadcastView._broadcast_map``) find the namespace via
+        ``IPython.get_ipython()``, imported into their modules: answer for it."""
         shell = self._shell
-        util.get_ipython = lambda: shell  # type: ignore[attr-defined]
+        for name in ("ipyparallel.util", "ipyparallel.client.view"):
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            module.get_ipython = lambda: shell  # type: ignore[attr-defined]
 
     @staticmethod
     def _failure(exc: BaseException) -> tuple:
-        """``("unmet",)`` for ipyparallel's UnmetDependency, else the error tuple with a
+        """``("unmet",)`` for an UnmetDependency (ipyparallel's or ipp_rs's: by class
+        name, exactly, as ipyparallel's engine does), else the error tuple with a
         plain-text traceback that starts at user code."""
         if type(exc).__name__ == "UnmetDependency":
             return ("unmet",)
@@ -257,3 +263,33 @@ class Kernel:
             evalue = f"Failed to cast exception to string: {str_error}"
         lines = traceback.format_exception(type(exc), exc, tb)
         return ("error", type(exc).__name__, evalue, [line.rstrip("\n") for line in lines])
+
+
+_aliases_installed = False
+
+
+def _alias_ipyparallel_imports() -> None:
+    """Without ipyparallel, makes ``from ipyparallel.<module> import <names>`` in code run
+    on this engine import ipp_rs's counterpart (``ipyparallel.error`` → ``ipp_rs.error``,
+    ``ipyparallel.serialize`` → ``ipp_rs.serialize``, ...; see
+    ``IPYPARALLEL_MODULE_ALIASES``): ipyparallel's ``@require`` runs such imports on the
+    engine. Only imports that would fail otherwise are redirected; ``import ipyparallel``
+    still fails."""
+    global _aliases_installed
+    if _aliases_installed:
+        return
+    _aliases_installed = True
+    original_import = builtins.__import__
+
+    def __import__(
+        name: str, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
+    ) -> Any:
+        try:
+            return original_import(name, globals, locals, fromlist, level)
+        except ImportError:
+            alias = IPYPARALLEL_MODULE_ALIASES.get(name) if level == 0 and fromlist else None
+            if alias is None:
+                raise
+            return importlib.import_module(alias)
+
+    builtins.__import__ = __import__

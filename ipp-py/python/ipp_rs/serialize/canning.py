@@ -97,11 +97,17 @@ cell_type = _get_cell_type()
 def interactive(f: Any) -> Any:
     """Decorator making a function look interactively defined (module ``__main__``), as
     ``ipyparallel.interactive``: it is shipped by value and, on the engine, runs with the
-    engine's namespace as its globals. Functions with closures keep them only if not
-    rebuilt; ``interactive`` rebuilds plain functions without their closure."""
+    engine's namespace as its globals. The function is rebuilt without its closure (an
+    interactive function reads names from the namespace instead); unlike ipyparallel's,
+    keyword-only defaults, annotations and the docstring are kept."""
     if isinstance(f, FunctionType):
         mainmod = __import__("__main__")
-        f = FunctionType(f.__code__, mainmod.__dict__, f.__name__, f.__defaults__)
+        rebuilt = FunctionType(f.__code__, mainmod.__dict__, f.__name__, f.__defaults__)
+        rebuilt.__kwdefaults__ = f.__kwdefaults__
+        rebuilt.__annotations__ = f.__annotations__
+        rebuilt.__doc__ = f.__doc__
+        rebuilt.__qualname__ = f.__qualname__
+        f = rebuilt
     f.__module__ = "__main__"
     return f
 
@@ -344,7 +350,8 @@ class CannedClass(CannedObject):
 class CannedArray(CannedObject):
     """A numpy array: its data is one buffer (a memoryview of the array, made contiguous
     if it is not; no copy otherwise), rebuilt with ``numpy.frombuffer`` (no copy). Empty
-    arrays and object dtypes are pickled whole instead."""
+    arrays and object dtypes are pickled whole instead. Unlike ipyparallel's, datetime64 /
+    timedelta64 arrays work too (as their bytes)."""
 
     def __init__(self, obj: Any):
         from numpy import ascontiguousarray
@@ -364,7 +371,12 @@ class CannedArray(CannedObject):
             self.buffers = [serialize.pickle.dumps(obj, serialize.PICKLE_PROTOCOL)]
         else:
             obj = ascontiguousarray(obj, dtype=None)
-            self.buffers = [memoryview(obj)]
+            try:
+                self.buffers = [memoryview(obj)]
+            except ValueError:
+                # dtypes the buffer protocol does not describe (datetime64, timedelta64):
+                # their bytes (ipyparallel's CannedArray raises here)
+                self.buffers = [memoryview(obj.view("u1"))]
 
     def get_object(self, g: Optional[dict] = None) -> Any:
         from numpy import frombuffer
@@ -553,7 +565,7 @@ if _ipp is not None:
     _delegated = [name for name in __all__ if name not in ("IPYPARALLEL",)]
     _delegated += ["cell_type", "_original_can_map", "_original_uncan_map", "_import_mapping"]
     for _name in _delegated:
-        if _name in ("use_pickle", "use_dill", "use_cloudpickle"):
-            continue  # ours switch both serialize modules
+        if _name in ("use_pickle", "use_dill", "use_cloudpickle", "interactive"):
+            continue  # ours switch both serialize modules; ours keeps kwdefaults
         globals()[_name] = getattr(_ipp, _name)
     del _name, _delegated
