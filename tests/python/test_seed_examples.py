@@ -21,6 +21,7 @@ While ``ipp_rs.Client`` does not exist, the ipp_rs runs are skipped saying so.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -34,6 +35,13 @@ TIMEOUT = 180
 IMPORT_LINE = re.compile(r"^import (ipyparallel|ipp_rs) as ipp$", re.M)
 # The one-digit counts of the first 10,000 decimals of pi (a well-known table).
 FIRST_10000_COUNTS = "0:968 1:1026 2:1021 3:974 4:1012 5:1046 6:1021 7:970 8:948 9:1014"
+
+
+# The documentation's examples use numpy (on the client and on the engines).
+needs_numpy = pytest.mark.skipif(
+    importlib.util.find_spec("numpy") is None,
+    reason="numpy is not installed in this Python (scripts/setup-test-env.sh must install it)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +104,7 @@ def test_dag_dependencies(cluster, client_module, tmp_path):
     assert "dependencies respected" in out
 
 
+@needs_numpy
 def test_pi_digits(cluster, client_module, tmp_path):
     out = run_example(
         cluster, client_module, tmp_path, "examples/python/pi_digits.py",
@@ -106,6 +115,7 @@ def test_pi_digits(cluster, client_module, tmp_path):
     assert "parallel counts equal the serial counts" in out
 
 
+@needs_numpy
 def test_task_interface(cluster, client_module, tmp_path):
     out = run_example(
         cluster, client_module, tmp_path, "examples/python/task_interface.py",
@@ -114,6 +124,7 @@ def test_task_interface(cluster, client_module, tmp_path):
     assert "FAILED" not in out and "all checks passed" in out
 
 
+@needs_numpy
 def test_px_session(cluster, client_module, tmp_path):
     out = run_example(
         cluster, client_module, tmp_path, "examples/python/px_session.py",
