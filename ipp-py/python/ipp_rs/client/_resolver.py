@@ -1,0 +1,149 @@
+"""One background thread per Client that resolves the ``concurrent.futures.Future`` side
+of AsyncResults someone waits on asynchronously (``add_done_callback``, ``await``,
+``concurrent.futures.wait`` / ``as_completed``), and lets the native client forget the
+replies of AsyncResults that were dropped.
+
+Blocking calls (``get``, ``wait``, ``result``) never go through this thread: they wait in
+Rust directly. An AsyncResult is watched only once something needs it resolved in the
+background, so a plain ``map(...).get()`` costs no Python work per task here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .asyncresult import AsyncResult
+
+# How long one native wait lasts before newly watched results are picked up.
+_SLICE = 0.02
+# How long a dropped result's outputs may take to complete before its reply is forgotten
+# anyway (a reply without a final `status: idle`, e.g. a synthetic engine-death error).
+_OUTPUT_GRACE = 10.0
+
+
+class Resolver:
+    """Watches AsyncResults for one native client on a daemon thread (started on first
+    use, stopped by :meth:`stop`)."""
+
+    def __init__(self, native: Any):
+        self._native = native
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        # msg_id -> AsyncResults waiting for it; AsyncResult -> msg_ids it still waits for
+        self._waiting: dict[str, list] = {}
+        self._pending: dict[Any, set] = {}
+        # dropped results: (msg_ids, deadline, objects to materialize before forgetting)
+        self._released: list[tuple[list, float, list]] = []
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # -- called from any thread ----------------------------------------------------------
+
+    def watch(self, ar: "AsyncResult") -> None:
+        """Resolve `ar` as soon as all its messages have replies."""
+        with self._lock:
+            if self._stopped or ar in self._pending:
+                return
+            ids = set(ar.msg_ids)
+            self._pending[ar] = ids
+            for msg_id in ids:
+                self._waiting.setdefault(msg_id, []).append(ar)
+            self._ensure_thread()
+        self._wake.set()
+
+    def release(self, msg_ids: list, keep_alive: list) -> None:
+        """Forget `msg_ids` in the native client once their replies and outputs are
+        complete; `keep_alive` objects get ``_materialize()`` called just before."""
+        if not msg_ids:
+            return
+        with self._lock:
+            if self._stopped:
+                return
+            self._released.append((list(msg_ids), time.monotonic() + _OUTPUT_GRACE, keep_alive))
+            self._ensure_thread()
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stops the thread (the client is closing); watched results stay unresolved."""
+        with self._lock:
+            self._stopped = True
+            self._waiting.clear()
+            self._pending.clear()
+            self._released.clear()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2)
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="ipp_rs-resolver", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if self._stopped:
+                    return
+                ids = list(self._waiting)
+                busy = bool(ids or self._released)
+            if not busy:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            try:
+                if ids:
+                    done = self._native.wait_any(ids, _SLICE)
+                    self._resolve(done)
+                else:
+                    self._wake.wait(0.2)
+                    self._wake.clear()
+                self._forget_released()
+            except Exception:  # noqa: BLE001 - the client was closed under us
+                with self._lock:
+                    if self._stopped:
+                        return
+                time.sleep(_SLICE)
+
+    def _resolve(self, done: list) -> None:
+        ready = []
+        with self._lock:
+            for msg_id in done:
+                for ar in self._waiting.pop(msg_id, ()):
+                    pending = self._pending.get(ar)
+                    if pending is None:
+                        continue
+                    pending.discard(msg_id)
+                    if not pending:
+                        del self._pending[ar]
+                        ready.append(ar)
+        for ar in ready:
+            ar._resolve_in_background()
+
+    def _forget_released(self) -> None:
+        with self._lock:
+            released, self._released = self._released, []
+        if not released:
+            return
+        now = time.monotonic()
+        keep = []
+        for msg_ids, deadline, keep_alive in released:
+            done = self._native.done(msg_ids)
+            if len(done) == len(msg_ids) and (
+                now > deadline or self._native.wait_outputs(msg_ids, 0)
+            ):
+                for obj in keep_alive:
+                    obj._materialize()
+                self._native.forget(msg_ids)
+            else:
+                keep.append((msg_ids, deadline if len(done) == len(msg_ids) else now + _OUTPUT_GRACE, keep_alive))
+        if keep:
+            with self._lock:
+                self._released.extend(keep)

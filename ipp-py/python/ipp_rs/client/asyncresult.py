@@ -1,0 +1,979 @@
+"""AsyncResult objects (ipyparallel's ``AsyncResult``, ``AsyncMapResult``,
+``AsyncHubResult``) over the native client.
+
+An AsyncResult holds msg_ids only. Waiting happens in Rust (``NativeClient.wait``, GIL
+released); results are deserialized from the stored replies the first time the result is
+asked for, and metadata (stdout, timestamps, engine ids, ...) is built from the stored
+reply and outputs when read. AsyncResult is a ``concurrent.futures.Future``: callbacks,
+``concurrent.futures.wait`` / ``as_completed`` and ``await`` are served by the client's
+background resolver thread, which only watches results somebody waits on that way.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+import threading
+import time
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future
+from contextlib import contextmanager
+from datetime import datetime
+from itertools import chain, repeat
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+
+from ._deps import error
+from ._metadata import (
+    _DATE_FIELDS,
+    ExecuteReply,
+    Metadata,
+    _get_ipython,
+    build_metadata,
+    utc_from_timestamp,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from .client import Client
+
+_PENDING = "PENDING"
+# wait_outputs takes a finite timeout: "forever" is this many seconds at a time
+_LONG_WAIT = 3600.0
+
+
+def progress(*args: Any, widget: Optional[bool] = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar (the notebook widget inside a kernel with ipywidgets, unless
+    `widget` says otherwise), as ipyparallel's ``util.progress``."""
+    if widget is None:
+        ip = _get_ipython()
+        widget = False
+        if ip is not None and getattr(ip, "kernel", None) is not None:
+            try:
+                import ipywidgets  # noqa: F401
+            except ImportError:
+                widget = False
+            else:
+                widget = True
+    try:
+        if widget:
+            import tqdm.notebook
+
+            return tqdm.notebook.tqdm_notebook(*args, **kwargs)
+        import tqdm
+    except ImportError as exc:
+        raise ImportError(
+            f"progress bars need tqdm, which cannot be imported ({exc}): pip install tqdm"
+        ) from exc
+    kwargs.setdefault("file", sys.stdout)
+    return tqdm.tqdm(*args, **kwargs)
+
+
+def _check_ready(ar: "AsyncResult") -> None:
+    ar.wait(0)
+    if not ar._ready:
+        raise TimeoutError("result not ready")
+
+
+def _metadata_keys() -> list:
+    return list(Metadata().keys())
+
+
+class AsyncResult(Future):
+    """The result of a non-blocking call: a ``concurrent.futures.Future`` that also offers
+    ``multiprocessing.pool.AsyncResult``'s ``get`` / ``wait`` / ``ready`` / ``successful``
+    and the execution metadata of each message."""
+
+    msg_ids: list = []
+    _targets: Any = None
+    _single_result = False
+    owner = False
+    _last_display_prefix = ""
+    _stream_trailing_newline = True
+
+    def __init__(
+        self,
+        client: "Client",
+        children: Any,
+        fname: str = "unknown",
+        targets: Any = None,
+        owner: bool = False,
+        return_exceptions: bool = False,
+        chunk_sizes: Any = None,
+        submitted: Optional[float] = None,
+    ):
+        super().__init__()
+        if not isinstance(children, list):
+            children = [children]
+            self._single_result = True
+        else:
+            self._single_result = False
+        if children and isinstance(children[0], AsyncResult):
+            children = list(chain.from_iterable(c.msg_ids for c in children))
+        if not children:
+            raise ValueError("an AsyncResult needs at least one msg_id")
+        self.msg_ids = children
+        self._client = client
+        self._fname = fname
+        self._targets = targets
+        self.owner = owner
+        self._return_exceptions = return_exceptions
+        # msg_id -> number of map elements it carries (None: one each)
+        self._chunk_sizes = chunk_sizes or None
+        self._submitted = time.time() if submitted is None else submitted
+        self._ready = False
+        self._success: Optional[bool] = None
+        self._raw_results: Optional[list] = None
+        self._resolved = False
+        self._resolve_lock = threading.Lock()
+        self._output_ready = False
+        self._md_cache: Optional[list] = None
+        self._watching = False
+        self._splits: Optional[tuple] = None
+        self._parent: Optional[AsyncResult] = None
+        Future.add_done_callback(self, self._finalize_result)
+
+    # -- concurrent.futures.Future plumbing ------------------------------------------
+
+    @property  # type: ignore[override]
+    def _waiters(self) -> list:
+        """Future's waiter list; reading it while pending (concurrent.futures.wait and
+        as_completed do) asks the background resolver to resolve this result."""
+        waiters = self.__dict__["_waiter_list"]
+        if self._state == _PENDING and not self._watching:
+            self._watch()
+        return waiters
+
+    @_waiters.setter
+    def _waiters(self, value: list) -> None:
+        self.__dict__["_waiter_list"] = value
+
+    def _watch(self) -> None:
+        """Resolve in the background as soon as the replies are in."""
+        if self._watching or self._resolved:
+            return
+        self._watching = True
+        client = self._client
+        if client._closed:
+            return
+        client._resolver.watch(self)
+
+    def _resolve_in_background(self) -> None:
+        try:
+            self._resolve()
+        except Exception as exc:  # noqa: BLE001 - never kill the resolver thread
+            if not Future.done(self):
+                try:
+                    self.set_exception(exc)
+                except concurrent.futures.InvalidStateError:
+                    pass
+
+    def add_done_callback(self, fn: Callable) -> None:
+        """Calls ``fn(self)`` once the result is in (in the client's resolver thread, or
+        right away if it already is)."""
+        if not Future.done(self):
+            if self._native_done():
+                self._resolve()
+            else:
+                self._watch()
+        Future.add_done_callback(self, fn)
+
+    def done(self) -> bool:
+        """Whether the result is in (checks the native client without waiting)."""
+        if not Future.done(self) and self._native_done():
+            self._resolve()
+        return Future.done(self)
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """As ``Future.result``: the value, or raises the (remote) exception;
+        TimeoutError after `timeout` seconds."""
+        if not Future.done(self):
+            if not self._native_wait(timeout):
+                raise TimeoutError()
+            self._resolve()
+        return Future.result(self, 0)
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        """As ``Future.exception``."""
+        if not Future.done(self):
+            if not self._native_wait(timeout):
+                raise TimeoutError()
+            self._resolve()
+        return Future.exception(self, 0)
+
+    def __await__(self) -> Any:
+        import asyncio
+
+        return asyncio.wrap_future(self).__await__()
+
+    def __del__(self) -> None:
+        # An owner lets the native client forget its replies once they are complete.
+        try:
+            if not self.owner or self._parent is not None:
+                return
+            client = self._client
+            if client._closed:
+                return
+            keep = [r for r in (self._raw_results or ()) if isinstance(r, ExecuteReply)]
+            client._resolver.release(self.msg_ids, keep)
+        except Exception:  # noqa: BLE001 - interpreter shutdown, half-built object
+            pass
+
+    # -- waiting and resolving -------------------------------------------------------
+
+    def _native_done(self) -> bool:
+        client = self._client
+        if client._closed:
+            return False
+        return len(client._native.done(self.msg_ids)) == len(self.msg_ids)
+
+    def _native_wait(self, timeout: Optional[float]) -> bool:
+        client = self._client
+        if client._closed:
+            if timeout is None:
+                raise RuntimeError(
+                    "the Client was closed before this result arrived: it never will"
+                )
+            return False
+        return bool(client._native.wait(self.msg_ids, timeout))
+
+    def _results_now(self) -> list:
+        return [self._client._result(msg_id) for msg_id in self.msg_ids]
+
+    def _resolve(self) -> None:
+        """Turns the stored replies into this Future's result, once."""
+        with self._resolve_lock:
+            if self._resolved:
+                return
+            results = self._results_now()
+            self._resolved = True
+        self._raw_results = results
+        try:
+            if self._single_result:
+                r = results[0]
+                if isinstance(r, Exception):
+                    raise r
+            else:
+                results = self._collect_exceptions(results)
+            value = self._reconstruct_result(results)
+        except Exception as exc:  # noqa: BLE001
+            self._success = False
+            outcome: tuple = (False, exc)
+        else:
+            self._success = True
+            outcome = (True, value)
+        try:
+            if outcome[0]:
+                self.set_result(outcome[1])
+            else:
+                self.set_exception(outcome[1])
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled meanwhile
+
+    def _finalize_result(self, f: Any) -> None:
+        self._ready = True
+
+    def _collect_exceptions(self, results: list) -> list:
+        """Wraps remote exceptions in a CompositeError (unless return_exceptions)."""
+        if self._return_exceptions:
+            return results
+        return error.collect_exceptions(results, self._fname)
+
+    def _reconstruct_result(self, res: list) -> Any:
+        """The result from the list of per-message results (overridden by maps)."""
+        if self._single_result:
+            return res[0]
+        return res
+
+    def __repr__(self) -> str:
+        if self._ready:
+            state = "finished" if self._success else "failed"
+        else:
+            state = "pending"
+        return f"<{self.__class__.__name__}({self._fname}): {state}>"
+
+    def __dir__(self) -> list:
+        keys = dir(self.__class__)
+        keys.extend(_metadata_keys())
+        return keys
+
+    def get(self, timeout: Optional[float] = None, return_exceptions: Optional[bool] = None, return_when: Any = None) -> Any:
+        """The result, once it arrives (TimeoutError after `timeout` seconds). A remote
+        exception is raised as RemoteError (one message) or CompositeError (several),
+        unless `return_exceptions`. ``return_when=FIRST_EXCEPTION`` raises at the first
+        failure without waiting for the rest."""
+        if return_when == FIRST_COMPLETED:
+            import warnings
+
+            warnings.warn(
+                "Ignoring unsupported AsyncResult.get(return_when=FIRST_COMPLETED)",
+                UserWarning,
+                stacklevel=2,
+            )
+            return_when = None
+        elif return_when == ALL_COMPLETED:
+            return_when = None
+        wait_result = None
+        if not self.ready():
+            wait_result = self.wait(timeout, return_when=return_when)
+        if return_exceptions is None:
+            return_exceptions = self._return_exceptions
+        if self._ready:
+            if self._success:
+                return Future.result(self, 0)
+            if return_exceptions and self._raw_results is not None:
+                return self._reconstruct_result(self._raw_results)
+            e = Future.exception(self, 0)
+            raise e  # type: ignore[misc]
+        if return_when == FIRST_EXCEPTION and wait_result is not None:
+            done, _ = wait_result
+            for ar in done:
+                if not ar._success:
+                    return ar.get(return_exceptions=return_exceptions)
+        raise TimeoutError("Result not ready.")
+
+    def _check_ready(self) -> None:
+        if not self.ready():
+            raise TimeoutError("Result not ready.")
+
+    def ready(self) -> bool:
+        """Whether the call has completed."""
+        if not self._ready:
+            self.wait(0)
+        return self._ready
+
+    def wait(self, timeout: Optional[float] = -1, return_when: Any = None) -> Any:
+        """Waits until the result is in or `timeout` seconds pass (-1/None: no limit);
+        returns whether it is ready. With `return_when` (ALL_COMPLETED, FIRST_COMPLETED,
+        FIRST_EXCEPTION) returns ``(done, pending)`` sets of single-message AsyncResults,
+        as ``concurrent.futures.wait``."""
+        if timeout is not None and timeout < 0:
+            timeout = None
+        if return_when is None:
+            if self._ready:
+                return True
+            if Future.done(self):
+                return True
+            if self._native_wait(timeout):
+                self._resolve()
+            return self._ready or Future.done(self)
+        return self._wait_split(timeout, return_when)
+
+    def _wait_split(self, timeout: Optional[float], return_when: Any) -> tuple:
+        splits = self.split()
+        by_id = {}
+        for s in splits:
+            for msg_id in s.msg_ids:
+                by_id[msg_id] = s
+        native = self._client._native
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            done_ids = set(native.done(self.msg_ids))
+            done = set()
+            for s in splits:
+                if all(m in done_ids for m in s.msg_ids):
+                    s.wait(0)
+                    done.add(s)
+            pending = set(splits) - done
+            if not pending:
+                self.wait(0)
+                break
+            if return_when == FIRST_COMPLETED and done:
+                break
+            if return_when == FIRST_EXCEPTION and any(not s._success for s in done):
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            waiting = [m for m in self.msg_ids if m not in done_ids]
+            native.wait_any(waiting, 1.0 if remaining is None else min(remaining, 1.0))
+        return done, pending
+
+    def wait_for_output(self, timeout: Optional[float] = -1) -> bool:
+        """Waits until the outputs (stdout, displays, ...) are complete too: the result may
+        arrive before the last output."""
+        if self._output_ready:
+            return True
+        if timeout is not None and timeout < 0:
+            timeout = None
+        start = time.monotonic()
+        if not self.wait(timeout):
+            return False
+        ids = self._ids_with_output()
+        if ids:
+            native = self._client._native
+            while True:
+                remaining = _LONG_WAIT if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+                if native.wait_outputs(ids, remaining):
+                    break
+                if timeout is not None:
+                    return False
+        self._output_ready = True
+        return True
+
+    def _ids_with_output(self) -> list:
+        """msg_ids whose engine will publish a final ``status: idle`` (not aborted,
+        scheduler failures, engine deaths or coalesced broadcasts)."""
+        client = self._client
+        if client._closed:
+            return []
+        native = client._native
+        ids = []
+        for msg_id in self.msg_ids:
+            reply = native.reply(msg_id)
+            if reply is None or getattr(reply, "synthetic", False):
+                continue
+            if reply.metadata.get("is_coalescing", False):
+                continue
+            content = reply.content
+            if content.get("status") == "ok" or content.get("engine_info"):
+                ids.append(msg_id)
+        return ids
+
+    @classmethod
+    def join(cls, *async_results: "AsyncResult") -> "AsyncResult":
+        """Joins several AsyncResults into one (the inverse of :meth:`split`)."""
+        if not async_results:
+            raise ValueError("Must specify at least one AsyncResult to join")
+        first = async_results[0]
+        if len(async_results) == 1:
+            return first
+        targets = []
+        for ar in async_results:
+            t = ar._targets
+            targets.extend(t if isinstance(t, list) else [t] * len(ar.msg_ids))
+        return cls(
+            client=first._client,
+            fname=first._fname,
+            return_exceptions=first._return_exceptions,
+            children=list(chain.from_iterable(ar.msg_ids for ar in async_results)),
+            targets=targets,
+            owner=False,
+        )
+
+    def split(self) -> tuple:
+        """One AsyncResult per message (for ``concurrent.futures.wait`` and friends)."""
+        if self._splits is not None:
+            return self._splits
+        if len(self.msg_ids) == 1:
+            self._splits = (self,)
+            return self._splits
+        targets = self._targets if isinstance(self._targets, list) else repeat(None)
+        flatten = not isinstance(self, AsyncMapResult)
+        splits = []
+        for engine_id, msg_id in zip(targets, self.msg_ids):
+            ar = AsyncResult(
+                client=self._client,
+                children=msg_id if flatten else [msg_id],
+                targets=[engine_id],
+                fname=self._fname,
+                owner=False,
+                return_exceptions=self._return_exceptions,
+                submitted=self._submitted,
+            )
+            ar._parent = self
+            splits.append(ar)
+        self._splits = tuple(splits)
+        return self._splits
+
+    def successful(self) -> bool:
+        """Whether the call completed without raising; RuntimeError if not done."""
+        if not self.ready():
+            raise RuntimeError("Cannot check successful() if not done.")
+        return bool(self._success)
+
+    # -- extras beyond multiprocessing's AsyncResult ---------------------------------
+
+    def get_dict(self, timeout: Optional[float] = -1) -> dict:
+        """The results keyed by engine id (ValueError if an engine ran several)."""
+        results = self.get(timeout)
+        if self._single_result:
+            results = [results]
+        engine_ids = [md["engine_id"] for md in self._get_metadata()]
+        rdict: dict = {}
+        for engine_id, result in zip(engine_ids, results):
+            if engine_id in rdict:
+                raise ValueError(
+                    f"Cannot build dict, {engine_ids.count(engine_id)} jobs ran on engine #{engine_id}"
+                )
+            rdict[engine_id] = result
+        return rdict
+
+    @property
+    def r(self) -> Any:
+        """``get()`` as a property."""
+        return self.get()
+
+    @property
+    def result_dict(self) -> dict:
+        """``get_dict()`` as a property."""
+        return self.get_dict()
+
+    def _get_metadata(self) -> list:
+        if self._md_cache is not None:
+            return self._md_cache
+        client = self._client
+        mds = [build_metadata(client, msg_id, self._submitted) for msg_id in self.msg_ids]
+        if self._ready and not client._closed and self._outputs_complete():
+            self._md_cache = mds
+        return mds
+
+    def _outputs_complete(self) -> bool:
+        if self._output_ready:
+            return True
+        ids = self._ids_with_output()
+        if not ids or self._client._native.wait_outputs(ids, 0):
+            self._output_ready = True
+        return self._output_ready
+
+    @property
+    def metadata(self) -> Any:
+        """The execution metadata (a :class:`Metadata`, or a list of them)."""
+        mds = self._get_metadata()
+        return mds[0] if self._single_result else mds
+
+    def abort(self) -> None:
+        """Aborts the tasks that have not started yet; RuntimeError if already done."""
+        if self.ready():
+            raise RuntimeError("Can't abort, I am already done!")
+        return self._client.abort(self.msg_ids, targets=self._targets, block=True)
+
+    @property
+    def sent(self) -> bool:
+        """Whether the messages have been handed to the network (always, once the call
+        that made this AsyncResult returned: the native client owns the buffers)."""
+        return True
+
+    def wait_for_send(self, timeout: Optional[float] = -1) -> None:
+        """Returns at once: the native client owns the request buffers once sent."""
+        return None
+
+    # -- dict / attribute access -----------------------------------------------------
+
+    def __getitem__(self, key: Any) -> Any:
+        """An int or slice indexes the results; a str reads that metadata key."""
+        if isinstance(key, int):
+            self._check_ready()
+            return self._collect_exceptions([self.result()[key]])[0]
+        if isinstance(key, slice):
+            self._check_ready()
+            return self._collect_exceptions(self.result()[key])
+        if isinstance(key, str):
+            self.wait(0)
+            values = [md[key] for md in self._get_metadata()]
+            return values[0] if self._single_result else values
+        raise TypeError(f"Invalid key type {type(key)!r}, must be 'int','slice', or 'str'")
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_"):
+            raise AttributeError(
+                f"{self.__class__.__name__!r} object has no attribute {key!r}"
+            )
+        try:
+            return self.__getitem__(key)
+        except (TimeoutError, KeyError):
+            raise AttributeError(
+                f"{self.__class__.__name__!r} object has no attribute {key!r}"
+            ) from None
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._single_result:
+            raise TypeError("AsyncResults with a single result are not iterable.")
+        try:
+            rlist = self.get(0)
+        except TimeoutError:
+            for msg_id in self.msg_ids:
+                self._wait_one(msg_id)
+                result = self._client._result(msg_id)
+                self._collect_exceptions([result])
+                yield result
+        else:
+            yield from rlist
+
+    def _wait_one(self, msg_id: str) -> None:
+        native = self._client._native
+        while not native.wait([msg_id], 1.0):
+            pass
+
+    def __len__(self) -> int:
+        return self._count_chunks(self.msg_ids)
+
+    def _count_chunks(self, msg_ids: Any) -> int:
+        sizes = self._chunk_sizes
+        if not sizes:
+            return len(msg_ids) if not isinstance(msg_ids, set) else len(msg_ids)
+        return sum(sizes.get(m, 1) for m in msg_ids)
+
+    # -- sugar -----------------------------------------------------------------------
+
+    def timedelta(self, start: Any, end: Any, start_key: Callable = min, end_key: Callable = max) -> float:
+        """Seconds between two (sets of) timestamps: by default the earliest of `start` and
+        the latest of `end`."""
+        if not isinstance(start, datetime):
+            start = start_key(start)
+        if not isinstance(end, datetime):
+            end = end_key(end)
+        return (end - start).total_seconds()
+
+    @property
+    def progress(self) -> int:
+        """How many tasks (map elements) have completed."""
+        self.wait(0)
+        if self._ready:
+            return len(self)
+        done = self._client._native.done(self.msg_ids)
+        return self._count_chunks(done)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since submission (the wall time once done)."""
+        if self.ready():
+            return self.wall_time
+        return time.time() - self._submitted
+
+    @property
+    def serial_time(self) -> float:
+        """Sum of (completed - started) over the tasks."""
+        _check_ready(self)
+        total = 0.0
+        for md in self._get_metadata():
+            if md["completed"] is not None and md["started"] is not None:
+                total += (md["completed"] - md["started"]).total_seconds()
+        return total
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds from the earliest submission to the latest reception."""
+        _check_ready(self)
+        mds = self._get_metadata()
+        submitted = [md["submitted"] or utc_from_timestamp(self._submitted) for md in mds]
+        received = [md["received"] or utcnow() for md in mds]
+        return self.timedelta(submitted, received)
+
+    def wait_interactive(self, interval: float = 0.1, timeout: float = -1, widget: Optional[bool] = None, return_when: Any = ALL_COMPLETED) -> None:
+        """Waits with a tqdm progress bar refreshed every `interval` seconds."""
+        if timeout is not None and timeout < 0:
+            timeout = None
+        if return_when == ALL_COMPLETED:
+            return_when = None
+        tic = time.monotonic()
+        bar = progress(widget=widget, total=len(self), unit="tasks", desc=self._fname)
+        try:
+            finished = self.ready()
+            while not finished and (timeout is None or time.monotonic() - tic <= timeout):
+                wait_result = self.wait(interval, return_when=return_when)
+                bar.update(self.progress - bar.n)
+                if return_when is None:
+                    finished = wait_result
+                else:
+                    done, pending = wait_result
+                    if return_when == FIRST_COMPLETED:
+                        finished = bool(done)
+                    elif return_when == FIRST_EXCEPTION:
+                        finished = (not pending) or any(not ar._success for ar in done)
+                    else:
+                        raise ValueError(f"Unrecognized return_when={return_when!r}")
+            bar.update(self.progress - bar.n)
+        finally:
+            bar.close()
+
+    # -- output display --------------------------------------------------------------
+
+    def _republish_displaypub(self, content: dict, eid: Any) -> None:
+        ip = _get_ipython()
+        if ip is None:
+            return
+        md = dict(content.get("metadata") or {})
+        md["engine"] = eid
+        ip.display_pub.publish(data=content["data"], metadata=md)
+
+    def _display_stream(self, text: str, prefix: str = "", file: Any = None) -> None:
+        if not text:
+            return
+        if file is None:
+            file = sys.stdout
+        if prefix:
+            if prefix == self._last_display_prefix:
+                prefix = ""
+            else:
+                self._last_display_prefix = prefix
+        pre = "\n" if prefix and not self._stream_trailing_newline else ""
+        sep = "\n" if prefix else ""
+        self._stream_trailing_newline = text.endswith("\n")
+        print(f"{pre}{prefix}{sep}{text}", file=file, end="")
+
+    def _display_single_result(self, result_only: bool = False) -> None:
+        md = self._get_metadata()[0]
+        if not result_only:
+            self._display_stream(md["stdout"])
+            self._display_stream(md["stderr"], file=sys.stderr)
+        if _get_ipython() is None:
+            return
+        if not result_only:
+            for output in md["outputs"]:
+                self._republish_displaypub(output, md["engine_id"])
+        if md["execute_result"] is not None:
+            from IPython.display import display
+
+            display(self.get())
+
+    def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:
+        """Prints the outputs of the computation: streams prefixed by engine
+        (``[stdout:0]``), then (in IPython) displays and results. `groupby`: 'type' (all
+        stdout, then stderr, ...), 'engine' (everything of one engine, then the next) or
+        'order' (like type, with displays interleaved across engines)."""
+        _check_ready(self)
+        self.wait_for_output()
+        if self._single_result:
+            self._display_single_result(result_only=result_only)
+            return
+        mds = self._get_metadata()
+        stdouts = [md["stdout"] for md in mds]
+        stderrs = [md["stderr"] for md in mds]
+        execute_results = [md["execute_result"] for md in mds]
+        output_lists = [md["outputs"] for md in mds]
+        results = self.get(return_exceptions=True)
+        targets = [md["engine_id"] for md in mds]
+        ip = _get_ipython()
+        if ip is not None:
+            from IPython.display import display, display_pretty
+
+            def raw(s: str) -> None:
+                display_pretty(s, raw=True)
+
+        if groupby == "engine":
+            for eid, stdout, stderr, outputs, r, execute_result in zip(
+                targets, stdouts, stderrs, output_lists, results, execute_results
+            ):
+                if not result_only:
+                    self._display_stream(stdout, f"[stdout:{eid}] ")
+                    self._display_stream(stderr, f"[stderr:{eid}] ", file=sys.stderr)
+                if ip is None:
+                    continue
+                if (outputs and not result_only) or execute_result is not None:
+                    raw(f"[output:{eid}]")
+                if not result_only:
+                    for output in outputs:
+                        self._republish_displaypub(output, eid)
+                if execute_result is not None:
+                    display(r)
+        elif groupby in ("type", "order"):
+            if not result_only:
+                for eid, stdout in zip(targets, stdouts):
+                    self._display_stream(stdout, f"[stdout:{eid}] ")
+                for eid, stderr in zip(targets, stderrs):
+                    self._display_stream(stderr, f"[stderr:{eid}] ", file=sys.stderr)
+            if ip is None:
+                return
+            if not result_only:
+                if groupby == "order":
+                    output_dict = dict(zip(targets, output_lists))
+                    n = max(len(outputs) for outputs in output_lists)
+                    for i in range(n):
+                        for eid in targets:
+                            outputs = output_dict[eid]
+                            if len(outputs) > i:
+                                raw(f"[output:{eid}]")
+                                self._republish_displaypub(outputs[i], eid)
+                else:
+                    for eid, outputs in zip(targets, output_lists):
+                        if outputs:
+                            raw(f"[output:{eid}]")
+                        for output in outputs:
+                            self._republish_displaypub(output, eid)
+            for eid, r, execute_result in zip(targets, results, execute_results):
+                if execute_result is not None:
+                    display(r)
+        else:
+            raise ValueError(
+                f"groupby must be one of 'type', 'engine', 'collate', not {groupby!r}"
+            )
+
+    @contextmanager
+    def stream_output(self) -> Iterator[None]:
+        """Prints outputs (``[stdout:<engine>]`` ...) as they arrive, for the duration of
+        the ``with`` block."""
+        stop = threading.Event()
+        self._last_display_prefix = ""
+        self._stream_trailing_newline = True
+        seen = {msg_id: 0 for msg_id in self.msg_ids}
+        targets = self._targets if isinstance(self._targets, list) else [self._targets] * len(self.msg_ids)
+        native = self._client._native
+        streamed_errors = [0]
+
+        def flush() -> None:
+            for eid, msg_id in zip(targets, self.msg_ids):
+                outputs = native.outputs(msg_id)
+                for item in outputs[seen[msg_id] :]:
+                    msg_type, content = item[0], item[1]
+                    if msg_type == "stream":
+                        name = content.get("name", "stdout")
+                        stream = getattr(sys, name, sys.stdout)
+                        self._display_stream(content.get("text", ""), f"[{name}:{eid}] ", file=stream)
+                    elif msg_type == "error":
+                        err = self._client._unwrap_exception(dict(content))
+                        streamed_errors[0] += 1
+                        if streamed_errors[0] <= error.CompositeError.tb_limit:
+                            print("\n".join(err.render_traceback()), file=sys.stderr)
+                        else:
+                            print(err, file=sys.stderr)
+                    elif msg_type == "display_data":
+                        self._republish_displaypub(content, eid)
+                seen[msg_id] = len(outputs)
+
+        def run() -> None:
+            while not stop.wait(0.05):
+                try:
+                    flush()
+                except Exception:  # noqa: BLE001 - the client was closed
+                    return
+
+        thread = threading.Thread(target=run, name="ipp_rs-stream-output", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+            try:
+                flush()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+class AsyncMapResult(AsyncResult):
+    """The result of a map: ``get()`` reassembles the chunks into one sequence, and
+    iterating yields elements as their chunks arrive (in submission order, or in arrival
+    order when ``ordered=False``)."""
+
+    def __init__(
+        self,
+        client: "Client",
+        children: Any,
+        mapObject: Any,
+        fname: str = "",
+        ordered: bool = True,
+        return_exceptions: bool = False,
+        chunk_sizes: Any = None,
+        submitted: Optional[float] = None,
+        owner: bool = False,
+    ):
+        self._mapObject = mapObject
+        self.ordered = ordered
+        AsyncResult.__init__(
+            self,
+            client,
+            children,
+            fname=fname,
+            return_exceptions=return_exceptions,
+            chunk_sizes=chunk_sizes,
+            submitted=submitted,
+            owner=owner,
+        )
+        self._single_result = False
+
+    def _reconstruct_result(self, res: list) -> Any:
+        if self._return_exceptions and any(isinstance(r, Exception) for r in res):
+            flattened: list = []
+            for r in res:
+                if isinstance(r, Exception):
+                    flattened.append(r)
+                else:
+                    flattened.extend(r)
+            return flattened
+        return self._mapObject.joinPartitions(res)
+
+    def __iter__(self) -> Iterator[Any]:
+        it = self._ordered_iter if self.ordered else self._unordered_iter
+        yield from it()
+
+    def _yield_child_results(self, msg_id: str) -> Iterator[Any]:
+        rlist = self._client._result(msg_id)
+        if not isinstance(rlist, list):
+            rlist = [rlist]
+        self._collect_exceptions(rlist)
+        yield from rlist
+
+    def _ordered_iter(self) -> Iterator[Any]:
+        try:
+            rlist = self.get(0)
+        except TimeoutError:
+            for msg_id in self.msg_ids:
+                self._wait_one(msg_id)
+                yield from self._yield_child_results(msg_id)
+        else:
+            yield from rlist
+
+    def _unordered_iter(self) -> Iterator[Any]:
+        try:
+            rlist = self.get(0)
+        except TimeoutError:
+            native = self._client._native
+            pending = list(self.msg_ids)
+            while pending:
+                done = native.wait_any(pending, 1.0)
+                if not done:
+                    continue
+                finished = set(done)
+                pending = [m for m in pending if m not in finished]
+                for msg_id in done:
+                    yield from self._yield_child_results(msg_id)
+        else:
+            yield from rlist
+
+
+class AsyncHubResult(AsyncResult):
+    """Results this client no longer holds (or never sent), fetched from the Hub: waiting
+    polls the Hub (``result_request``) every 0.1 s, so use ``wait`` sparingly."""
+
+    def _native_done(self) -> bool:
+        return self._resolved
+
+    def _watch(self) -> None:
+        if self._watching or self._resolved:
+            return
+        self._watching = True
+        threading.Thread(target=self.wait, name="ipp_rs-hub-result", daemon=True).start()
+
+    def _native_wait(self, timeout: Optional[float]) -> bool:
+        return self.wait(timeout)
+
+    def wait(self, timeout: Optional[float] = -1, return_when: Any = None) -> Any:
+        """Waits for the results, polling the Hub."""
+        start = time.monotonic()
+        if timeout is not None and timeout < 0:
+            timeout = None
+        if self._resolved:
+            return True
+        client = self._client
+        outstanding = client.outstanding
+        local_ids = [m for m in self.msg_ids if m in outstanding]
+        if local_ids and not client.wait(local_ids, -1 if timeout is None else timeout):
+            return False
+        while True:
+            remote_ids = [m for m in self.msg_ids if not client._has_result(m)]
+            if not remote_ids:
+                break
+            pending = client._fetch_hub_results(remote_ids)
+            if not pending:
+                break
+            if timeout is not None and time.monotonic() - start > timeout:
+                return False
+            time.sleep(0.1)
+        self._output_ready = True
+        self._resolve()
+        return True
+
+    def _ids_with_output(self) -> list:
+        return []
+
+    def __del__(self) -> None:
+        try:
+            if self.owner and not self._client._closed:
+                held = [m for m in self.msg_ids if m in self._client._hub_results]
+                for m in held:
+                    self._client._hub_results.pop(m, None)
+                    self._client._hub_metadata.pop(m, None)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+__all__ = ["AsyncResult", "AsyncMapResult", "AsyncHubResult"]
