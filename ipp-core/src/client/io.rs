@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{engine_died, ClientError, ClientResult, Failure};
+use super::raw::{RawReply, RawShared};
 use super::result::{Outcome, ResultShared};
 use super::{ClientConfig, ConnectionState, EngineMap};
 use crate::protocol::{date, Message, Session, WireMessage};
@@ -72,6 +73,11 @@ pub(crate) enum Sink {
     },
     /// A one-off waiter (Hub queries, control requests).
     Reply(oneshot::Sender<ClientResult<Message>>),
+    /// A raw request (see [`super::raw`]): the reply goes whole to the client's store.
+    Raw {
+        /// The request's packed header, for a synthetic reply.
+        request: Bytes,
+    },
 }
 
 /// The engines a request is outstanding on: it fails if one of them dies (direct, broadcast
@@ -151,6 +157,8 @@ pub(crate) struct IoParts {
     pub(crate) engines: watch::Sender<EngineMap>,
     pub(crate) state: watch::Sender<ConnectionState>,
     pub(crate) stop: CancellationToken,
+    /// Where replies of raw requests go.
+    pub(crate) raw: Arc<RawShared>,
 }
 
 #[derive(Debug)]
@@ -186,6 +194,7 @@ struct Io {
     resync_until: Option<Instant>,
     warned_bad_signature: bool,
     finished: bool,
+    raw: Arc<RawShared>,
 }
 
 /// Runs the IO task until `stop` is cancelled, every client handle is gone, or the
@@ -200,6 +209,7 @@ pub(crate) async fn run(parts: IoParts) {
         engines,
         state,
         stop,
+        raw,
     } = parts;
     let Receivers {
         mut query,
@@ -248,6 +258,7 @@ pub(crate) async fn run(parts: IoParts) {
         resync_until: None,
         warned_bad_signature: false,
         finished: false,
+        raw,
     };
     let mut tick = tokio::time::interval(io.config.housekeeping_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -333,7 +344,7 @@ pub(crate) async fn run(parts: IoParts) {
     while let Ok(Command::Send(batch)) = commands.try_recv() {
         for outgoing in batch {
             for (msg_id, route) in outgoing.routes {
-                fail_route(route, &msg_id, &exit_failure);
+                fail_route(&io.raw, route, &msg_id, &exit_failure);
             }
         }
     }
@@ -366,7 +377,7 @@ impl Io {
                     _ => Failure::ControllerUnreachable,
                 };
                 for (msg_id, route) in outgoing.routes {
-                    fail_route(route, &msg_id, &failure);
+                    fail_route(&self.raw, route, &msg_id, &failure);
                 }
                 continue;
             }
@@ -510,6 +521,11 @@ impl Io {
                     let _ = reply.send(wire.parse().map_err(ClientError::from));
                 }
             }
+            Sink::Raw { .. } => {
+                // Late IOPub output finds the request in the store, not here.
+                self.routes.remove(key);
+                self.raw.complete(RawReply::from_wire(key.to_owned(), wire));
+            }
         }
     }
 
@@ -639,8 +655,14 @@ impl Io {
             }
             Sink::Reply(_) => {
                 if let Some(entry) = self.routes.remove(msg_id) {
-                    fail_route(entry.route, msg_id, failure);
+                    fail_route(&self.raw, entry.route, msg_id, failure);
                 }
+            }
+            Sink::Raw { request } => {
+                let engine = engine.or_else(|| entry.route.engines.first());
+                let reply = RawReply::synthetic(msg_id, request, failure, engine);
+                self.routes.remove(msg_id);
+                self.raw.complete(reply);
             }
         }
     }
@@ -658,21 +680,17 @@ impl Io {
     }
 
     fn on_iopub(&mut self, frames: Frames) {
-        // Cheap filter on the topic frame: only stream output is collected.
+        // Raw requests keep every IOPub message (and count `status: idle`).
+        let raw = self.raw.is_tracking();
+        // Cheap filter on the topic frame: only stream output is collected otherwise.
         if let Some(topic) = frames.first() {
-            if topic.ends_with(b".status") || topic.ends_with(b"execute_input") {
+            if !raw && (topic.ends_with(b".status") || topic.ends_with(b"execute_input")) {
                 return;
             }
         }
         let Ok(wire) = WireMessage::split(frames) else {
             return;
         };
-        let Ok(header) = wire.parse_header() else {
-            return;
-        };
-        if header.msg_type != "stream" {
-            return;
-        }
         let Ok(parent) = serde_json::from_slice::<ParentRef<'_>>(&wire.parent_header) else {
             return;
         };
@@ -683,7 +701,28 @@ impl Io {
         let Some(msg_id) = parent.msg_id.map(|m| m.into_owned()) else {
             return;
         };
-        if !self.routes.contains_key(&msg_id) || !self.verify(&wire) {
+        let is_result = matches!(
+            self.routes.get(&msg_id),
+            Some(Entry {
+                route: Route {
+                    sink: Sink::Result { .. },
+                    ..
+                },
+                ..
+            })
+        );
+        if !is_result {
+            if raw && self.raw.knows(&msg_id) && self.verify(&wire) {
+                if let Ok(header) = wire.parse_header() {
+                    self.raw.on_iopub(&msg_id, header.msg_type, wire);
+                }
+            }
+            return;
+        }
+        let Ok(header) = wire.parse_header() else {
+            return;
+        };
+        if header.msg_type != "stream" || !self.verify(&wire) {
             return;
         }
         let Ok(msg) = wire.parse() else { return };
@@ -759,7 +798,7 @@ impl Io {
 }
 
 /// Fails a route that never reached the map (or was just removed from it).
-fn fail_route(route: Route, msg_id: &str, failure: &Failure) {
+pub(crate) fn fail_route(raw: &RawShared, route: Route, msg_id: &str, failure: &Failure) {
     match route.sink {
         Sink::Result { shared, index } => {
             shared.complete(
@@ -773,6 +812,10 @@ fn fail_route(route: Route, msg_id: &str, failure: &Failure) {
         }
         Sink::Reply(reply) => {
             let _ = reply.send(Err(failure.to_error(msg_id)));
+        }
+        Sink::Raw { request } => {
+            let engine = route.engines.first();
+            raw.complete(RawReply::synthetic(msg_id, &request, failure, engine));
         }
     }
 }

@@ -62,6 +62,15 @@
 //!   [`ClientError::ControllerShutdown`].
 //! - Dropping the last handle of a client (or [`Client::close`]) stops its IO task;
 //!   outstanding results fail with [`ClientError::Closed`].
+//!
+//! # Raw requests
+//!
+//! [`Client::send_raw`] sends any message type with caller-packed JSON content and metadata
+//! on the mux, task, broadcast or control socket, and keeps each reply whole, with its IOPub
+//! output, in [`Client::raw_replies`] until forgotten; [`Client::query_raw`] does the same
+//! for Hub queries. The failures above become synthetic error replies there, so every raw
+//! request ends with exactly one reply (see [`RawReplies`]). The `ipp_rs` Python package
+//! builds its client on this.
 
 mod balanced;
 mod blocking;
@@ -70,11 +79,14 @@ mod call;
 mod error;
 mod hub;
 mod io;
+mod raw;
 mod result;
 mod view;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_raw;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -92,6 +104,9 @@ pub use blocking::{
 };
 pub use error::{ClientError, ClientResult};
 pub use hub::{EngineQueue, Purge, QueueEntry, QueueStatus, ResultStatus};
+pub use raw::{
+    RawChannel, RawOutput, RawReplies, RawReply, RawRequest, UnknownChannel, WaitEnd, WAIT_TICK,
+};
 pub use result::{AsyncResult, Many, One, ResultStream, TaskMetadata};
 pub use view::{BroadcastView, DirectView, LoadBalancedView, MapOptions};
 
@@ -209,6 +224,7 @@ struct Inner {
     state: watch::Receiver<ConnectionState>,
     stop: CancellationToken,
     io: Mutex<Option<JoinHandle<()>>>,
+    raw: RawReplies,
 }
 
 impl Drop for Inner {
@@ -375,6 +391,7 @@ impl Client {
         let (engines_tx, engines_rx) = watch::channel(engines);
         let (state_tx, state_rx) = watch::channel(ConnectionState::Connected);
         let stop = CancellationToken::new();
+        let raw = RawReplies::new();
         let handle = tokio::spawn(io::run(io::IoParts {
             config: config.clone(),
             session: Arc::clone(&session),
@@ -392,6 +409,7 @@ impl Client {
             engines: engines_tx,
             state: state_tx,
             stop: stop.clone(),
+            raw: Arc::clone(raw.shared()),
         }));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -402,6 +420,7 @@ impl Client {
                 state: state_rx,
                 stop,
                 io: Mutex::new(Some(handle)),
+                raw,
             }),
         })
     }

@@ -14,8 +14,8 @@ use crate::engine::{Engine, RunningEngine, RustExecutor};
 use crate::serialize::Json;
 use crate::transport::{MemoryTransport, SocketKind, SocketOptions, Transport};
 
-const KEY: &str = "client-test-key";
-const LONG: Duration = Duration::from_secs(600);
+pub(super) const KEY: &str = "client-test-key";
+pub(super) const LONG: Duration = Duration::from_secs(600);
 
 fn controller_config() -> ControllerConfig {
     ControllerConfig {
@@ -44,14 +44,14 @@ fn executor() -> Arc<RustExecutor> {
     Arc::new(executor)
 }
 
-struct Cluster {
-    transport: Arc<dyn Transport>,
-    controller: Controller,
-    engines: Vec<RunningEngine>,
+pub(super) struct Cluster {
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) controller: Controller,
+    pub(super) engines: Vec<RunningEngine>,
 }
 
 impl Cluster {
-    async fn start(n: usize) -> Self {
+    pub(super) async fn start(n: usize) -> Self {
         let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new());
         let controller = Controller::builder(controller_config())
             .with_transport(Arc::clone(&transport))
@@ -79,7 +79,7 @@ impl Cluster {
         self.engines.push(engine);
     }
 
-    async fn client(&self) -> Client {
+    pub(super) async fn client(&self) -> Client {
         let client = Client::from_controller(&self.controller, Arc::clone(&self.transport))
             .await
             .unwrap();
@@ -90,7 +90,7 @@ impl Cluster {
         client
     }
 
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         for engine in self.engines {
             engine.shutdown().await;
         }
@@ -377,12 +377,12 @@ async fn shutdown_stops_engines_and_the_hub_and_closes_the_client() {
 }
 
 /// A registered engine that takes requests and never answers: it dies when told to.
-struct SilentEngine {
-    mux: crate::transport::Socket,
-    heartbeat: tokio::task::JoinHandle<()>,
+pub(super) struct SilentEngine {
+    pub(super) mux: crate::transport::Socket,
+    pub(super) heartbeat: tokio::task::JoinHandle<()>,
 }
 
-async fn silent_engine(cluster: &Cluster, uuid: &str) -> SilentEngine {
+pub(super) async fn silent_engine(cluster: &Cluster, uuid: &str) -> SilentEngine {
     let info = cluster.controller.engine_info().clone();
     let session = crate::protocol::Session::with_id(
         crate::protocol::SigningKey::new(KEY.as_bytes()),
