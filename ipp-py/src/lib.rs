@@ -9,6 +9,7 @@
 //!   tokio runtime's threads; the GIL is held only while Python code runs.
 //! - `init_logging`: a `tracing` subscriber on stderr, filtered by `$IPP_RS_LOG`.
 
+mod client;
 mod controller;
 mod engine;
 mod executor;
@@ -31,6 +32,8 @@ fn init_logging(level: &str) {
 fn _ipp_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
+    m.add_class::<client::NativeClient>()?;
+    m.add_class::<client::Reply>()?;
     m.add_class::<controller::PyController>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<sink::OutputSink>()?;
