@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ipp_rs._ipp_rs import Controller
-from ipp_rs.cluster import Cluster
+from ipp_rs.cluster import Cluster, ClusterManager
 
 # Fast heartbeats so stopped engines leave the controller quickly.
 FAST = ["--ping=250"]
@@ -196,7 +196,7 @@ def test_a_collected_cluster_stops_its_engines_and_controller(tmp_path):
 def test_engines_are_stopped_at_interpreter_exit(tmp_path):
     script = textwrap.dedent(
         f"""
-        from ipp_rs.cluster import Cluster
+        from ipp_rs.cluster import Cluster, ClusterManager
         cluster = Cluster(n=2, profile_dir={str(tmp_path)!r}, cluster_id="exit")
         cluster.start_cluster_sync()
         print(*cluster.engine_set.pids, flush=True)
@@ -280,3 +280,15 @@ def test_a_client_shutdown_stops_the_native_controller(tmp_path):
         rc.close()
         cluster.stop_cluster_sync()
     assert not any(map(alive, pids))
+
+
+def test_cluster_manager_tracks_the_clusters_of_this_process(tmp_path):
+    manager = ClusterManager()
+    key, cluster = manager.new_cluster(profile_dir=str(tmp_path), cluster_id="m")
+    assert key.endswith(":m") and manager.get_cluster(key) is cluster
+    with pytest.raises(KeyError, match="already exists"):
+        manager.new_cluster(profile_dir=str(tmp_path), cluster_id="m")
+    manager.remove_cluster(key)
+    assert manager.clusters == {}
+    with pytest.raises(NotImplementedError, match="in-process"):
+        manager.load_clusters()

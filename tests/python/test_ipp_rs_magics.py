@@ -258,3 +258,15 @@ def test_activate_outside_ipython_warns(rc, monkeypatch):
     monkeypatch.setattr(IPython, "get_ipython", lambda: None)
     with pytest.warns(UserWarning, match="only work within IPython"):
         assert px_magics.activate(rc[:]) is None
+
+
+def test_view_activate_registers_these_magics(ip, rc):
+    """`DirectView.activate` (here ipp_rs's, or ipyparallel's before ipp_rs has a client)
+    and `start_and_connect(activate=True)` register the magics on the shell."""
+    v = rc[:]
+    v.block = True
+    v.activate(suffix="_act")
+    ip.run_line_magic("pxconfig_act", "--no-stream")
+    with capture_output() as io:
+        ip.run_line_magic("px_act", "print('activated')")
+    assert io.stdout.count("activated") == 2, io.stdout

@@ -56,7 +56,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Typ
 
 from ._ipp_rs import Controller, init_logging
 
-__all__ = ["Cluster", "EngineSet", "CONTROLLER_FLAGS"]
+__all__ = ["Cluster", "ClusterManager", "EngineSet", "CONTROLLER_FLAGS"]
 
 T = TypeVar("T")
 
@@ -207,13 +207,11 @@ def _engine_log_level(level: int) -> str:
 
 
 def _rust_log_level(level: int) -> str:
-    """The in-process controller's tracing level for a Cluster log level: its INFO lines
-    would clutter an interactive session, so below DEBUG only warnings show."""
-    if level <= logging.DEBUG:
-        return "debug"
-    if level <= logging.WARNING:
-        return "warn"
-    return "error"
+    """The in-process controller's tracing level (stderr) for a Cluster log level. Its
+    info and warning lines (peers that went away, ...) would clutter an interactive
+    session, where ipyparallel's controller logs to a file: only errors show unless the
+    Cluster logs at DEBUG. ``$IPP_RS_LOG`` overrides."""
+    return "debug" if level <= logging.DEBUG else "error"
 
 
 def _signal_name(signum: int) -> str:
@@ -907,3 +905,47 @@ class Cluster:
             "re-attached. Connect a Client to the connection file instead."
         )
 
+
+class ClusterManager:
+    """Clusters of this process by key (``<profile dir>:<cluster id>``), as ipyparallel's
+    ``ClusterManager``. Clusters live only in the process that started them (the
+    controller is in-process), so there are no cluster files to load from disk."""
+
+    def __init__(self, log: Optional[logging.Logger] = None) -> None:
+        self.clusters: Dict[str, Cluster] = {}
+        self.log = log or logging.getLogger(__name__)
+
+    @staticmethod
+    def _cluster_key(cluster: Cluster) -> str:
+        profile_dir = cluster.profile_dir
+        home = os.path.expanduser("~")
+        if profile_dir.startswith(home + os.path.sep):
+            profile_dir = "~" + profile_dir[len(home) :]
+        return f"{profile_dir}:{cluster.cluster_id}"
+
+    def load_clusters(self, **kwargs: Any) -> Dict[str, Cluster]:
+        """Not supported: ipyparallel reads ``cluster-*.json`` files that other processes
+        wrote; ipp_rs clusters exist only in their own process. ``clusters`` lists this
+        process's."""
+        raise NotImplementedError(
+            "ClusterManager.load_clusters: ipp_rs clusters run their controller in-process and "
+            "write no cluster files; use ClusterManager.clusters for this process's clusters"
+        )
+
+    def new_cluster(self, **kwargs: Any) -> "tuple[str, Cluster]":
+        """Creates a Cluster (not started); returns ``(key, cluster)``."""
+        cluster = Cluster(**kwargs)
+        key = self._cluster_key(cluster)
+        if key in self.clusters:
+            raise KeyError(f"Cluster {key} already exists!")
+        self.clusters[key] = cluster
+        return key, cluster
+
+    def get_cluster(self, cluster_id: str) -> Cluster:
+        """The cluster with this key."""
+        return self.clusters[cluster_id]
+
+    def remove_cluster(self, cluster_id: str) -> None:
+        """Forgets a cluster (stop it first: a forgotten running cluster stops when it is
+        garbage-collected)."""
+        del self.clusters[cluster_id]
