@@ -8,7 +8,9 @@ has one, ipyparallel's Client before that (same view / AsyncResult API).
 
 from __future__ import annotations
 
+import _thread
 import re
+import threading
 
 import pytest
 from IPython.core.error import UsageError
@@ -270,3 +272,27 @@ def test_view_activate_registers_these_magics(ip, rc):
     with capture_output() as io:
         ip.run_line_magic("px_act", "print('activated')")
     assert io.stdout.count("activated") == 2, io.stdout
+
+
+def test_ctrl_c_during_a_blocking_px_interrupts_the_engines(ip, view):
+    """Ctrl-C while %%px waits sends SIGINT to the engines (--signal-on-interrupt's
+    default), which stops the remote code."""
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    timer.start()
+    try:
+        with capture_output(display=False) as io:
+            ip.run_cell_magic(
+                "px",
+                "--no-stream",
+                "print('Entering'); import time; time.sleep(30); print('Exiting')",
+            )
+    finally:
+        timer.cancel()
+    assert "Received Keyboard Interrupt. Sending signal SIGINT to engines..." in io.stderr, io.stderr
+    assert "Exiting" not in io.stdout
+    result = view.magics.last_result
+    # The engines stopped the sleep: the request ends well before its 30 s.
+    assert result.wait(10), "the engines were not interrupted"
+    assert not result.successful()
+    enames = [entry[0] for entry in result.exception().elist]
+    assert enames == ["KeyboardInterrupt", "KeyboardInterrupt"], enames
