@@ -292,3 +292,28 @@ def test_cluster_manager_tracks_the_clusters_of_this_process(tmp_path):
     assert manager.clusters == {}
     with pytest.raises(NotImplementedError, match="in-process"):
         manager.load_clusters()
+
+
+def test_zero_engines_starts_only_the_controller(tmp_path):
+    cluster = Cluster(n=0, profile_dir=str(tmp_path), cluster_id="zero")
+    try:
+        cluster.start_cluster_sync()
+        assert cluster.controller.running and cluster.engine_set.pids == []
+        # An engine started by hand (as on another machine) joins through the file.
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "ipp_rs.engine", "--file", str(cluster.controller.engine_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            rc = cluster.connect_client_sync()
+            try:
+                cluster.wait_for_engines_sync(1, client=rc)
+                assert len(rc.ids) == 1
+            finally:
+                rc.close()
+        finally:
+            engine.terminate()
+            engine.wait(10)
+    finally:
+        cluster.stop_cluster_sync()

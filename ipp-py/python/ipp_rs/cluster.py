@@ -245,8 +245,8 @@ class EngineSet:
         python: Optional[str] = None,
         log: Optional[logging.Logger] = None,
     ) -> None:
-        if n < 1:
-            raise ValueError(f"an engine set needs at least one engine, not n={n}")
+        if n < 0:
+            raise ValueError(f"the number of engines must be >= 0, not n={n}")
         self.engine_set_id = engine_set_id
         self.n = n
         self.profile_dir = profile_dir
