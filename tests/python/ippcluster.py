@@ -7,6 +7,11 @@ Which controller runs is chosen by ``IPP_TEST_CONTROLLER``:
 * ``reference``: the real ``ipcontroller`` of ipyparallel 9.2.0 from the same virtualenv as
   the Python running the tests.
 
+Which engines run is chosen per Cluster (``engine_kind``): ``ipengine`` (ipyparallel's, the
+default) or ``ipp_rs`` (``python -m ipp_rs.engine``). ``client_from("ipp_rs")`` makes a client
+with our client package instead of ipyparallel's; ``start_cluster`` starts a given
+(controller, engine kind) combination, as the interop matrix (test_matrix.py) does.
+
 Everything listens on 127.0.0.1, lives in its own temporary IPYTHONDIR, and is stopped by
 process id (SIGTERM, then SIGKILL after a timeout), including any child processes the
 controller or the engines started (the reference controller's schedulers, the engines'
