@@ -68,6 +68,10 @@ def _prepickled_types() -> tuple:
     return (PrePickled,)
 
 
+# ipyparallel's PrePickled objects are accepted too.
+_PREPICKLED_TYPES = _prepickled_types()
+
+
 def _nbytes(buf: Any) -> int:
     """Size in bytes of a memoryview or bytes-like buffer."""
     if isinstance(buf, memoryview):
@@ -112,7 +116,7 @@ def serialize_object(
     item_threshold : int
         Containers with at least this many items are pickled without canning their items.
     """
-    if isinstance(obj, _prepickled_types()):
+    if isinstance(obj, _PREPICKLED_TYPES):
         return obj.buffers[:]
     buffers: list = []
     if istype(obj, sequence_types) and len(obj) < item_threshold:
