@@ -261,7 +261,13 @@ class Kernel:
             evalue = str(exc)
         except Exception as str_error:  # noqa: BLE001
             evalue = f"Failed to cast exception to string: {str_error}"
-        lines = traceback.format_exception(type(exc), exc, tb)
+        report = traceback.TracebackException(type(exc), exc, tb)
+        # Also without this module's frames further down (the import hook of
+        # _alias_ipyparallel_imports sits between user code and a failing import).
+        report.stack = traceback.StackSummary.from_list(
+            [frame for frame in report.stack if frame.filename != __file__]
+        )
+        lines = list(report.format())
         return ("error", type(exc).__name__, evalue, [line.rstrip("\n") for line in lines])
 
 
