@@ -1,6 +1,8 @@
-//! `bench`: the Rust SDK end to end (Rust client, Rust engines, our controller, real ZeroMQ
-//! on 127.0.0.1, all in this process) — latency, throughput, bandwidth, memory and the task
-//! database's recording rate. Prints markdown tables for BENCHMARKS.md.
+//! `bench`: the Rust SDK end to end (Rust client and Rust engines in this process, our
+//! controller in a child process — this same program, re-run with `--serve-controller` — so
+//! its memory is measured on its own; real ZeroMQ on 127.0.0.1) — latency, throughput,
+//! bandwidth, controller memory and the task database's recording rate. Prints markdown
+//! tables for BENCHMARKS.md.
 //!
 //! ```text
 //! cargo run --release --example bench                  # the standard run
@@ -11,6 +13,9 @@
 // A benchmark's job is to print its table.
 #![allow(clippy::print_stdout)]
 
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +25,7 @@ use clap::Parser;
 use ipp::core::client::{Client, MapOptions};
 use ipp::core::controller::{Controller, ControllerConfig};
 use ipp::core::engine::{Engine, RunningEngine, RustExecutor};
+use ipp::core::protocol::{ClientConnectionInfo, EngineConnectionInfo};
 use ipp::core::serialize::Payload;
 use ipp::core::store::{DictDb, DictDbConfig, NoDb, Store};
 use ipp::store_sqlite::SqliteStore;
@@ -40,44 +46,175 @@ struct Args {
     /// Megabytes pushed and pulled.
     #[arg(long, default_value_t = 100)]
     megabytes: usize,
-    /// Task databases to run the throughput and memory test with (nodb, dictdb, sqlite).
+    /// Task databases to run the throughput test with (nodb, dictdb, dictdb-culled, sqlite).
     #[arg(long, value_delimiter = ',', default_value = "nodb,dictdb,sqlite")]
     stores: Vec<String>,
+    /// No-op tasks the controller-memory test runs, in windows of `--window` tasks.
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_tasks: usize,
+    /// Tasks in flight at once in the memory test (one `map` per window).
+    #[arg(long, default_value_t = 20_000)]
+    window: usize,
+    /// Task databases of the memory test (`dictdb-culled` is DictDB with ipyparallel's
+    /// default limits; `dictdb` keeps every record).
+    #[arg(long, value_delimiter = ',', default_value = "nodb,dictdb-culled")]
+    memory_stores: Vec<String>,
     /// A small, fast run.
     #[arg(long)]
     quick: bool,
+    /// Internal: run only a controller with `--store` and `--hwm`, print its connection
+    /// info as one JSON line, and stop when stdin closes.
+    #[arg(long, hide = true)]
+    serve_controller: bool,
+    /// Internal (with `--serve-controller`): the task database.
+    #[arg(long, hide = true, default_value = "nodb")]
+    store: String,
+    /// Internal (with `--serve-controller`): the high-water mark.
+    #[arg(long, hide = true, default_value_t = 1)]
+    hwm: usize,
+    /// Internal (with `--serve-controller`): where the SQLite file goes.
+    #[arg(long, hide = true)]
+    store_dir: Option<PathBuf>,
+}
+
+/// What the controller child prints: how to connect to it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChildInfo {
+    client: ClientConnectionInfo,
+    engine: EngineConnectionInfo,
+}
+
+/// `--serve-controller`: the child's whole life.
+async fn serve_controller(args: &Args) -> Result<()> {
+    let dir = args.store_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut config = ControllerConfig::default();
+    config.hwm = args.hwm;
+    let controller = Controller::builder(config)
+        .with_transport(Arc::new(ZmqTransport::new()))
+        .with_store(store(&args.store, &dir).await?)
+        .start()
+        .await?;
+    let info = ChildInfo {
+        client: controller.client_info().clone(),
+        engine: controller.engine_info().clone(),
+    };
+    println!("{}", serde_json::to_string(&info)?);
+    // The parent closes our stdin (or dies) when it is done with us.
+    tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
+    controller.shutdown().await;
+    Ok(())
+}
+
+/// Controller memory over many tasks, run in windows the way a streaming user would, so the
+/// backlog held by the controller is bounded and any growth is per-task state.
+async fn memory_table(args: &Args, dir: &Path) -> Result<()> {
+    let window = args.window.max(1);
+    let rounds = args.memory_tasks.div_ceil(window);
+    println!(
+        "\n| store | controller RSS after warm-up | after {} tasks | after {} | after {} | tasks/s |\n|---|---|---|---|---|---|",
+        window,
+        (rounds / 2).max(1) * window,
+        rounds * window,
+    );
+    for name in &args.memory_stores {
+        let cluster = Cluster::start(name, 1, args.engines, dir).await?;
+        no_op_map(&cluster.client, 1_000.min(window)).await?;
+        let warm = cluster.controller.rss_mib();
+        let (mut first, mut middle) = (f64::NAN, f64::NAN);
+        let t = Instant::now();
+        for round in 1..=rounds {
+            no_op_map(&cluster.client, window).await?;
+            if round == 1 {
+                first = cluster.controller.rss_mib();
+            }
+            if round == (rounds / 2).max(1) {
+                middle = cluster.controller.rss_mib();
+            }
+        }
+        let rate = (rounds * window) as f64 / t.elapsed().as_secs_f64();
+        let last = cluster.controller.rss_mib();
+        println!(
+            "| {name} | {warm:.0} MiB | {first:.0} MiB | {middle:.0} MiB | {last:.0} MiB | {rate:.0} |"
+        );
+        cluster.stop().await?;
+    }
+    Ok(())
+}
+
+/// The controller child process, seen from the parent.
+struct ControllerProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    info: ChildInfo,
+}
+
+impl ControllerProcess {
+    async fn start(store: &str, hwm: usize, dir: &Path) -> Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "--serve-controller",
+                "--store",
+                store,
+                "--hwm",
+                &hwm.to_string(),
+            ])
+            .arg("--store-dir")
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the controller child process")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("the child's stdout")?;
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        })
+        .await??;
+        let info: ChildInfo = serde_json::from_str(&line)
+            .with_context(|| format!("the controller child printed {line:?}"))?;
+        Ok(Self { child, stdin, info })
+    }
+
+    /// Resident memory of the controller process, in MiB.
+    fn rss_mib(&self) -> f64 {
+        rss_mib_of(&format!("/proc/{}/status", self.child.id()))
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let status = tokio::task::spawn_blocking(move || self.child.wait()).await??;
+        if !status.success() {
+            bail!("the controller child exited with {status}");
+        }
+        Ok(())
+    }
 }
 
 const WAIT: Duration = Duration::from_secs(600);
 
-/// A controller, engines and a client in this process.
+/// A controller child process, and engines and a client in this process.
 struct Cluster {
-    controller: Controller,
+    controller: ControllerProcess,
     engines: Vec<RunningEngine>,
     client: Client,
 }
 
 impl Cluster {
-    async fn start(store: Arc<dyn Store>, hwm: usize, engines: usize) -> Result<Self> {
+    async fn start(store: &str, hwm: usize, engines: usize, dir: &Path) -> Result<Self> {
         let transport = Arc::new(ZmqTransport::new());
-        let mut config = ControllerConfig::default();
-        config.hwm = hwm;
-        let controller = Controller::builder(config)
-            .with_transport(transport.clone())
-            .with_store(store)
-            .start()
-            .await?;
+        let controller = ControllerProcess::start(store, hwm, dir).await?;
         let executor = RustExecutor::new();
         executor.register_infallible("noop", |(): ()| ());
         let executor = Arc::new(executor);
         let mut running = Vec::new();
         for _ in 0..engines {
-            let engine = Engine::builder(controller.engine_info().clone())
+            let engine = Engine::builder(controller.info.engine.clone())
                 .with_transport(transport.clone())
                 .with_executor(executor.clone());
             running.push(engine.start().await?);
         }
-        let client = Client::from_controller(&controller, transport).await?;
+        let client = Client::connect(controller.info.client.clone(), transport).await?;
         client.wait_for_engines(engines, WAIT).await?;
         Ok(Self {
             controller,
@@ -86,18 +223,18 @@ impl Cluster {
         })
     }
 
-    async fn stop(self) {
+    async fn stop(self) -> Result<()> {
         self.client.close().await;
         for engine in self.engines {
             engine.shutdown().await;
         }
-        self.controller.shutdown().await;
+        self.controller.stop().await
     }
 }
 
-/// Resident memory of this process, in MiB.
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Resident memory of a process from its `/proc/<pid>/status`, in MiB.
+fn rss_mib_of(status_file: &str) -> f64 {
+    std::fs::read_to_string(status_file)
         .ok()
         .and_then(|status| {
             status
@@ -131,7 +268,8 @@ async fn no_op_map(client: &Client, tasks: usize) -> Result<f64> {
 
 async fn latency_and_bandwidth(args: &Args) -> Result<Vec<(String, String)>> {
     let mut rows = Vec::new();
-    let cluster = Cluster::start(Arc::new(NoDb), 1, args.engines).await?;
+    let dir = tempfile::tempdir()?;
+    let cluster = Cluster::start("nodb", 1, args.engines, dir.path()).await?;
     let client = &cluster.client;
     let one = client.direct_view(&client.ids()[..1]);
     let lb = client.load_balanced_view();
@@ -179,32 +317,39 @@ async fn latency_and_bandwidth(args: &Args) -> Result<Vec<(String, String)>> {
         format!("pull {} MB", args.megabytes),
         format!("{:.2} GB/s", gb / pull),
     ));
-    cluster.stop().await;
+    cluster.stop().await?;
     Ok(rows)
 }
 
-async fn store(name: &str, dir: &std::path::Path) -> Result<Arc<dyn Store>> {
+async fn store(name: &str, dir: &Path) -> Result<Arc<dyn Store>> {
     Ok(match name {
         "nodb" => Arc::new(NoDb),
         "dictdb" => Arc::new(DictDb::with_config(
             // A limit above the task count, so nothing is culled while we measure.
             DictDbConfig::default().with_record_limit(usize::MAX / 2),
         )?),
+        "dictdb-culled" => Arc::new(DictDb::with_config(DictDbConfig::default())?),
         "sqlite" => Arc::new(SqliteStore::open(dir.join("tasks.db")).await?),
-        other => bail!("unknown store {other:?}: use nodb, dictdb or sqlite"),
+        other => bail!("unknown store {other:?}: use nodb, dictdb, dictdb-culled or sqlite"),
     })
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
+    if args.serve_controller {
+        return serve_controller(&args).await;
+    }
     if args.quick {
         args.tasks = args.tasks.min(5_000);
         args.latency = args.latency.min(200);
         args.megabytes = args.megabytes.min(10);
+        args.memory_tasks = args.memory_tasks.min(20_000);
+        args.window = args.window.min(5_000);
     }
     println!(
-        "Rust client + {} Rust engines + controller in one process, ZeroMQ over 127.0.0.1, {} CPUs\n",
+        "Rust client + {} Rust engines in one process, the controller in another, ZeroMQ over \
+         127.0.0.1, {} CPUs\n",
         args.engines,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -217,23 +362,23 @@ async fn main() -> Result<()> {
     }
 
     println!(
-        "\n| store | hwm | {} no-op LB tasks | RSS before → after |\n|---|---|---|---|",
+        "\n| store | hwm | {} no-op LB tasks | controller RSS before → after |\n|---|---|---|---|",
         args.tasks
     );
     let dir = tempfile::tempdir()?;
     for name in &args.stores {
         for hwm in [1, 0] {
-            let cluster = Cluster::start(store(name, dir.path()).await?, hwm, args.engines).await?;
+            let cluster = Cluster::start(name, hwm, args.engines, dir.path()).await?;
             no_op_map(&cluster.client, 1_000.min(args.tasks)).await?; // warm up
-            let before = rss_mib();
+            let before = cluster.controller.rss_mib();
             let rate = no_op_map(&cluster.client, args.tasks).await?;
-            let after = rss_mib();
+            let after = cluster.controller.rss_mib();
             println!("| {name} | {hwm} | {rate:.0} tasks/s | {before:.0} → {after:.0} MiB |");
-            cluster.stop().await;
+            cluster.stop().await?;
             if name == "sqlite" {
                 std::fs::remove_file(dir.path().join("tasks.db")).ok();
             }
         }
     }
-    Ok(())
+    memory_table(&args, dir.path()).await
 }

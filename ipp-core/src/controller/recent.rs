@@ -1,13 +1,31 @@
 //! A bounded set of recently seen ids.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 
 /// A bounded set of recent ids: membership in O(1), the oldest forgotten first.
+///
+/// Ids are kept as 128-bit fingerprints (two SipHash values), not strings: about 40 bytes
+/// an entry instead of ~170, so the windows of a controller that has run millions of tasks
+/// stay small. Two distinct ids share a fingerprint with probability ~n²/2¹²⁹ (about
+/// 10⁻²⁷ for a million ids).
 #[derive(Debug)]
 pub(crate) struct RecentSet {
     capacity: usize,
-    members: HashSet<String>,
-    order: VecDeque<String>,
+    members: HashSet<u128>,
+    order: VecDeque<u128>,
+}
+
+/// The 128-bit fingerprint of an id.
+fn fingerprint(id: &str) -> u128 {
+    let half = |salt: u8| {
+        let mut hasher = DefaultHasher::new();
+        salt.hash(&mut hasher);
+        id.hash(&mut hasher);
+        hasher.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
 }
 
 impl Default for RecentSet {
@@ -30,7 +48,8 @@ impl RecentSet {
     }
 
     pub(crate) fn insert(&mut self, id: &str) {
-        if self.members.contains(id) {
+        let key = fingerprint(id);
+        if self.members.contains(&key) {
             return;
         }
         if self.order.len() >= self.capacity {
@@ -38,12 +57,12 @@ impl RecentSet {
                 self.members.remove(&oldest);
             }
         }
-        self.members.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
+        self.members.insert(key);
+        self.order.push_back(key);
     }
 
     pub(crate) fn contains(&self, id: &str) -> bool {
-        self.members.contains(id)
+        self.members.contains(&fingerprint(id))
     }
 }
 

@@ -1,6 +1,6 @@
 //! [`DictDb`]: the default, in-memory task database, with ipyparallel's culling limits.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
@@ -116,6 +116,9 @@ struct Inner {
     records: BTreeMap<u64, TaskRecord>,
     /// `msg_id` → sequence number in `records`.
     index: HashMap<String, u64>,
+    /// The completed records, in culling order: oldest `submitted` first (unset first),
+    /// ties by insertion. Culling takes from the front without scanning every record.
+    completed: BTreeSet<CullKey>,
     /// The next sequence number.
     next_seq: u64,
     /// Sum of [`TaskRecord::buffer_size`] over `records`.
@@ -192,6 +195,14 @@ impl fmt::Display for DictDb {
     }
 }
 
+/// A completed record's place in the culling order.
+type CullKey = (Option<Timestamp>, u64);
+
+/// The culling key of the record at `seq`, if it is completed.
+fn cull_key(seq: u64, record: &TaskRecord) -> Option<CullKey> {
+    record.completed.map(|_| (record.submitted, seq))
+}
+
 impl Inner {
     fn get(&self, msg_id: &str) -> Option<&TaskRecord> {
         self.index.get(msg_id).and_then(|seq| self.records.get(seq))
@@ -213,6 +224,9 @@ impl Inner {
     fn remove(&mut self, msg_id: &str) -> Option<TaskRecord> {
         let seq = self.index.remove(msg_id)?;
         let record = self.records.remove(&seq)?;
+        if let Some(key) = cull_key(seq, &record) {
+            self.completed.remove(&key);
+        }
         self.buffer_bytes = self.buffer_bytes.saturating_sub(record.buffer_size());
         Some(record)
     }
@@ -228,18 +242,13 @@ impl Inner {
         }
     }
 
-    /// Completed records' ids, oldest `submitted` first (unset first), ties by insertion.
-    fn cull_candidates(&self) -> Vec<String> {
-        let mut candidates: Vec<(Option<Timestamp>, u64, &str)> = self
-            .records
+    /// Up to `limit` completed records' ids in culling order (see `Inner::completed`).
+    fn cull_candidates(&self, limit: usize) -> Vec<String> {
+        self.completed
             .iter()
-            .filter(|(_, rec)| rec.completed.is_some())
-            .map(|(seq, rec)| (rec.submitted, *seq, rec.msg_id.as_str()))
-            .collect();
-        candidates.sort_unstable();
-        candidates
-            .into_iter()
-            .map(|(_, _, id)| id.to_owned())
+            .take(limit)
+            .filter_map(|(_, seq)| self.records.get(seq))
+            .map(|record| record.msg_id.clone())
             .collect()
     }
 
@@ -250,7 +259,7 @@ impl Inner {
             let share = (config.cull_fraction * config.record_limit as f64) as usize;
             let wanted = share.max(self.records.len() - config.record_limit).max(1);
             let mut culled = 0;
-            for msg_id in self.cull_candidates().into_iter().take(wanted) {
+            for msg_id in self.cull_candidates(wanted) {
                 self.remove(&msg_id);
                 self.remember_culled(msg_id, "record limit exceeded");
                 culled += 1;
@@ -260,10 +269,10 @@ impl Inner {
         if self.buffer_bytes > config.size_limit {
             let target = (config.size_limit as f64 * (1.0 - config.cull_fraction)) as u64;
             let mut culled = 0;
-            for msg_id in self.cull_candidates() {
-                if self.buffer_bytes <= target {
+            while self.buffer_bytes > target {
+                let Some(msg_id) = self.cull_candidates(1).pop() else {
                     break;
-                }
+                };
                 self.remove(&msg_id);
                 self.remember_culled(msg_id, "buffer size limit exceeded");
                 culled += 1;
@@ -330,6 +339,9 @@ impl Store for DictDb {
         inner.next_seq += 1;
         inner.buffer_bytes += record.buffer_size();
         inner.index.insert(record.msg_id.clone(), seq);
+        if let Some(key) = cull_key(seq, &record) {
+            inner.completed.insert(key);
+        }
         inner.records.insert(seq, record);
         inner.maybe_cull(&self.config);
         Ok(())
@@ -345,8 +357,18 @@ impl Store for DictDb {
             return Err(inner.missing(msg_id));
         };
         let before = record.buffer_size();
+        let old_key = cull_key(seq, record);
         record.apply(update);
         let after = record.buffer_size();
+        let new_key = cull_key(seq, record);
+        if old_key != new_key {
+            if let Some(key) = old_key {
+                inner.completed.remove(&key);
+            }
+            if let Some(key) = new_key {
+                inner.completed.insert(key);
+            }
+        }
         inner.buffer_bytes = inner.buffer_bytes.saturating_sub(before) + after;
         // Results arrive by update, so this is where buffers grow and records complete.
         inner.maybe_cull(&self.config);

@@ -120,16 +120,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
             }
             frames = query_rx.recv() => {
                 let Ok(frames) = frames else { break };
-                // A relay queues its event before it forwards the reply, so the events
-                // queued now include everything the asking client has seen: handle them
-                // first (only those: a busy stream of new events never starves queries).
-                for _ in 0..events.len() {
-                    match events.try_recv() {
-                        Ok(event) => hub.handle_event(event).await,
-                        Err(_) => break,
-                    }
-                }
-                hub.handle_query(frames).await;
+                hub.handle_query(frames, &mut events).await;
             }
             _ = housekeeping.tick() => hub.purge_stalled_registrations(),
         }
@@ -157,7 +148,19 @@ impl Hub {
         }
     }
 
-    async fn handle_query(&mut self, frames: Frames) {
+    /// Handles the events queued now (only those: a busy stream of new events never
+    /// starves queries). A relay queues its event before it forwards the reply, so these
+    /// include everything a client asking now has seen.
+    async fn catch_up(&mut self, events: &mut mpsc::Receiver<HubEvent>) {
+        for _ in 0..events.len() {
+            match events.try_recv() {
+                Ok(event) => self.handle_event(event).await,
+                Err(_) => break,
+            }
+        }
+    }
+
+    async fn handle_query(&mut self, frames: Frames, events: &mut mpsc::Receiver<HubEvent>) {
         let Some(wire) = accept_from_peer(
             frames,
             &self.session,
@@ -183,6 +186,12 @@ impl Hub {
             }
         };
         tracing::debug!(msg_type = %msg.header.msg_type, msg_id = %msg.header.msg_id, "query");
+        // `connection_request` is also the clients' liveness ping: it answers from the
+        // engine table (kept by registration, here) without waiting for a backlog of task
+        // events, so a flood of tasks never makes the controller look dead.
+        if msg.header.msg_type != "connection_request" {
+            self.catch_up(events).await;
+        }
         match msg.header.msg_type.as_str() {
             "registration_request" => self.register_engine(msg).await,
             "unregistration_request" => self.unregistration_request(&msg).await,
