@@ -441,6 +441,8 @@ impl Record {
 #[derive(Debug, Default)]
 struct StoreState {
     records: HashMap<String, Record>,
+    /// The records still without a reply.
+    outstanding: HashSet<String>,
     aliases: HashMap<String, String>,
     waiters: Vec<Waiter>,
 }
@@ -515,6 +517,7 @@ impl RawShared {
             for alias in &aliases {
                 state.aliases.insert(alias.clone(), msg_id.clone());
             }
+            state.outstanding.insert(msg_id.clone());
             state.records.insert(
                 msg_id,
                 Record {
@@ -545,6 +548,7 @@ impl RawShared {
             return;
         }
         record.reply = Some(Arc::new(reply));
+        state.outstanding.remove(&msg_id);
         let wake = state.changed(&msg_id);
         drop(state);
         self.wake_threads(wake);
@@ -588,6 +592,7 @@ impl RawShared {
         let mut wake = false;
         for msg_id in msg_ids {
             if let Some(record) = state.records.remove(msg_id) {
+                state.outstanding.remove(msg_id);
                 for alias in &record.aliases {
                     state.aliases.remove(alias);
                 }
@@ -811,13 +816,7 @@ impl RawReplies {
 
     /// Every tracked id still without a reply.
     pub fn outstanding(&self) -> Vec<String> {
-        self.shared
-            .lock()
-            .records
-            .iter()
-            .filter(|(_, r)| r.reply.is_none())
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.shared.lock().outstanding.iter().cloned().collect()
     }
 
     /// The IOPub messages of `msg_id` so far, in arrival order (no `status` messages).
