@@ -344,8 +344,8 @@ async fn main() -> Result<()> {
         args.tasks = args.tasks.min(5_000);
         args.latency = args.latency.min(200);
         args.megabytes = args.megabytes.min(10);
-        args.memory_tasks = args.memory_tasks.min(20_000);
-        args.window = args.window.min(5_000);
+        args.memory_tasks = args.memory_tasks.min(4_000);
+        args.window = args.window.min(1_000);
     }
     println!(
         "Rust client + {} Rust engines in one process, the controller in another, ZeroMQ over \
