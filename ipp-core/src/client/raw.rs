@@ -9,7 +9,9 @@
 //! (its engine died, the controller went away, the client closed). Synthetic replies look
 //! like the controller's own error replies: `status: error` with `ename` `EngineError`
 //! (engine death), `ConnectionError` (controller or client gone) or `TimeoutError`
-//! ([`ClientConfig::request_timeout`](super::ClientConfig::request_timeout)).
+//! ([`ClientConfig::request_timeout`](super::ClientConfig::request_timeout)). One exception:
+//! a `shutdown_request` whose engine unregisters before its reply arrives gets a synthetic
+//! `status: ok` reply (the engine did shut down), as the typed client counts it.
 //!
 //! ```
 //! # use std::sync::Arc;
@@ -289,7 +291,13 @@ impl RawReply {
             Some(base) => format!("{base}_reply"),
             None => format!("{request_type}_reply"),
         };
-        let (content, metadata) = synthetic_parts(msg_id, failure, engine);
+        let (mut content, mut metadata) = synthetic_parts(msg_id, failure, engine);
+        if request_type == "shutdown_request" && is_engine_death(failure) {
+            // The engine did what was asked; its reply lost the race with the controller's
+            // unregistration notification.
+            content = json!({"status": "ok", "restart": false});
+            metadata["status"] = json!("ok");
+        }
         let header = Header {
             msg_id: new_id(),
             msg_type: reply_type,
@@ -314,6 +322,10 @@ impl RawReply {
         };
         Self::new(msg_id.to_owned(), wire, true)
     }
+}
+
+fn is_engine_death(failure: &Failure) -> bool {
+    matches!(failure, Failure::Remote(error) if error.ename == "EngineError")
 }
 
 /// Content and metadata of a synthetic reply.

@@ -159,12 +159,21 @@ async fn a_dead_engine_ends_its_requests_with_synthetic_engine_errors() {
             apply(RawChannel::Broadcast, "square", &2i64),
             RawRequest::new(
                 RawChannel::Control,
-                "shutdown_request",
-                Bytes::from_static(br#"{"restart": false}"#),
+                "abort_request",
+                Bytes::from_static(br#"{"msg_ids": []}"#),
             ),
         ])
         .await
         .unwrap();
+    let shutdown = client
+        .send_raw(vec![RawRequest::new(
+            RawChannel::Control,
+            "shutdown_request",
+            Bytes::from_static(br#"{"restart": false}"#),
+        )])
+        .await
+        .unwrap()
+        .remove(0);
     engine.mux.recv().await.unwrap(); // it took the request, then dies
     assert!(
         !replies
@@ -175,12 +184,10 @@ async fn a_dead_engine_ends_its_requests_with_synthetic_engine_errors() {
 
     let all: Vec<String> = ids.iter().flatten().cloned().collect();
     assert!(replies.wait_async(&all, Some(LONG)).await);
-    for (msg_id, msg_type) in all.iter().zip([
-        "apply_reply",
-        "apply_reply",
-        "apply_reply",
-        "shutdown_reply",
-    ]) {
+    for (msg_id, msg_type) in
+        all.iter()
+            .zip(["apply_reply", "apply_reply", "apply_reply", "abort_reply"])
+    {
         let reply = replies.reply(msg_id).unwrap();
         assert!(reply.is_synthetic(), "{msg_id}");
         assert!(!reply.ran_on_engine());
@@ -201,6 +208,15 @@ async fn a_dead_engine_ends_its_requests_with_synthetic_engine_errors() {
     }
     // No engine output will come: the outputs count as complete.
     assert!(replies.wait_outputs_async(&all, Some(Duration::ZERO)).await);
+    // A shutdown request whose engine unregistered did its job.
+    assert!(replies.wait_async(&shutdown, Some(LONG)).await);
+    let reply = replies.reply(&shutdown[0]).unwrap();
+    assert!(reply.is_synthetic());
+    let msg = reply.message().unwrap();
+    assert_eq!(msg.header.msg_type, "shutdown_reply");
+    assert_eq!(msg.content, json!({"status": "ok", "restart": false}));
+    assert_eq!(msg.metadata["status"], "ok");
+    assert_eq!(msg.metadata["engine_id"], json!(id));
     client.close().await;
     cluster.stop().await;
 }

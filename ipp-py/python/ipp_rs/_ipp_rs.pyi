@@ -107,7 +107,9 @@ class Reply:
     longer be answered: content ``{"status": "error", "ename": "EngineError" | "ConnectionError"
     | "TimeoutError", "evalue": ..., "traceback": [...], "engine_info": {...}}`` and metadata
     ``{"engine_id"?, "engine_uuid"?, "status": "error"}``; msg_type is the request's type with
-    ``_request`` replaced by ``_reply``.
+    ``_request`` replaced by ``_reply``. Exception: a ``shutdown_request`` whose engine
+    unregisters before its reply arrives gets a synthetic ``{"status": "ok", "restart":
+    False}`` reply (the engine did shut down).
     """
 
     @property
