@@ -31,7 +31,8 @@ import pytest
 
 from ippcluster import REPO_ROOT, client_unavailable, start_cluster
 
-TIMEOUT = 180
+# Below pytest-timeout's 120 s, so a hanging script is reported with its output so far.
+TIMEOUT = 100
 IMPORT_LINE = re.compile(r"^import (ipyparallel|ipp_rs) as ipp$", re.M)
 # The one-digit counts of the first 10,000 decimals of pi (a well-known table).
 FIRST_10000_COUNTS = "0:968 1:1026 2:1021 3:974 4:1012 5:1046 6:1021 7:970 8:948 9:1014"
@@ -73,14 +74,23 @@ def port(script: Path, module: str, directory: Path) -> Path:
 def run_example(cluster, module: str, tmp_path: Path, relpath: str, *args: str) -> str:
     """Runs the ported script with `args` against the cluster; returns its stdout."""
     script = port(REPO_ROOT / relpath, module, tmp_path)
-    done = subprocess.run(
-        [sys.executable, str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=cluster.env,
-        cwd=tmp_path,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), *args],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env=cluster.env,
+            cwd=tmp_path,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else exc.stdout
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr
+        pytest.fail(
+            f"{relpath} with `import {module} as ipp` did not finish in {TIMEOUT} s\n"
+            f"--- stdout\n{(out or '')[-6000:]}\n--- stderr\n{(err or '')[-6000:]}",
+            pytrace=False,
+        )
     assert done.returncode == 0, (
         f"{relpath} with `import {module} as ipp` exited {done.returncode}\n"
         f"--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
