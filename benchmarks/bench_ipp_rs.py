@@ -65,7 +65,8 @@ class Config:
 
 CONFIGS = [
     Config("ipp_rs", "ipp_rs", "ipp_rs", "ours", "ipp_rs client + ipp_rs engines, our controller"),
-    Config("ours", "ipyparallel", "ipengine", "ours", "ipyparallel client + ipengine, our controller"),
+    Config("ours", "ipyparallel", "ipengine", "ours",
+           "ipyparallel client + ipengine, our controller"),
     Config("ref", "ipyparallel", "ipengine", "reference",
            "ipyparallel client + ipengine, Python ipcontroller"),
 ]

@@ -145,7 +145,8 @@ def task_interface(rc) -> None:
     def f(x):
         return 10.0 * x**4
 
-    check("@lview.parallel() f.map(range(32))", f.map(range(32)) == [10.0 * x**4 for x in range(32)])
+    expected = [10.0 * x**4 for x in range(32)]
+    check("@lview.parallel() f.map(range(32))", f.map(range(32)) == expected)
 
     @ipp.require("numpy", "zmq")
     def myfunc():
@@ -161,7 +162,8 @@ def task_interface(rc) -> None:
     def baz(c, d):
         return bar(c) - bar(d)
 
-    check("@require(foo), @require(bar): view.apply_sync(baz, 4, 5)", lview.apply_sync(baz, 4, 5) == -9)
+    check("@require(foo), @require(bar): view.apply_sync(baz, 4, 5)",
+          lview.apply_sync(baz, 4, 5) == -9)
 
     @ipp.depend(platform_specific, sys.platform)
     def mytask():

@@ -61,7 +61,9 @@ CELLS = [
 ]
 
 pytestmark = [
-    pytest.mark.parametrize("cell", CELLS, ids=[c.id for c in CELLS], indirect=True, scope="module"),
+    pytest.mark.parametrize(
+        "cell", CELLS, ids=[c.id for c in CELLS], indirect=True, scope="module"
+    ),
     # Every test takes a few seconds at most: a hang costs 45 s, not pytest.ini's 120 s.
     pytest.mark.timeout(45),
 ]
