@@ -8,10 +8,7 @@ from ..dependency import Dependency, dependent
 from ..serialize import Reference, deserialize_object, serialize_object
 from ..util import interactive
 
-try:  # TEMPORARY FALLBACK until helper A's NativeClient lands
-    from .._ipp_rs import NativeClient
-except ImportError:  # TEMPORARY FALLBACK
-    from ._devnative import NativeClient  # type: ignore[no-redef]
+from .._ipp_rs import NativeClient
 
 __all__ = [
     "error",

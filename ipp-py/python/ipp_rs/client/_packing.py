@@ -10,8 +10,12 @@ with the engine's namespace as globals, so they work on any engine (ipyparallel'
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable, Sequence
+import types
+import weakref
+from typing import Any, Callable, Optional, Sequence
 
+from ..serialize import can_map
+from ..serialize import serialize as _serialize_module
 from ._deps import Reference, interactive, serialize_object
 
 # jupyter_client Session defaults, which ipyparallel's client passes to serialize_object.
@@ -36,7 +40,78 @@ def frames_of(obj: Any) -> Buffers:
     """The serialized frames of `obj` (reused as-is for a :class:`Packed`)."""
     if isinstance(obj, Packed):
         return obj.frames
+    if type(obj) in _SCALARS:
+        # what serialize_object makes of them (they are not canned), without its checks
+        return [_serialize_module.pickle.dumps(obj, _serialize_module.PICKLE_PROTOCOL)]
     return serialize_object(obj, BUFFER_THRESHOLD, ITEM_THRESHOLD)
+
+
+_SCALARS = frozenset({int, float, complex, bool, str, type(None)})
+
+
+# -- serialized functions, cached ---------------------------------------------------------
+# Serializing a function (its code object and defaults) costs tens of microseconds, about a
+# third of a no-op apply. A plain function's frames depend only on its code, defaults,
+# names and on which pickler is active, so they are cached per function object and used
+# again while all of those are the very same objects. Functions with a closure, or with
+# defaults that could be mutated in place, are serialized at every call (as ipyparallel
+# does), so a changed value is never sent stale.
+
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes)
+_function_cache: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _immutable(value: Any) -> bool:
+    if isinstance(value, _IMMUTABLE):
+        return True
+    if type(value) is tuple:
+        return all(_immutable(v) for v in value)
+    return False
+
+
+def _serializer_state() -> tuple:
+    """What decides how functions are pickled (use_dill / use_cloudpickle switch it)."""
+    return (_serialize_module.pickle, can_map.get(types.FunctionType))
+
+
+def _cache_key(f: Any) -> Optional[tuple]:
+    """The identity of what a function's frames are made of, or None if they must not be
+    cached."""
+    if type(f) is not types.FunctionType or f.__closure__ is not None:
+        return None
+    defaults, kwdefaults = f.__defaults__, f.__kwdefaults__
+    if defaults is not None and not _immutable(defaults):
+        return None
+    if kwdefaults and not _immutable(tuple(kwdefaults.values())):
+        return None
+    if f.__annotations__:
+        return None
+    return (
+        f.__code__,
+        defaults,
+        tuple(kwdefaults.items()) if kwdefaults else None,
+        f.__name__,
+        f.__module__,
+        _serializer_state(),
+    )
+
+
+def function_frames(f: Any) -> Buffers:
+    """The serialized frames of the function `f`, from the cache when still valid."""
+    key = _cache_key(f)
+    if key is None:
+        return frames_of(f)
+    try:
+        cached = _function_cache.get(f)
+    except TypeError:  # not weak-referenceable
+        return frames_of(f)
+    if cached is not None:
+        old_key, frames = cached
+        if len(old_key) == len(key) and all(a is b or a == b for a, b in zip(old_key, key)):
+            return frames
+    frames = frames_of(f)
+    _function_cache[f] = (key, frames)
+    return frames
 
 
 _info_cache: dict[tuple, bytes] = {}
@@ -71,7 +146,7 @@ def pack_apply(f: Any, args: Sequence = (), kwargs: dict | None = None) -> Buffe
         kwargs = {}
     elif not isinstance(kwargs, dict):
         raise TypeError(f"kwargs must be dict, not {type(kwargs)}")
-    bufs = list(frames_of(f))
+    bufs = list(function_frames(f))
     arg_bufs: Buffers = []
     for arg in args:
         arg_bufs.extend(frames_of(arg))

@@ -28,8 +28,9 @@ class Resolver:
     """Watches AsyncResults for one native client on a daemon thread (started on first
     use, stopped by :meth:`stop`)."""
 
-    def __init__(self, native: Any):
+    def __init__(self, native: Any, on_forget: Any = None):
         self._native = native
+        self._on_forget = on_forget
         self._lock = threading.Lock()
         self._wake = threading.Event()
         # msg_id -> AsyncResults waiting for it; AsyncResult -> msg_ids it still waits for
@@ -142,6 +143,8 @@ class Resolver:
                 for obj in keep_alive:
                     obj._materialize()
                 self._native.forget(msg_ids)
+                if self._on_forget is not None:
+                    self._on_forget(msg_ids)
             else:
                 keep.append((msg_ids, deadline if len(done) == len(msg_ids) else now + _OUTPUT_GRACE, keep_alive))
         if keep:

@@ -82,10 +82,23 @@ class AsyncResult(Future):
     ``multiprocessing.pool.AsyncResult``'s ``get`` / ``wait`` / ``ready`` / ``successful``
     and the execution metadata of each message."""
 
+    # Defaults live on the class: an instance stores only what differs (memory per result).
     msg_ids: list = []
     _targets: Any = None
     _single_result = False
     owner = False
+    _fname = "unknown"
+    _return_exceptions = False
+    # msg_id -> number of map elements it carries (None: one each)
+    _chunk_sizes: Optional[dict] = None
+    _success: Optional[bool] = None
+    _raw_results: Optional[list] = None
+    _resolved = False
+    _output_ready = False
+    _md_cache: Optional[list] = None
+    _watching = False
+    _splits: Optional[tuple] = None
+    _parent: Optional["AsyncResult"] = None
     _last_display_prefix = ""
     _stream_trailing_newline = True
 
@@ -100,36 +113,32 @@ class AsyncResult(Future):
         chunk_sizes: Any = None,
         submitted: Optional[float] = None,
     ):
-        super().__init__()
+        Future.__init__(self)
         if not isinstance(children, list):
             children = [children]
             self._single_result = True
-        else:
-            self._single_result = False
         if children and isinstance(children[0], AsyncResult):
             children = list(chain.from_iterable(c.msg_ids for c in children))
         if not children:
             raise ValueError("an AsyncResult needs at least one msg_id")
         self.msg_ids = children
         self._client = client
-        self._fname = fname
-        self._targets = targets
-        self.owner = owner
-        self._return_exceptions = return_exceptions
-        # msg_id -> number of map elements it carries (None: one each)
-        self._chunk_sizes = chunk_sizes or None
         self._submitted = time.time() if submitted is None else submitted
-        self._ready = False
-        self._success: Optional[bool] = None
-        self._raw_results: Optional[list] = None
-        self._resolved = False
-        self._resolve_lock = threading.Lock()
-        self._output_ready = False
-        self._md_cache: Optional[list] = None
-        self._watching = False
-        self._splits: Optional[tuple] = None
-        self._parent: Optional[AsyncResult] = None
-        Future.add_done_callback(self, self._finalize_result)
+        if fname != "unknown":
+            self._fname = fname
+        if targets is not None:
+            self._targets = targets
+        if owner:
+            self.owner = True
+        if return_exceptions:
+            self._return_exceptions = True
+        if chunk_sizes:
+            self._chunk_sizes = chunk_sizes
+
+    @property
+    def _ready(self) -> bool:
+        """Whether the Future side is resolved (finished or cancelled)."""
+        return self._state != _PENDING
 
     # -- concurrent.futures.Future plumbing ------------------------------------------
 
@@ -236,11 +245,29 @@ class AsyncResult(Future):
         return bool(client._native.wait(self.msg_ids, timeout))
 
     def _results_now(self) -> list:
-        return [self._client._result(msg_id) for msg_id in self.msg_ids]
+        client = self._client
+        results = []
+        for msg_id in self.msg_ids:
+            try:
+                results.append(client._result(msg_id))
+            except KeyError:
+                # The native client no longer holds it (purged, or released by the
+                # AsyncResult that owned it): say so instead of hanging or guessing.
+                results.append(
+                    error.RemoteError(
+                        "KeyError",
+                        f"the reply of {msg_id} is no longer held by this client (purged, or "
+                        "released with the AsyncResult that owned it): use "
+                        "client.get_result(msg_id) to fetch it from the Hub",
+                        "",
+                        {},
+                    )
+                )
+        return results
 
     def _resolve(self) -> None:
         """Turns the stored replies into this Future's result, once."""
-        with self._resolve_lock:
+        with self._condition:
             if self._resolved:
                 return
             results = self._results_now()
@@ -267,9 +294,6 @@ class AsyncResult(Future):
                 self.set_exception(outcome[1])
         except concurrent.futures.InvalidStateError:
             pass  # cancelled meanwhile
-
-    def _finalize_result(self, f: Any) -> None:
-        self._ready = True
 
     def _collect_exceptions(self, results: list) -> list:
         """Wraps remote exceptions in a CompositeError (unless return_exceptions)."""
@@ -512,6 +536,11 @@ class AsyncResult(Future):
             return self._md_cache
         client = self._client
         mds = [build_metadata(client, msg_id, self._submitted) for msg_id in self.msg_ids]
+        targets = self._targets
+        if isinstance(targets, list) and len(targets) == len(mds):
+            for md, eid in zip(mds, targets):
+                if md["engine_id"] is None and eid is not None:
+                    md["engine_id"] = eid
         if self._ready and not client._closed and self._outputs_complete():
             self._md_cache = mds
         return mds
@@ -787,6 +816,23 @@ class AsyncResult(Future):
                 f"groupby must be one of 'type', 'engine', 'collate', not {groupby!r}"
             )
 
+    def _display_execute_result(self, msg_id: str, content: dict, eid: Any) -> None:
+        """Shows an ``execute_result`` as it arrives (``Out[<engine>:<n>]: ...``)."""
+        if _get_ipython() is None:
+            return
+        from IPython.display import display
+
+        client = self._client
+
+        def metadata() -> Metadata:
+            md = build_metadata(client, msg_id, self._submitted)
+            if md["engine_id"] is None:
+                md["engine_id"] = eid
+            md["execute_result"] = content
+            return md
+
+        display(ExecuteReply(msg_id, content, metadata))
+
     @contextmanager
     def stream_output(self) -> Iterator[None]:
         """Prints outputs (``[stdout:<engine>]`` ...) as they arrive, for the duration of
@@ -815,6 +861,8 @@ class AsyncResult(Future):
                             print("\n".join(err.render_traceback()), file=sys.stderr)
                         else:
                             print(err, file=sys.stderr)
+                    elif msg_type == "execute_result":
+                        self._display_execute_result(msg_id, content, eid)
                     elif msg_type == "display_data":
                         self._republish_displaypub(content, eid)
                 seen[msg_id] = len(outputs)

@@ -282,6 +282,8 @@ class Client:
         self._hub_results: dict = {}
         self._hub_metadata: dict = {}
         self._uuid_to_id: dict = {}
+        # msg_ids of coalescing broadcasts (their reply holds a list of results)
+        self._coalescing: set = set()
         self._lock = threading.Lock()
         if debug:
             from .. import init_logging
@@ -312,7 +314,7 @@ class Client:
         self._config = cfg
         self._native = NativeClient(json.dumps(cfg), connect_timeout=float(timeout))
         self._closed = False
-        self._resolver = Resolver(self._native)
+        self._resolver = Resolver(self._native, self._coalescing.difference_update)
         self._results_view = _ResultsView(self)
         self._metadata_view = _MetadataView(self)
 
@@ -445,6 +447,8 @@ class Client:
         msg_ids = self._native.send(
             channel, msg_type, content, metadata, buffers, targets, coalescing, True
         )
+        if coalescing:
+            self._coalescing.update(msg_ids)
         self.history.extend(msg_ids)
         return msg_ids
 
@@ -481,7 +485,7 @@ class Client:
             msg_type = reply.msg_type
             if msg_type == "apply_reply":
                 bufs = list(reply.buffers)
-                if reply.metadata.get("is_coalescing", False):
+                if msg_id in self._coalescing:
                     values = []
                     while bufs:
                         value, bufs = deserialize_object(bufs)
@@ -517,6 +521,7 @@ class Client:
         for msg_id in msg_ids:
             self._hub_results.pop(msg_id, None)
             self._hub_metadata.pop(msg_id, None)
+            self._coalescing.discard(msg_id)
         if self._native is not None and not self._closed:
             self._native.forget(list(msg_ids))
 
@@ -576,6 +581,12 @@ class Client:
                 raise TypeError("n engines to wait for must be specified")
             n = self.cluster.n or sum(es.n for es in self.cluster.engines.values())
         self._check_open()
+        if len(self.ids) >= n:
+            if block:
+                return None
+            done: Future = Future()
+            done.set_result(None)
+            return done
         if interactive is None:
             interactive = (
                 os.getenv("IPP_NONINTERACTIVE", "") in {"", "0"} and _get_ipython() is not None
