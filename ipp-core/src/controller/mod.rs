@@ -23,6 +23,7 @@ mod config;
 mod events;
 mod heartbeat;
 mod hub;
+mod ordered;
 mod recent;
 mod relay;
 mod task;

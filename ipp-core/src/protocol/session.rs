@@ -100,22 +100,26 @@ impl fmt::Debug for SigningKey {
 }
 
 /// The signatures a session has accepted, to reject replayed messages.
+///
+/// Signatures are copied out of the received frame: a `Bytes` clone would keep the whole
+/// receive buffer it was sliced from alive (kilobytes per message, for as long as the
+/// signature is remembered).
 #[derive(Debug, Default)]
 struct DigestHistory {
-    seen: HashSet<Bytes>,
+    seen: HashSet<Box<[u8]>>,
 }
 
 impl DigestHistory {
     /// Records a signature; false if it was seen before.
-    fn insert(&mut self, signature: &Bytes) -> bool {
+    fn insert(&mut self, signature: &[u8]) -> bool {
         if self.seen.contains(signature) {
             return false;
         }
-        self.seen.insert(signature.clone());
+        self.seen.insert(signature.into());
         if self.seen.len() > DIGEST_HISTORY_SIZE {
             // As jupyter_client does: forget a random tenth, so the set stays bounded.
             let mut rng = rand::thread_rng();
-            let doomed: Vec<Bytes> = self
+            let doomed: Vec<Box<[u8]>> = self
                 .seen
                 .iter()
                 .cloned()

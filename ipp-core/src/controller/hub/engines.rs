@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use indexmap::IndexSet;
+use crate::controller::ordered::OrderedIds;
 use tokio::time::Instant;
 
 /// One registered engine and the work the Hub knows it has.
@@ -11,9 +11,9 @@ pub(crate) struct EngineEntry {
     pub(crate) id: u32,
     pub(crate) uuid: String,
     /// Direct requests sent to it and not yet answered.
-    pub(crate) queue: IndexSet<String>,
+    pub(crate) queue: OrderedIds,
     /// Load-balanced tasks assigned to it and not yet answered.
-    pub(crate) tasks: IndexSet<String>,
+    pub(crate) tasks: OrderedIds,
     /// How many requests it finished (aborted tasks excluded); the ids are in the store.
     pub(crate) completed: usize,
 }
@@ -83,8 +83,8 @@ impl Engines {
             EngineEntry {
                 id: pending.id,
                 uuid: uuid.to_owned(),
-                queue: IndexSet::new(),
-                tasks: IndexSet::new(),
+                queue: OrderedIds::new(),
+                tasks: OrderedIds::new(),
                 completed: 0,
             },
         );

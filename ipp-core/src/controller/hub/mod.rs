@@ -8,7 +8,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use indexmap::IndexSet;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use self::engines::{Engines, RegisterError};
 use super::events::{EngineEvent, HubEvent, TaskCommand};
 use super::heartbeat::HeartCommand;
+use super::ordered::OrderedIds;
 use super::recent::RecentSet;
 use super::relay::{accept_from_peer, WarnOnce};
 use crate::protocol::{error_content, key_error_value, EngineConnectionInfo, Message, Session};
@@ -58,7 +58,7 @@ pub(crate) struct Hub {
     /// Requests (direct and load-balanced) without a result yet.
     pending: HashSet<String>,
     /// Load-balanced tasks not yet sent to an engine.
-    unassigned: IndexSet<String>,
+    unassigned: OrderedIds,
     /// Requests whose result the Hub has seen recently (older ones are in the store).
     completed: RecentSet,
     /// Whether the store records anything (false for NoDb: then requests are not parsed).
@@ -102,7 +102,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
         shutdown: shutdown.clone(),
         engines: Engines::default(),
         pending: HashSet::new(),
-        unassigned: IndexSet::new(),
+        unassigned: OrderedIds::new(),
         completed: RecentSet::default(),
         recording: store_records,
         warned: WarnOnce::default(),

@@ -8,6 +8,26 @@ use crate::protocol::message::msg_id_of;
 use crate::protocol::{date, error_content, JsonMap, Message, WireMessage};
 use crate::store::{RecordUpdate, TaskRecord};
 
+/// Buffers smaller than this are copied into the record rather than shared.
+const SHARE_BUFFERS_FROM: usize = 64 * 1024;
+
+/// The buffers to keep in a record. A received frame is a slice of the transport's read
+/// buffer, and keeping the slice keeps the whole read buffer alive: small buffers are
+/// copied out so a store of many small records does not pin kilobytes each; large ones
+/// make up most of their read buffer and are shared without a copy.
+fn detached(buffers: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
+    buffers
+        .iter()
+        .map(|buffer| {
+            if buffer.len() < SHARE_BUFFERS_FROM {
+                bytes::Bytes::copy_from_slice(buffer)
+            } else {
+                buffer.clone()
+            }
+        })
+        .collect()
+}
+
 pub(super) fn as_object(value: &Value) -> JsonMap {
     value.as_object().cloned().unwrap_or_default()
 }
@@ -19,7 +39,7 @@ fn request_record(msg: &Message, queue: &str, engine_uuid: Option<String>) -> Ta
         header: Some(msg.header.to_map()),
         metadata: Some(msg.metadata.clone()),
         content: Some(as_object(&msg.content)),
-        buffers: msg.buffers.clone(),
+        buffers: detached(&msg.buffers),
         submitted: msg.header.date(),
         client_uuid: Some(msg.header.session.clone()),
         engine_uuid,
@@ -55,7 +75,7 @@ fn result_update(msg: &Message) -> RecordUpdate {
         result_header: Some(msg.header.to_map()),
         result_metadata: Some(msg.metadata.clone()),
         result_content: Some(as_object(&msg.content)),
-        result_buffers: Some(msg.buffers.clone()),
+        result_buffers: Some(detached(&msg.buffers)),
         started: msg
             .metadata
             .get("started")
@@ -164,7 +184,7 @@ impl Hub {
         if self.pending.remove(&msg_id) {
             self.note_completed(&msg_id);
             if let Some(engine) = self.engines.by_uuid_mut(&uuid) {
-                engine.queue.shift_remove(&msg_id);
+                engine.queue.remove(&msg_id);
                 engine.completed += 1;
             }
         } else if !self.completed.contains(&msg_id) {
@@ -189,7 +209,7 @@ impl Hub {
     }
 
     pub(super) async fn record_task_assignment(&mut self, msg_id: String, engine: String) {
-        self.unassigned.shift_remove(&msg_id);
+        self.unassigned.remove(&msg_id);
         if let Some(entry) = self.engines.by_uuid_mut(&engine) {
             entry.tasks.insert(msg_id.clone());
         }
@@ -222,14 +242,14 @@ impl Hub {
             .status;
         let aborted = status.as_deref() == Some("aborted");
         if self.pending.remove(&msg_id) {
-            self.unassigned.shift_remove(&msg_id);
+            self.unassigned.remove(&msg_id);
             self.note_completed(&msg_id);
         }
         if let Some(entry) = engine
             .as_deref()
             .and_then(|uuid| self.engines.by_uuid_mut(uuid))
         {
-            entry.tasks.shift_remove(&msg_id);
+            entry.tasks.remove(&msg_id);
             if !aborted {
                 entry.completed += 1;
             }

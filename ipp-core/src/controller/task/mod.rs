@@ -9,8 +9,8 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::ordered::OrderedIds;
 use bytes::Bytes;
-use indexmap::IndexSet;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -138,8 +138,8 @@ struct TaskScheduler {
     /// Jobs whose `after` is met, waiting for an engine, oldest first.
     ready: VecDeque<String>,
     /// Jobs whose `after` is not met yet.
-    blocked: IndexSet<String>,
-    running: HashMap<String, IndexSet<String>>,
+    blocked: OrderedIds,
+    running: HashMap<String, OrderedIds>,
     // Finished and submitted ids, for dependencies: bounded, so memory stays flat over
     // millions of tasks; a dependency on an id older than the window is InvalidDependency.
     submitted: RecentSet,
@@ -185,7 +185,7 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
         engines: Vec::new(),
         jobs: HashMap::new(),
         ready: VecDeque::new(),
-        blocked: IndexSet::new(),
+        blocked: OrderedIds::new(),
         running: HashMap::new(),
         submitted: RecentSet::with_capacity(HISTORY_WINDOW),
         completed: RecentSet::with_capacity(HISTORY_WINDOW),
@@ -520,13 +520,15 @@ impl TaskScheduler {
             let Some(Reverse((at, msg_id))) = self.timeouts.pop() else {
                 break;
             };
-            let queued = self.blocked.contains(&msg_id) || self.ready.contains(&msg_id);
+            // Cheap test first: most expired entries are of tasks long finished.
             let current = self
                 .jobs
                 .get(&msg_id)
                 .is_some_and(|job| job.deadline == Some(at));
-            if queued && current {
-                self.blocked.shift_remove(&msg_id);
+            let queued =
+                current && (self.blocked.contains(&msg_id) || self.ready.contains(&msg_id));
+            if queued {
+                self.blocked.remove(&msg_id);
                 self.ready.retain(|id| *id != msg_id);
                 if let Some(job) = self.jobs.remove(&msg_id) {
                     self.fail(job, "TaskTimeout").await;
@@ -700,7 +702,7 @@ impl TaskScheduler {
         let was_running = self
             .running
             .get_mut(&uuid)
-            .is_some_and(|running| running.shift_remove(&msg_id));
+            .is_some_and(|running| running.remove(&msg_id));
         if !was_running {
             tracing::debug!(msg_id, "dropped a reply to a task not running there");
             return;
@@ -779,7 +781,7 @@ impl TaskScheduler {
     /// engine, which answers the same `abort_request`.
     async fn abort_queued(&mut self, msg_ids: &[String]) {
         for msg_id in msg_ids {
-            let queued = self.parked.remove(msg_id) || self.blocked.shift_remove(msg_id) || {
+            let queued = self.parked.remove(msg_id) || self.blocked.remove(msg_id) || {
                 let before = self.ready.len();
                 self.ready.retain(|id| id != msg_id);
                 self.ready.len() != before
@@ -841,18 +843,18 @@ impl TaskScheduler {
             let blocked: Vec<String> = self.blocked.iter().cloned().collect();
             for msg_id in blocked {
                 let Some(job) = self.jobs.get(&msg_id) else {
-                    self.blocked.shift_remove(&msg_id);
+                    self.blocked.remove(&msg_id);
                     continue;
                 };
                 let unreachable = job.after.is_unreachable(&self.completed, &self.failed)
                     || job.follow.is_unreachable(&self.completed, &self.failed);
                 if unreachable {
-                    self.blocked.shift_remove(&msg_id);
+                    self.blocked.remove(&msg_id);
                     if let Some(job) = self.jobs.remove(&msg_id) {
                         self.fail(job, "ImpossibleDependency").await;
                     }
                 } else if job.after.is_met(&self.completed, &self.failed) {
-                    self.blocked.shift_remove(&msg_id);
+                    self.blocked.remove(&msg_id);
                     self.ready.push_back(msg_id);
                 }
             }
