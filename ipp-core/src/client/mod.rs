@@ -305,13 +305,18 @@ impl Client {
         let session = Arc::new(Session::new(SigningKey::new(info.key.as_bytes())));
         let options = SocketOptions::default().with_queue_capacity(config.queue_capacity);
         let sub = options.clone().with_subscription(Bytes::new());
-        // Subscribe first, so no registration published after the reply is missed.
+        // Subscribe first, so no registration published after the reply is missed, and
+        // no output of this client's first request either (a subscription takes effect at
+        // the publisher a moment after the connection: the connection round trip covers it).
         let notification = transport
             .connect(
                 SocketKind::Sub,
                 &address(&info, info.notification),
                 sub.clone(),
             )
+            .await?;
+        let iopub = transport
+            .connect(SocketKind::Sub, &address(&info, info.iopub), sub)
             .await?;
         let mut query = transport
             .connect(
@@ -375,9 +380,6 @@ impl Client {
             .await?;
         let control = transport
             .connect(SocketKind::Dealer, &address(&info, info.control), options)
-            .await?;
-        let iopub = transport
-            .connect(SocketKind::Sub, &address(&info, info.iopub), sub)
             .await?;
 
         let (query_tx, query_rx) = query.split();
