@@ -14,8 +14,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${IPP_TEST_VENV:-$ROOT/.venv-test}"
 PYTHON="${PYTHON:-python3}"
 # Everything the tests import; bump the stamp when this list changes.
+# numpy, cloudpickle and joblib: buffers without copies, use_cloudpickle and the joblib
+# backend are part of what the ipp_rs tests check (without them those tests would skip).
 REQUIREMENTS=("ipyparallel==9.2.0" "pytest>=7,<9" "pytest-timeout>=2.1" "nx-27017==0.8.1"
-    "maturin>=1.7,<2")
+    "maturin>=1.7,<2" "numpy>=1.24,<3" "cloudpickle>=2.2" "joblib>=1.2")
 STAMP_TEXT="${REQUIREMENTS[*]}"
 STAMP="$VENV/.ipp-test-env"
 IPP_RS_STAMP="$VENV/.ipp-rs-build"
@@ -59,7 +61,7 @@ install_ipp_rs() {
 }
 
 if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$STAMP_TEXT" ]] \
-    && "$VENV/bin/python" -c 'import ipyparallel, pytest, pytest_timeout, zmq' >/dev/null 2>&1; then
+    && "$VENV/bin/python" -c 'import ipyparallel, pytest, pytest_timeout, zmq, numpy, cloudpickle, joblib' >/dev/null 2>&1; then
     install_ipp_rs
     echo "$VENV/bin/python"
     exit 0
@@ -72,7 +74,7 @@ fi
 echo "setup-test-env: installing ${REQUIREMENTS[*]}" >&2
 "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet --upgrade pip >&2 || true
 "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet "${REQUIREMENTS[@]}" >&2
-"$VENV/bin/python" -c 'import ipyparallel, pytest, pytest_timeout, zmq' >&2
+"$VENV/bin/python" -c 'import ipyparallel, pytest, pytest_timeout, zmq, numpy, cloudpickle, joblib' >&2
 test -x "$VENV/bin/ipengine" && test -x "$VENV/bin/ipcontroller"
 echo "$STAMP_TEXT" >"$STAMP"
 install_ipp_rs
