@@ -82,25 +82,35 @@ class AsyncResult(Future):
     ``multiprocessing.pool.AsyncResult``'s ``get`` / ``wait`` / ``ready`` / ``successful``
     and the execution metadata of each message."""
 
-    # Defaults live on the class: an instance stores only what differs (memory per result).
-    msg_ids: list = []
-    _targets: Any = None
-    _single_result = False
-    owner = False
-    _fname = "unknown"
-    _return_exceptions = False
-    # msg_id -> number of map elements it carries (None: one each)
-    _chunk_sizes: Optional[dict] = None
-    _success: Optional[bool] = None
-    _raw_results: Optional[list] = None
-    _resolved = False
-    _output_ready = False
-    _md_cache: Optional[list] = None
-    _watching = False
-    _splits: Optional[tuple] = None
-    _parent: Optional["AsyncResult"] = None
-    _last_display_prefix = ""
-    _stream_trailing_newline = True
+    # Slots, not a __dict__: an AsyncResult is kept per request (tens of thousands), so its
+    # state is ~30 pointers, Future's own attributes included.
+    __slots__ = (
+        "_condition",
+        "_state",
+        "_result",
+        "_exception",
+        "_done_callbacks",
+        "_waiter_list",
+        "msg_ids",
+        "_client",
+        "_submitted",
+        "_single_result",
+        "_fname",
+        "_targets",
+        "owner",
+        "_return_exceptions",
+        "_chunk_sizes",
+        "_success",
+        "_raw_results",
+        "_resolved",
+        "_output_ready",
+        "_md_cache",
+        "_watching",
+        "_splits",
+        "_parent",
+        "_last_display_prefix",
+        "_stream_trailing_newline",
+    )
 
     def __init__(
         self,
@@ -113,27 +123,43 @@ class AsyncResult(Future):
         chunk_sizes: Any = None,
         submitted: Optional[float] = None,
     ):
-        Future.__init__(self)
-        if not isinstance(children, list):
+        # Future's state, set here rather than by Future.__init__: the lock is the client's
+        # (one Condition per client, not one of ~1.4 kB per result). Nothing waits on it
+        # with a timeout: waiting happens in the native client, and set_result's
+        # notify_all only wakes threads that re-check their own result.
+        self._condition = client._future_condition
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._done_callbacks = []
+        self._waiter_list = None
+        single = not isinstance(children, list)
+        if single:
             children = [children]
-            self._single_result = True
-        if children and isinstance(children[0], AsyncResult):
+        elif children and isinstance(children[0], AsyncResult):
             children = list(chain.from_iterable(c.msg_ids for c in children))
         if not children:
             raise ValueError("an AsyncResult needs at least one msg_id")
         self.msg_ids = children
         self._client = client
         self._submitted = time.time() if submitted is None else submitted
-        if fname != "unknown":
-            self._fname = fname
-        if targets is not None:
-            self._targets = targets
-        if owner:
-            self.owner = True
-        if return_exceptions:
-            self._return_exceptions = True
-        if chunk_sizes:
-            self._chunk_sizes = chunk_sizes
+        self._single_result = single
+        self._fname = fname
+        self._targets = targets
+        self.owner = owner
+        self._return_exceptions = return_exceptions
+        # msg_id -> number of map elements it carries (None: one each)
+        self._chunk_sizes = chunk_sizes or None
+        self._success = None
+        self._raw_results = None
+        self._resolved = False
+        self._output_ready = False
+        self._md_cache = None
+        self._watching = False
+        self._splits = None
+        self._parent = None
+        self._last_display_prefix = ""
+        self._stream_trailing_newline = True
 
     @property
     def _ready(self) -> bool:
@@ -144,16 +170,19 @@ class AsyncResult(Future):
 
     @property  # type: ignore[override]
     def _waiters(self) -> list:
-        """Future's waiter list; reading it while pending (concurrent.futures.wait and
-        as_completed do) asks the background resolver to resolve this result."""
-        waiters = self.__dict__["_waiter_list"]
+        """Future's waiter list (made on first use); reading it while pending
+        (concurrent.futures.wait and as_completed do) asks the background resolver to
+        resolve this result."""
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
         if self._state == _PENDING and not self._watching:
             self._watch()
         return waiters
 
     @_waiters.setter
     def _waiters(self, value: list) -> None:
-        self.__dict__["_waiter_list"] = value
+        self._waiter_list = value
 
     def _watch(self) -> None:
         """Resolve in the background as soon as the replies are in."""
@@ -263,15 +292,36 @@ class AsyncResult(Future):
                         {},
                     )
                 )
+            except Exception as exc:  # noqa: BLE001 - e.g. a class not importable here
+                import traceback
+
+                results.append(
+                    error.RemoteError(
+                        type(exc).__name__,
+                        f"the result of {msg_id} could not be deserialized here: {exc}",
+                        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                        {},
+                    )
+                )
         return results
 
     def _resolve(self) -> None:
-        """Turns the stored replies into this Future's result, once."""
-        with self._condition:
+        """Turns the stored replies into this Future's result, once (another thread
+        calling meanwhile waits for that result)."""
+        cond = self._condition
+        with cond:
             if self._resolved:
+                while self._state == _PENDING and self._resolved:
+                    cond.wait(0.05)
                 return
-            results = self._results_now()
             self._resolved = True
+        try:
+            results = self._results_now()
+        except BaseException:
+            with cond:
+                self._resolved = False
+                cond.notify_all()
+            raise
         self._raw_results = results
         try:
             if self._single_result:

@@ -284,7 +284,8 @@ class Client:
         self._uuid_to_id: dict = {}
         # msg_ids of coalescing broadcasts (their reply holds a list of results)
         self._coalescing: set = set()
-        self._lock = threading.Lock()
+        # the lock of every AsyncResult's Future side (see AsyncResult.__init__)
+        self._future_condition = threading.Condition()
         if debug:
             from .. import init_logging
 
