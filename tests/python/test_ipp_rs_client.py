@@ -521,6 +521,36 @@ def test_joblib_backend_runs_on_a_view(lview):
     assert got == [i * i for i in range(6)]
 
 
+def test_low_level_sends_and_the_engine_map(rc):
+    engine_id = rc.ids[0]
+    uuid = rc._engines[engine_id]
+    assert rc._engines[uuid] == engine_id
+    ar = rc.send_apply_request(rc._mux_socket, rf(lambda: "low"), ident=uuid.encode())
+    assert ipp.AsyncResult(rc, ar).get(TIMEOUT) == "low"
+    ar = rc.send_apply_request(rc._task_socket, rf(lambda x: x), [3], metadata={"label": "l"})
+    assert ar.get(TIMEOUT) == 3
+    ex = rc.send_execute_request(rc._mux_socket, "low_level = 1", ident=uuid)
+    ex.get(TIMEOUT)
+    assert rc[engine_id]["low_level"] == 1
+    with pytest.raises(ValueError, match="channels"):
+        rc.send_apply_request("nowhere", rf(lambda: 0))
+
+
+def test_closing_the_client_ends_outstanding_results(cluster):
+    client = cluster.client_from("ipp_rs")
+    client.wait_for_engines(2, timeout=TIMEOUT)
+    slow = client.load_balanced_view().apply_async(rf(lambda: __import__("time").sleep(2)))
+    called = concurrent.futures.Future()
+    slow.add_done_callback(lambda f: called.set_result(type(f.exception()).__name__))
+    client.close()
+    with pytest.raises(error.RemoteError) as info:
+        slow.get(TIMEOUT)
+    assert info.value.ename == "ConnectionError"
+    assert called.result(TIMEOUT) == "RemoteError"
+    with pytest.raises(RuntimeError, match="closed"):
+        client[:].apply(rf(lambda: 0))
+
+
 def test_shutdown_stops_one_engine(cluster, rc):
     # Last: it leaves one engine.
     victim = rc.ids[-1]

@@ -68,9 +68,11 @@ class Resolver:
         self._wake.set()
 
     def stop(self) -> None:
-        """Stops the thread (the client is closing); watched results stay unresolved."""
+        """Stops the thread (the client closed): results still watched are resolved now,
+        from the synthetic replies the native client gave their outstanding requests."""
         with self._lock:
             self._stopped = True
+            watched = list(self._pending)
             self._waiting.clear()
             self._pending.clear()
             self._released.clear()
@@ -78,6 +80,8 @@ class Resolver:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=2)
+        for ar in watched:
+            ar._resolve_in_background()
 
     # -- the thread ----------------------------------------------------------------------
 

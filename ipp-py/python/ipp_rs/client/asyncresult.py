@@ -135,7 +135,7 @@ class AsyncResult(Future):
         self._waiter_list = None
         single = not isinstance(children, list)
         if single:
-            children = [children]
+            children = list(children.msg_ids) if isinstance(children, AsyncResult) else [children]
         elif children and isinstance(children[0], AsyncResult):
             children = list(chain.from_iterable(c.msg_ids for c in children))
         if not children:
@@ -191,6 +191,9 @@ class AsyncResult(Future):
         self._watching = True
         client = self._client
         if client._closed:
+            # No resolver any more; every request has its (synthetic) reply by now. Not
+            # resolved inline: the caller may be installing a waiter under our lock.
+            threading.Thread(target=self._resolve_in_background, daemon=True).start()
             return
         client._resolver.watch(self)
 
@@ -257,21 +260,13 @@ class AsyncResult(Future):
 
     # -- waiting and resolving -------------------------------------------------------
 
+    # The native client keeps answering these after close(): requests still outstanding
+    # then end with synthetic ConnectionError replies.
     def _native_done(self) -> bool:
-        client = self._client
-        if client._closed:
-            return False
-        return len(client._native.done(self.msg_ids)) == len(self.msg_ids)
+        return len(self._client._native.done(self.msg_ids)) == len(self.msg_ids)
 
     def _native_wait(self, timeout: Optional[float]) -> bool:
-        client = self._client
-        if client._closed:
-            if timeout is None:
-                raise RuntimeError(
-                    "the Client was closed before this result arrived: it never will"
-                )
-            return False
-        return bool(client._native.wait(self.msg_ids, timeout))
+        return bool(self._client._native.wait(self.msg_ids, timeout))
 
     def _results_now(self) -> list:
         client = self._client
@@ -486,10 +481,7 @@ class AsyncResult(Future):
     def _ids_with_output(self) -> list:
         """msg_ids whose engine will publish a final ``status: idle`` (not aborted,
         scheduler failures, engine deaths or coalesced broadcasts)."""
-        client = self._client
-        if client._closed:
-            return []
-        native = client._native
+        native = self._client._native
         ids = []
         for msg_id in self.msg_ids:
             reply = native.reply(msg_id)
@@ -591,7 +583,7 @@ class AsyncResult(Future):
             for md, eid in zip(mds, targets):
                 if md["engine_id"] is None and eid is not None:
                     md["engine_id"] = eid
-        if self._ready and not client._closed and self._outputs_complete():
+        if self._ready and self._outputs_complete():
             self._md_cache = mds
         return mds
 

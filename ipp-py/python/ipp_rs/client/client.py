@@ -385,6 +385,19 @@ class Client:
         for eid in self.ids:
             yield self.direct_view(eid)
 
+    @property
+    def _engines(self) -> "_EngineMap":
+        """Engine id -> uuid of the registered engines (also answers uuid -> id), as
+        ipyparallel's ``Client._engines``."""
+        self._check_open()
+        return _EngineMap({int(k): v for k, v in self._native.engines().items()})
+
+    # The channels requests go out on, named as ipyparallel's sockets (for
+    # send_apply_request / send_execute_request).
+    _mux_socket = "mux"
+    _task_socket = "task"
+    _broadcast_socket = "broadcast"
+
     def _check_open(self) -> None:
         if self._closed or self._native is None:
             raise RuntimeError("Client cannot be used after its sockets have been closed")
@@ -459,6 +472,78 @@ class Client:
         msg_ids = self._native.send_many("task", msg_type, requests)
         self.history.extend(msg_ids)
         return msg_ids
+
+    def _channel_targets(self, socket: Any, ident: Any) -> tuple:
+        if socket not in ("mux", "task", "broadcast"):
+            raise ValueError(
+                f"socket must be one of the client's channels ('mux', 'task', 'broadcast': "
+                f"client._mux_socket, ._task_socket, ._broadcast_socket), not {socket!r}"
+            )
+        if ident is None:
+            return socket, None
+        idents = ident if isinstance(ident, list) else [ident]
+        ids = []
+        for one in idents:
+            uuid = one.decode() if isinstance(one, (bytes, bytearray)) else str(one)
+            eid = self._engine_id(uuid)
+            if eid is None:
+                raise IndexError(f"No such engine: {uuid!r}")
+            ids.append(eid)
+        return socket, ids
+
+    def send_apply_request(
+        self,
+        socket: Any,
+        f: Any,
+        args: Any = None,
+        kwargs: Any = None,
+        metadata: Optional[dict] = None,
+        track: bool = False,
+        ident: Any = None,
+        message_future_hook: Any = None,
+    ) -> AsyncResult:
+        """Sends one ``apply_request`` of ``f(*args, **kwargs)`` with the given request
+        `metadata` on a channel (``client._mux_socket`` with the engine's uuid as `ident`,
+        ``client._task_socket``, ``client._broadcast_socket``): the low-level call views
+        are built on. Returns the AsyncResult of the request."""
+        from ._packing import check_callable, pack_apply
+        from .remotefunction import getname
+
+        self._check_open()
+        check_callable(f)
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be dict, not {type(metadata)}")
+        channel, targets = self._channel_targets(socket, ident)
+        bufs = pack_apply(f, args if args is not None else [], kwargs if kwargs is not None else {})
+        msg_ids = self._submit(channel, "apply_request", b"{}", _dumps(metadata or {}), bufs, targets)
+        ar = AsyncResult(self, msg_ids[0] if len(msg_ids) == 1 else msg_ids, fname=getname(f), targets=targets, owner=True)
+        if message_future_hook is not None:
+            message_future_hook(ar)
+        return ar
+
+    def send_execute_request(
+        self,
+        socket: Any,
+        code: str,
+        silent: bool = True,
+        metadata: Optional[dict] = None,
+        ident: Any = None,
+        message_future_hook: Any = None,
+    ) -> AsyncResult:
+        """Sends one ``execute_request`` of `code` on a channel (see
+        :meth:`send_apply_request`); returns its AsyncResult."""
+        self._check_open()
+        if not isinstance(code, str):
+            raise TypeError(f"code must be text, not {type(code)}")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be dict, not {type(metadata)}")
+        channel, targets = self._channel_targets(socket, ident)
+        content = _dumps({"code": code, "silent": bool(silent), "user_expressions": {}})
+        msg_ids = self._submit(channel, "execute_request", content, _dumps(metadata or {}), [], targets)
+        ar = AsyncResult(self, msg_ids[0] if len(msg_ids) == 1 else msg_ids, fname="execute", targets=targets, owner=True)
+        if message_future_hook is not None:
+            message_future_hook(ar)
+        return ar
 
     # -- results -----------------------------------------------------------------------
 
@@ -541,11 +626,11 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        if self._native is not None:
+            self._native.close()
         resolver = getattr(self, "_resolver", None)
         if resolver is not None:
             resolver.stop()
-        if self._native is not None:
-            self._native.close()
 
     def spin(self) -> None:
         """DEPRECATED, DOES NOTHING (IO always runs in the background)."""
@@ -1044,6 +1129,26 @@ class Client:
                 n = result_buffer_lens[i]
                 rec["result_buffers"], buffers = buffers[:n], buffers[n:]
         return records
+
+
+class _EngineMap(dict):
+    """id -> uuid, also answering uuid -> id (as ipyparallel's ReverseDict)."""
+
+    def __init__(self, forward: dict):
+        super().__init__(forward)
+        self._reverse = {uuid: eid for eid, uuid in forward.items()}
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return dict.__getitem__(self, key)
+        except KeyError:
+            return self._reverse[key]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
 
 class _HubReply:
