@@ -521,6 +521,19 @@ def test_joblib_backend_runs_on_a_view(lview):
     assert got == [i * i for i in range(6)]
 
 
+def test_default_joblib_backend_connects_to_the_default_profile(cluster, rc, monkeypatch):
+    joblib = pytest.importorskip("joblib")
+    monkeypatch.setenv("IPYTHONDIR", str(cluster.ipython_dir))
+    ipp.register_joblib_backend(name="ipp_rs_default")
+    try:
+        with joblib.parallel_config(backend="ipp_rs_default"):
+            got = joblib.Parallel()(joblib.delayed(abs)(-i) for i in range(4))
+    finally:
+        # the default backend switched to cloudpickle, here and on the engines
+        rc[:].use_pickle()
+    assert got == [0, 1, 2, 3]
+
+
 def test_low_level_sends_and_the_engine_map(rc):
     engine_id = rc.ids[0]
     uuid = rc._engines[engine_id]

@@ -1,8 +1,8 @@
 """A joblib parallel backend running on a view (ipyparallel's ``IPythonParallelBackend``).
 
 ``view.register_joblib_backend()`` registers a backend on that view;
-``ipp_rs.register_joblib_backend()`` registers one that connects to the default profile's
-cluster when joblib first uses it.
+``ipp_rs.register_joblib_backend()`` registers one that connects to the default cluster
+(starting one if none runs) when joblib first uses it.
 """
 
 from __future__ import annotations
@@ -17,19 +17,36 @@ class IPythonParallelBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def __init__(self, view: Any = None, **kwargs: Any):
         super().__init__(**kwargs)
+        self._cluster_owner = False
         self._client_owner = False
         if view is None:
+            # As ipyparallel: the default profile's cluster, or a new one started here.
             from .client import Client
 
             self._client_owner = True
-            rc = Client()
-            rc.wait_for_engines(1, timeout=30)
+            try:
+                rc = Client(timeout=1)
+                n = 1
+            except OSError:  # no connection file, or no controller behind it
+                from ..cluster import Cluster
+
+                cluster = self._cluster = Cluster()
+                self._cluster_owner = True
+                cluster.start_cluster_sync()
+                rc = cluster.connect_client_sync()
+                n = cluster.n or 1
+            rc.wait_for_engines(n)
             view = rc.load_balanced_view()
-            # joblib tends to send closures: use cloudpickle when it is available
+            # joblib tends to send closures: cloudpickle (or dill) when available
             try:
                 import cloudpickle  # noqa: F401
             except ImportError:
-                pass
+                try:
+                    import dill  # noqa: F401
+                except ImportError:
+                    pass
+                else:
+                    rc[:].use_dill()
             else:
                 rc[:].use_cloudpickle()
         self._view = view
@@ -42,6 +59,8 @@ class IPythonParallelBackend(AutoBatchingMixin, ParallelBackendBase):
         """Closes the client if this backend made it."""
         if self._client_owner:
             self._view.client.close()
+        if self._cluster_owner:
+            self._cluster.stop_cluster_sync()
 
     def submit(self, func: Callable, callback: Optional[Callable] = None) -> Any:
         """Schedules ``func()`` on the view; returns its AsyncResult (joblib reads it with

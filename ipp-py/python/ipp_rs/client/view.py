@@ -767,19 +767,26 @@ class LoadBalancedView(View):
         time_limit: Any = None,
     ) -> Any:
         check_callable(f)
-        self._check_pure(
-            f,
-            follow if follow is not None else self.follow,
-            after if after is not None else self.after,
-            retries if retries is not None else self.retries,
-            targets if targets is not None else self.targets,
-            timeout if timeout is not None else self.timeout,
-        )
+        if self._task_scheme == "pure":
+            self._check_pure(
+                f,
+                follow if follow is not None else self.follow,
+                after if after is not None else self.after,
+                retries if retries is not None else self.retries,
+                targets if targets is not None else self.targets,
+                timeout if timeout is not None else self.timeout,
+            )
         block = self.block if block is None else block
-        metadata = self._request_metadata(
-            after=after, follow=follow, timeout=timeout, targets=targets, retries=retries,
-            label=label, time_limit=time_limit,
-        )
+        if (
+            after is None and follow is None and timeout is None and targets is None
+            and retries is None and label is None and time_limit is None
+        ):
+            metadata = self._md_cache or self._request_metadata()
+        else:
+            metadata = self._request_metadata(
+                after=after, follow=follow, timeout=timeout, targets=targets,
+                retries=retries, label=label, time_limit=time_limit,
+            )
         bufs = pack_apply(f, args or (), kwargs or {})
         msg_ids = self.client._submit("task", "apply_request", _EMPTY, metadata, bufs)
         self.history.extend(msg_ids)
