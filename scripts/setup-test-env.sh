@@ -17,7 +17,7 @@ PYTHON="${PYTHON:-python3}"
 # numpy, cloudpickle and joblib: buffers without copies, use_cloudpickle and the joblib
 # backend are part of what the ipp_rs tests check (without them those tests would skip).
 REQUIREMENTS=("ipyparallel==9.2.0" "pytest>=7,<9" "pytest-timeout>=2.1" "nx-27017==0.8.1"
-    "maturin>=1.7,<2" "numpy>=1.24,<3" "cloudpickle>=2.2" "joblib>=1.2")
+    "maturin>=1.9,<2" "numpy>=1.24,<3" "cloudpickle>=2.2" "joblib>=1.2")
 STAMP_TEXT="${REQUIREMENTS[*]}"
 STAMP="$VENV/.ipp-test-env"
 IPP_RS_STAMP="$VENV/.ipp-rs-build"
@@ -52,7 +52,7 @@ install_ipp_rs() {
     # benchmarks) reuses the debug artifacts of `cargo build --workspace`: the wheel then
     # adds only pyo3 and ipp-py to the build.
     PATH="$VENV/bin:$PATH" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}" \
-        MATURIN_PEP517_ARGS="${IPP_RS_BUILD_ARGS:---profile dev}" \
+        MATURIN_PEP517_ARGS="${IPP_RS_BUILD_ARGS:---profile dev}" PYO3_BUILD_EXTENSION_MODULE=1 \
         "$VENV/bin/python" -m pip install \
         --disable-pip-version-check --quiet --no-build-isolation --force-reinstall --no-deps \
         "$ROOT/ipp-py" >&2
