@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from ._deps import error
 from ._metadata import (
-    _DATE_FIELDS,
     ExecuteReply,
     Metadata,
     _get_ipython,
