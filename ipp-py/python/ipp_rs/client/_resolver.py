@@ -36,8 +36,10 @@ class Resolver:
         # msg_id -> AsyncResults waiting for it; AsyncResult -> msg_ids it still waits for
         self._waiting: dict[str, list] = {}
         self._pending: dict[Any, set] = {}
-        # dropped results: (msg_ids, deadline, objects to materialize before forgetting)
-        self._released: list[tuple[list, float, list]] = []
+        # msg_ids of dropped results, to forget once answered
+        self._released: list = []
+        # dropped results whose outputs matter: (msg_ids, deadline, objects to materialize)
+        self._released_keep: list[tuple[list, float, list]] = []
         self._thread: threading.Thread | None = None
         self._stopped = False
 
@@ -56,16 +58,39 @@ class Resolver:
         self._wake.set()
 
     def release(self, msg_ids: list, keep_alive: list) -> None:
-        """Forget `msg_ids` in the native client once their replies and outputs are
-        complete; `keep_alive` objects get ``_materialize()`` called just before."""
+        """Lets the native client forget `msg_ids`: those already answered now, the others
+        once answered (until then they stay outstanding, so ``client.wait()`` still waits
+        for them). With `keep_alive` objects (ExecuteReplies, whose metadata is read from
+        the outputs) the ids are forgotten only once their outputs are complete, after
+        calling ``_materialize()`` on those objects."""
         if not msg_ids:
             return
-        with self._lock:
-            if self._stopped:
-                return
-            self._released.append((list(msg_ids), time.monotonic() + _OUTPUT_GRACE, keep_alive))
-            self._ensure_thread()
-        self._wake.set()
+        if keep_alive:
+            with self._lock:
+                if self._stopped:
+                    return
+                self._released_keep.append(
+                    (list(msg_ids), time.monotonic() + _OUTPUT_GRACE, keep_alive)
+                )
+                self._ensure_thread()
+            self._wake.set()
+            return
+        done = self._native.done(msg_ids)
+        if done:
+            self._forget(done)
+        if len(done) < len(msg_ids):
+            finished = set(done)
+            with self._lock:
+                if self._stopped:
+                    return
+                self._released.extend(m for m in msg_ids if m not in finished)
+                self._ensure_thread()
+            self._wake.set()
+
+    def _forget(self, msg_ids: list) -> None:
+        self._native.forget(msg_ids)
+        if self._on_forget is not None:
+            self._on_forget(msg_ids)
 
     def stop(self) -> None:
         """Stops the thread (the client closed): results still watched are resolved now,
@@ -76,6 +101,7 @@ class Resolver:
             self._waiting.clear()
             self._pending.clear()
             self._released.clear()
+            self._released_keep.clear()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -98,7 +124,7 @@ class Resolver:
                 if self._stopped:
                     return
                 ids = list(self._waiting)
-                busy = bool(ids or self._released)
+                busy = bool(ids or self._released or self._released_keep)
             if not busy:
                 self._wake.wait(1.0)
                 self._wake.clear()
@@ -135,22 +161,28 @@ class Resolver:
     def _forget_released(self) -> None:
         with self._lock:
             released, self._released = self._released, []
-        if not released:
+            keeps, self._released_keep = self._released_keep, []
+        if released:
+            done = self._native.done(released)
+            if done:
+                self._forget(done)
+            if len(done) < len(released):
+                finished = set(done)
+                with self._lock:
+                    self._released.extend(m for m in released if m not in finished)
+        if not keeps:
             return
         now = time.monotonic()
-        keep = []
-        for msg_ids, deadline, keep_alive in released:
-            done = self._native.done(msg_ids)
-            if len(done) == len(msg_ids) and (
-                now > deadline or self._native.wait_outputs(msg_ids, 0)
-            ):
+        later = []
+        for msg_ids, deadline, keep_alive in keeps:
+            answered = len(self._native.done(msg_ids)) == len(msg_ids)
+            if answered and (now > deadline or self._native.wait_outputs(msg_ids, 0)):
                 for obj in keep_alive:
                     obj._materialize()
-                self._native.forget(msg_ids)
-                if self._on_forget is not None:
-                    self._on_forget(msg_ids)
+                self._forget(msg_ids)
             else:
-                keep.append((msg_ids, deadline if len(done) == len(msg_ids) else now + _OUTPUT_GRACE, keep_alive))
-        if keep:
+                # the grace period for outputs starts once every reply is in
+                later.append((msg_ids, deadline if answered else now + _OUTPUT_GRACE, keep_alive))
+        if later:
             with self._lock:
-                self._released.extend(keep)
+                self._released_keep.extend(later)
