@@ -337,7 +337,7 @@ class AsyncResult(Future):
             else:
                 self.set_exception(outcome[1])
         except concurrent.futures.InvalidStateError:
-            pass  # cancelled meanwhile
+            self._success = None  # cancelled meanwhile
 
     def _collect_exceptions(self, results: list) -> list:
         """Wraps remote exceptions in a CompositeError (unless return_exceptions)."""
@@ -386,7 +386,7 @@ class AsyncResult(Future):
             return_exceptions = self._return_exceptions
         if self._ready:
             if self._success:
-                return Future.result(self, 0)
+                return self._result
             if return_exceptions and self._raw_results is not None:
                 return self._reconstruct_result(self._raw_results)
             e = Future.exception(self, 0)

@@ -568,15 +568,19 @@ class Client:
         status = content.get("status")
         msg_id = reply.msg_id
         if status == "ok":
-            msg_type = reply.msg_type
-            if msg_type == "apply_reply":
-                bufs = list(reply.buffers)
+            bufs = reply.buffers
+            # An ok apply_reply always carries its serialized result; other replies carry
+            # no buffers (this spares parsing the header for the usual case).
+            if bufs:
                 if msg_id in self._coalescing:
                     values = []
                     while bufs:
                         value, bufs = deserialize_object(bufs)
                         values.append(value)
                     return values
+                return deserialize_object(bufs)[0]
+            msg_type = reply.msg_type
+            if msg_type == "apply_reply":
                 return deserialize_object(bufs)[0]
             if msg_type == "execute_reply":
                 return ExecuteReply(msg_id, content, lambda: build_metadata(self, msg_id))
