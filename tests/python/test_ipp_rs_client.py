@@ -14,10 +14,13 @@ import concurrent.futures
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 
 import pytest
 
+from blockipp import blocking_env
 from ippcluster import client_unavailable, start_cluster
 
 reason = client_unavailable("ipp_rs")
@@ -532,6 +535,46 @@ def test_default_joblib_backend_connects_to_the_default_profile(cluster, rc, mon
         # the default backend switched to cloudpickle, here and on the engines
         rc[:].use_pickle()
     assert got == [0, 1, 2, 3]
+
+
+WITHOUT_IPYPARALLEL = """
+import sys
+import ipp_rs as ipp
+
+rc = ipp.Client(sys.argv[1])
+rc.wait_for_engines(2, timeout=60)
+dv = rc[:]
+dv.block = True
+double = ipp.interactive(lambda x: x * 2)
+assert dv.apply(double, 3) == [6, 6]
+assert rc.load_balanced_view().map_sync(double, range(5)) == [0, 2, 4, 6, 8]
+dv["blob"] = b"y" * 5000
+assert dv["blob"] == [b"y" * 5000] * 2
+dv.scatter("part", list(range(6)))
+assert dv.gather("part") == list(range(6))
+assert dv.execute("print('p')").stdout == ["p\\n", "p\\n"]
+try:
+    dv.apply(ipp.interactive(lambda: 1 / 0))
+except ipp.CompositeError as exc:
+    assert "ZeroDivisionError" in str(exc)
+else:
+    raise SystemExit("no remote error")
+assert "ipyparallel" not in sys.modules, "ipyparallel was imported"
+rc.close()
+print("client ran without ipyparallel")
+"""
+
+
+def test_the_client_needs_no_ipyparallel(cluster, tmp_path):
+    script = tmp_path / "client.py"
+    script.write_text(WITHOUT_IPYPARALLEL)
+    env = blocking_env(tmp_path / "block")
+    run = subprocess.run(
+        [sys.executable, str(script), str(cluster.client_file)],
+        env=env, capture_output=True, text=True, timeout=TIMEOUT * 2,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "client ran without ipyparallel" in run.stdout
 
 
 def test_low_level_sends_and_the_engine_map(rc):
