@@ -132,6 +132,14 @@ class _Shell:
         self.user_global_ns = namespace
 
 
+# The statement every apply runs, compiled once. ipyparallel's kernel compiles
+# `<result> = <f>(*<args>, **<kwargs>)` with names made from the msg_id for each request;
+# compiling (or even copying a code object) per request costs more than the rest of a no-op
+# request, so this one code object reads f, args and kwargs from a locals dict of its own,
+# with the user namespace as its globals (what the called function sees is unchanged).
+_APPLY_CODE = compile("_result = _f(*_args, **_kwargs)", "<ipp_rs apply>", "exec")
+
+
 class Kernel:
     """A persistent namespace (a ``__main__`` module, as IPython's) and the requests run
     in it."""
@@ -159,8 +167,9 @@ class Kernel:
         ``("ok", result_buffers)``, ``("error", ename, evalue, traceback)`` or
         ``("unmet",)``."""
         ns = self.user_ns
-        # ipyparallel's kernel binds f, args and kwargs to temporary names and runs
-        # `result = f(*args, **kwargs)` in the user namespace; so do we.
+        # ipyparallel's kernel binds f, args and kwargs to temporary names in the user
+        # namespace and runs `result = f(*args, **kwargs)` there; so do we (the names are
+        # there while f runs, as with ipyparallel; the call itself is _APPLY_CODE's).
         prefix = f"_{str(msg_id).replace('-', '_')}_"
         fname, argname, kwargname, resultname = (
             prefix + "f",
@@ -174,9 +183,9 @@ class Kernel:
                 temporary = {fname: f, argname: args, kwargname: kwargs, resultname: None}
                 ns.update(temporary)
                 try:
-                    code = f"{resultname} = {fname}(*{argname}, **{kwargname})"
-                    exec(compile(code, "<ipp_rs apply>", "exec"), ns, ns)
-                    result = ns.get(resultname)
+                    call = {"_f": f, "_args": args, "_kwargs": kwargs}
+                    exec(_APPLY_CODE, ns, call)
+                    result = call["_result"]
                 finally:
                     for key in temporary:
                         ns.pop(key, None)
