@@ -29,8 +29,7 @@ import linecache
 import sys
 import traceback
 import types
-from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from .. import util as ipp_rs_util
 from ..serialize import IPYPARALLEL, serialize_object, unpack_apply_message
@@ -45,12 +44,15 @@ _current_sink: Optional[Any] = None
 
 class _StreamWriter(io.TextIOBase):
     """``sys.stdout`` / ``sys.stderr`` while a request runs: each write goes to the
-    request's sink at once (the Rust side merges writes still queued into one message)."""
+    running request's sink at once (the Rust side merges writes still queued into one
+    message). One writer per stream serves every request (as ipykernel's ``OutStream``):
+    a reference kept by user code (a logging handler, ...) writes to whichever request
+    runs when it writes; between requests its writes are dropped."""
 
-    def __init__(self, name: str, sink: Any):
+    def __init__(self, name: str):
         super().__init__()
         self._name = name
-        self._sink = sink
+        self._sink: Optional[Any] = None
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -69,25 +71,41 @@ class _StreamWriter(io.TextIOBase):
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self._sink.stream(self._name, text)
+        sink = self._sink
+        if sink is not None:
+            sink.stream(self._name, text)
         return len(text)
 
     def flush(self) -> None:
         pass
 
 
-@contextmanager
-def _captured(sink: Any) -> Iterator[None]:
-    """Sends stdout and stderr to `sink` for the duration."""
+_writers: dict[str, _StreamWriter] = {}
+
+
+def _writer(name: str) -> _StreamWriter:
+    """The writer of stream `name` (a new one if user code closed the last one)."""
+    writer = _writers.get(name)
+    if writer is None or writer.closed:
+        writer = _writers[name] = _StreamWriter(name)
+    return writer
+
+
+def _capture(sink: Any) -> tuple:
+    """Sends stdout and stderr to `sink` until :func:`_release` is given what this
+    returns (a try/finally, not a context manager: this runs for every request)."""
     global _current_sink
-    saved = sys.stdout, sys.stderr, _current_sink
-    sys.stdout = _StreamWriter("stdout", sink)
-    sys.stderr = _StreamWriter("stderr", sink)
-    _current_sink = sink
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr, _current_sink = saved
+    out, err = _writer("stdout"), _writer("stderr")
+    saved = (sys.stdout, sys.stderr, _current_sink, out, out._sink, err, err._sink)
+    out._sink = err._sink = sink
+    sys.stdout, sys.stderr, _current_sink = out, err, sink
+    return saved
+
+
+def _release(saved: tuple) -> None:
+    """Undoes :func:`_capture`."""
+    global _current_sink
+    sys.stdout, sys.stderr, _current_sink, out, out._sink, err, err._sink = saved
 
 
 def _json_default(value: Any) -> Any:
@@ -177,23 +195,25 @@ class Kernel:
             prefix + "kwargs",
             prefix + "result",
         )
-        with _captured(sink):
+        saved = _capture(sink)
+        try:
+            f, args, kwargs = unpack_apply_message(bufs, ns, copy=False)
+            temporary = {fname: f, argname: args, kwargname: kwargs, resultname: None}
+            ns.update(temporary)
             try:
-                f, args, kwargs = unpack_apply_message(bufs, ns, copy=False)
-                temporary = {fname: f, argname: args, kwargname: kwargs, resultname: None}
-                ns.update(temporary)
-                try:
-                    call = {"_f": f, "_args": args, "_kwargs": kwargs}
-                    exec(_APPLY_CODE, ns, call)
-                    result = call["_result"]
-                finally:
-                    for key in temporary:
-                        ns.pop(key, None)
-                buffers = serialize_object(
-                    result, buffer_threshold=BUFFER_THRESHOLD, item_threshold=ITEM_THRESHOLD
-                )
-            except BaseException as exc:  # noqa: BLE001 - user code may raise anything
-                return self._failure(exc)
+                call = {"_f": f, "_args": args, "_kwargs": kwargs}
+                exec(_APPLY_CODE, ns, call)
+                result = call["_result"]
+            finally:
+                for key in temporary:
+                    ns.pop(key, None)
+            buffers = serialize_object(
+                result, buffer_threshold=BUFFER_THRESHOLD, item_threshold=ITEM_THRESHOLD
+            )
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            return self._failure(exc)
+        finally:
+            _release(saved)
         return ("ok", [b if isinstance(b, bytes) else bytes(b) for b in buffers])
 
     def execute(self, code: str, silent: bool, sink: Any) -> tuple:
@@ -209,27 +229,29 @@ class Kernel:
         # So tracebacks can show the failing line.
         linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
         ns = self.user_ns
-        with _captured(sink):
-            try:
-                tree = ast.parse(code, filename, "exec")
-                last = None
-                tail = tree.body[-1] if tree.body else None
-                if not silent and isinstance(tail, ast.Expr):
-                    tree.body.pop()
-                    last = ast.Expression(tail.value)
-                exec(compile(tree, filename, "exec"), ns, ns)
-                if last is not None:
-                    value = eval(compile(last, filename, "eval"), ns, ns)
-                    if value is not None:
-                        ns["_"] = value
-                        data, metadata = _format(value)
-                        sink.execute_result(
-                            json.dumps(data, default=_json_default),
-                            json.dumps(metadata, default=_json_default),
-                            count,
-                        )
-            except BaseException as exc:  # noqa: BLE001
-                return self._failure(exc)
+        saved = _capture(sink)
+        try:
+            tree = ast.parse(code, filename, "exec")
+            last = None
+            tail = tree.body[-1] if tree.body else None
+            if not silent and isinstance(tail, ast.Expr):
+                tree.body.pop()
+                last = ast.Expression(tail.value)
+            exec(compile(tree, filename, "exec"), ns, ns)
+            if last is not None:
+                value = eval(compile(last, filename, "eval"), ns, ns)
+                if value is not None:
+                    ns["_"] = value
+                    data, metadata = _format(value)
+                    sink.execute_result(
+                        json.dumps(data, default=_json_default),
+                        json.dumps(metadata, default=_json_default),
+                        count,
+                    )
+        except BaseException as exc:  # noqa: BLE001
+            return self._failure(exc)
+        finally:
+            _release(saved)
         return ("ok", count)
 
     def clear(self) -> None:
