@@ -24,10 +24,10 @@ from typing import Any, Optional, Sequence
 from .canning import (
     IPYPARALLEL,
     IPYPARALLEL_MODULE_ALIASES,
+    CannedFunction,
     CannedObject,
+    _original_uncan_map,
     can,
-    can_sequence,
-    istype,
     sequence_types,
     uncan,
     uncan_sequence,
@@ -101,6 +101,30 @@ def _restore_buffers(obj: Any, buffers: list) -> None:
                 obj.buffers[i] = buffers.pop(0)
 
 
+# `can` walks every key of can_map for each object; most objects (None, numbers,
+# strings, ...) match none and come back as they are. _can answers those from one lookup,
+# as long as every key of can_map is a type (a string key is imported by `can` first; a
+# tuple key matches several types): checked again whenever the keys change.
+_can_globals = can.__globals__
+_can_keys: list = [None, False]  # [the keys of can_map last seen, are they all types]
+
+
+def _can(obj: Any) -> Any:
+    """``can(obj)``, without walking can_map when no key of it is ``type(obj)``."""
+    can_map = _can_globals["can_map"]
+    keys = tuple(can_map)
+    if keys != _can_keys[0]:
+        _can_keys[0] = keys
+        _can_keys[1] = all(isinstance(key, type) for key in keys)
+    if _can_keys[1] and type(obj) not in can_map:
+        return obj
+    return can(obj)
+
+
+# A function that returns nothing returns None: its pickle, made once.
+_NONE_PICKLE = _stdlib_pickle.dumps(None, PICKLE_PROTOCOL)
+
+
 def serialize_object(
     obj: Any, buffer_threshold: int = MAX_BYTES, item_threshold: int = MAX_ITEMS
 ) -> list:
@@ -116,23 +140,29 @@ def serialize_object(
     item_threshold : int
         Containers with at least this many items are pickled without canning their items.
     """
+    if obj is None and pickle is _stdlib_pickle and _can(None) is None:
+        return [_NONE_PICKLE]  # what the general case below makes of None, made once
     if isinstance(obj, _PREPICKLED_TYPES):
         return obj.buffers[:]
-    buffers: list = []
-    if istype(obj, sequence_types) and len(obj) < item_threshold:
-        cobj = can_sequence(obj)
+    buffers: list = [None]
+    kind = type(obj)
+    if kind in sequence_types and len(obj) < item_threshold:
+        cobj = kind([_can(item) for item in obj])
         for c in cobj:
-            buffers.extend(_extract_buffers(c, buffer_threshold))
-    elif istype(obj, dict) and len(obj) < item_threshold:
+            if isinstance(c, CannedObject):
+                buffers.extend(_extract_buffers(c, buffer_threshold))
+    elif kind is dict and len(obj) < item_threshold:
         cobj = {}
         for k in sorted(obj):
-            c = can(obj[k])
-            buffers.extend(_extract_buffers(c, buffer_threshold))
+            c = _can(obj[k])
+            if isinstance(c, CannedObject):
+                buffers.extend(_extract_buffers(c, buffer_threshold))
             cobj[k] = c
     else:
-        cobj = can(obj)
-        buffers.extend(_extract_buffers(cobj, buffer_threshold))
-    buffers.insert(0, pickle.dumps(cobj, PICKLE_PROTOCOL))
+        cobj = _can(obj)
+        if isinstance(cobj, CannedObject):
+            buffers.extend(_extract_buffers(cobj, buffer_threshold))
+    buffers[0] = pickle.dumps(cobj, PICKLE_PROTOCOL)
     return buffers
 
 
@@ -187,6 +217,62 @@ def _loads(data: Any) -> Any:
     return _compat_loads(data)
 
 
+# Pickles of plain functions, by their bytes, and what they unpickle to: a client sends
+# the same function again and again, and unpickling its code object is most of the cost of
+# reading a small request. Only a CannedFunction with nothing a call could change (no
+# defaults, keyword defaults, annotations, closure or buffers) is kept: each request still
+# gets a new function from it (uncan), as if the pickle had been read again.
+_FUNCTION_MEMO: dict = {}
+_FUNCTION_MEMO_ENTRIES = 64
+_FUNCTION_MEMO_MAX_BYTES = 64 * 1024
+_PLAIN_FUNCTION_ATTRS = frozenset(
+    ("code", "defaults", "kwdefaults", "annotations", "closure", "module", "__name__", "buffers")
+)
+
+
+def _loads_canned(data: Any) -> Any:
+    """``_loads(data)``, from :data:`_FUNCTION_MEMO` when `data` pickles a plain function."""
+    try:
+        canned = _FUNCTION_MEMO.get(data)
+    except TypeError:  # an unhashable buffer (writable memoryview, bytearray)
+        return _loads(data)
+    if canned is not None:
+        return canned
+    canned = _loads(data)
+    if (
+        type(canned) is CannedFunction
+        and not (
+            canned.defaults
+            or canned.kwdefaults
+            or canned.annotations
+            or canned.closure
+            or canned.buffers
+        )
+        and _PLAIN_FUNCTION_ATTRS.issuperset(vars(canned))
+        and _nbytes(data) <= _FUNCTION_MEMO_MAX_BYTES
+    ):
+        if len(_FUNCTION_MEMO) >= _FUNCTION_MEMO_ENTRIES:
+            _FUNCTION_MEMO.clear()
+        _FUNCTION_MEMO[bytes(data)] = canned
+    return canned
+
+
+_uncan_globals = uncan.__globals__
+_DEFAULT_UNCANNER = _original_uncan_map.get(CannedObject)
+
+
+def _uncan(obj: Any, g: Optional[dict]) -> Any:
+    """``uncan(obj, g)``; for a CannedFunction, ``obj.get_object(g)`` called directly when
+    that is what `uncan` would call (the first key of uncan_map is CannedObject, mapped to
+    its default uncanner), without `uncan`'s walk over uncan_map."""
+    if type(obj) is CannedFunction:
+        uncan_map = _uncan_globals["uncan_map"]
+        first = next(iter(uncan_map), None)
+        if first is CannedObject and uncan_map[first] is _DEFAULT_UNCANNER:
+            return obj.get_object(g)
+    return uncan(obj, g)
+
+
 def deserialize_object(buffers: Sequence[Any], g: Optional[dict] = None) -> tuple[Any, list]:
     """Rebuilds an object serialized by :func:`serialize_object`.
 
@@ -201,20 +287,22 @@ def deserialize_object(buffers: Sequence[Any], g: Optional[dict] = None) -> tupl
     """
     bufs = list(buffers)
     pobj = bufs.pop(0)
-    canned = _loads(pobj)
-    if istype(canned, sequence_types) and len(canned) < MAX_ITEMS:
+    canned = _loads_canned(pobj)
+    kind = type(canned)
+    if kind in sequence_types and len(canned) < MAX_ITEMS:
         for c in canned:
             _restore_buffers(c, bufs)
         newobj = uncan_sequence(canned, g)
-    elif istype(canned, dict) and len(canned) < MAX_ITEMS:
+    elif kind is dict and len(canned) < MAX_ITEMS:
         newobj = {}
         for k in sorted(canned):
             c = canned[k]
             _restore_buffers(c, bufs)
             newobj[k] = uncan(c, g)
     else:
-        _restore_buffers(canned, bufs)
-        newobj = uncan(canned, g)
+        if isinstance(canned, CannedObject):
+            _restore_buffers(canned, bufs)
+        newobj = _uncan(canned, g)
     return newobj, bufs
 
 
@@ -248,6 +336,42 @@ def pack_apply_message(
     return msg
 
 
+# The info pickles of apply requests ({"nargs", "narg_bufs", "kw_keys"}), by their bytes, as
+# (nargs, narg_bufs, kw_keys): a handful of distinct ones cover most requests.
+_INFO_MEMO: dict = {}
+_INFO_MEMO_ENTRIES = 64
+_INFO_KEYS = frozenset(("nargs", "narg_bufs", "kw_keys"))
+
+
+def _apply_info(data: Any) -> tuple[Any, Any, Any]:
+    """``(nargs, narg_bufs, kw_keys)`` of an apply request's info pickle."""
+    try:
+        found = _INFO_MEMO.get(data)
+    except TypeError:  # an unhashable buffer
+        found = None
+    if found is not None:
+        return found
+    info = _loads(data)
+    found = (info["nargs"], info["narg_bufs"], info["kw_keys"])
+    nargs, narg_bufs, kw_keys = found
+    if (
+        type(info) is dict
+        and info.keys() == _INFO_KEYS
+        and type(nargs) is int
+        and type(narg_bufs) is int
+        and type(kw_keys) is list
+        and all(type(key) is str for key in kw_keys)
+        and len(kw_keys) <= MAX_ITEMS
+    ):
+        if len(_INFO_MEMO) >= _INFO_MEMO_ENTRIES:
+            _INFO_MEMO.clear()
+        try:
+            _INFO_MEMO[bytes(data)] = (nargs, narg_bufs, tuple(kw_keys))
+        except TypeError:
+            pass
+    return found
+
+
 def unpack_apply_message(
     bufs: Sequence[Any], g: Optional[dict] = None, copy: bool = True
 ) -> tuple[Any, tuple, dict]:
@@ -257,16 +381,18 @@ def unpack_apply_message(
     if len(bufs) < 2:
         raise ValueError(f"an apply message has at least 2 buffers, got {len(bufs)}")
     f, bufs = deserialize_object(bufs, g)
-    info = _loads(bufs.pop(0))
-    arg_bufs, kwarg_bufs = bufs[: info["narg_bufs"]], bufs[info["narg_bufs"] :]
+    nargs, narg_bufs, kw_keys = _apply_info(bufs.pop(0))
+    if not bufs and not nargs and not kw_keys:
+        return f, (), {}  # f() (the info pickle said so; nothing is left over)
+    arg_bufs, kwarg_bufs = bufs[:narg_bufs], bufs[narg_bufs:]
     args_list = []
-    for _ in range(info["nargs"]):
+    for _ in range(nargs):
         arg, arg_bufs = deserialize_object(arg_bufs, g)
         args_list.append(arg)
     if arg_bufs:
         raise ValueError(f"{len(arg_bufs)} argument buffers left over in an apply message")
     kwargs = {}
-    for key in info["kw_keys"]:
+    for key in kw_keys:
         kwarg, kwarg_bufs = deserialize_object(kwarg_bufs, g)
         kwargs[key] = kwarg
     if kwarg_bufs:
