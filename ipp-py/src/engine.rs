@@ -13,9 +13,12 @@ use ipp_core::protocol::{EngineConnectionInfo, JsonMap, RemoteError};
 use ipp_core::transport::Transport;
 use ipp_transport_zmq::ZmqTransport;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use serde_json::json;
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::executor::{Event, Interrupts, Job, PythonExecutor};
 use crate::runtime::runtime;
@@ -23,6 +26,10 @@ use crate::sink::OutputSink;
 
 /// Jobs queued for the Python thread at most (one request plus clears).
 const JOB_QUEUE: usize = 64;
+
+/// Result `bytes` from this size on are sent without a copy (smaller ones are copied: that
+/// is cheaper than keeping the Python object alive until the frame is sent).
+const ZERO_COPY_MIN: usize = 64 * 1024;
 
 /// How long the Python thread waits for a job before it checks for signals and for the
 /// engine having stopped.
@@ -189,7 +196,7 @@ impl PyEngine {
     fn run_job(&self, py: Python<'_>, kernel: &Bound<'_, PyAny>, job: Job) {
         let (events, outcome) = match job {
             Job::Clear => {
-                if let Err(err) = kernel.call_method0("clear") {
+                if let Err(err) = kernel.call_method0(intern!(py, "clear")) {
                     tracing::error!(error = %err, "the kernel failed to clear its namespace");
                 }
                 return;
@@ -201,7 +208,7 @@ impl PyEngine {
             } => {
                 let outcome = self.call_kernel(py, &events, |sink| {
                     let buffers = PyList::new(py, buffers.iter().map(|b| PyBytes::new(py, b)))?;
-                    kernel.call_method1("apply", (msg_id, buffers, sink))
+                    kernel.call_method1(intern!(py, "apply"), (msg_id, buffers, sink))
                 });
                 (events, outcome.and_then(|reply| apply_outcome(&reply)))
             }
@@ -211,14 +218,19 @@ impl PyEngine {
                 events,
             } => {
                 let outcome = self.call_kernel(py, &events, |sink| {
-                    kernel.call_method1("execute", (code, silent, sink))
+                    kernel.call_method1(intern!(py, "execute"), (code, silent, sink))
                 });
                 (events, outcome.and_then(|reply| execute_outcome(&reply)))
             }
         };
         let outcome = outcome.unwrap_or_else(|err| python_error(py, &err));
-        // The publisher task may be waiting for room; never wait for it with the GIL.
-        if py.detach(|| events.blocking_send(Event::Done(outcome)).is_err()) {
+        let dropped = match events.try_send(Event::Done(outcome)) {
+            Ok(()) => false,
+            // The publisher task is behind on output: wait for room, never with the GIL.
+            Err(TrySendError::Full(done)) => py.detach(|| events.blocking_send(done).is_err()),
+            Err(TrySendError::Closed(_)) => true,
+        };
+        if dropped {
             tracing::debug!("reply dropped: the engine stopped while the request ran");
         }
     }
@@ -267,7 +279,7 @@ fn failure(reply: &Bound<'_, PyTuple>) -> PyResult<Option<Outcome>> {
     }
 }
 
-/// `("ok", [bytes, ...])` → the reply buffers.
+/// `("ok", [buffer, ...])` → the reply buffers (each copied once).
 fn apply_outcome(reply: &Bound<'_, PyAny>) -> PyResult<Outcome> {
     let reply = reply.cast::<PyTuple>()?;
     if let Some(outcome) = failure(reply)? {
@@ -276,14 +288,31 @@ fn apply_outcome(reply: &Bound<'_, PyAny>) -> PyResult<Outcome> {
     let items = reply.get_item(1)?;
     let mut buffers = Vec::new();
     for item in items.try_iter()? {
-        let item = item?;
-        let bytes = item.cast::<PyBytes>()?;
-        buffers.push(Bytes::copy_from_slice(bytes.as_bytes()));
+        buffers.push(buffer_bytes(&item?)?);
     }
     Ok(Outcome::Ok {
         content: JsonMap::new(),
         buffers,
     })
+}
+
+/// The bytes of `item`: `bytes`, or any object with the buffer protocol (`memoryview`,
+/// `bytearray`, a numpy array, ...) read as `bytes(item)` reads it (C order). Small ones
+/// are copied into the frame; from [`ZERO_COPY_MIN`] bytes on, the frame keeps a `bytes`
+/// object alive instead: `item` itself, or the one copy `bytes(item)` makes.
+fn buffer_bytes(item: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    let bytes = match item.cast::<PyBytes>() {
+        Ok(bytes) => bytes.clone(),
+        Err(_) => item
+            .py()
+            .get_type::<PyBytes>()
+            .call1((item,))?
+            .cast_into::<PyBytes>()?,
+    };
+    if bytes.as_bytes().len() < ZERO_COPY_MIN {
+        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
+    }
+    Ok(Bytes::from_owner(PyBackedBytes::from(bytes)))
 }
 
 /// `("ok", execution_count)` → the reply content's `execution_count`.

@@ -214,7 +214,8 @@ class Kernel:
             return self._failure(exc)
         finally:
             _release(saved)
-        return ("ok", [b if isinstance(b, bytes) else bytes(b) for b in buffers])
+        # Any buffers (bytes, memoryviews of arrays, ...): the engine copies them once.
+        return ("ok", buffers)
 
     def execute(self, code: str, silent: bool, sink: Any) -> tuple:
         """Runs a code string; when not `silent`, counts it, publishes ``execute_input``
