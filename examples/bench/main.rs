@@ -75,6 +75,10 @@ struct Args {
     /// Internal (with `--serve-controller`): where the SQLite file goes.
     #[arg(long, hide = true)]
     store_dir: Option<PathBuf>,
+    /// The controller child's tokio runtime: `current` (one thread, as `ipcontroller` runs)
+    /// or `multi` (a worker per CPU).
+    #[arg(long, default_value = "current")]
+    controller_runtime: String,
 }
 
 /// What the controller child prints: how to connect to it.
@@ -111,16 +115,17 @@ async fn memory_table(args: &Args, dir: &Path) -> Result<()> {
     let window = args.window.max(1);
     let rounds = args.memory_tasks.div_ceil(window);
     println!(
-        "\n| store | controller RSS after warm-up | after {} tasks | after {} | after {} | tasks/s |\n|---|---|---|---|---|---|",
+        "\n| store | controller RSS after warm-up | after {} tasks | after {} | after {} | tasks/s | controller CPU per task |\n|---|---|---|---|---|---|---|",
         window,
         (rounds / 2).max(1) * window,
         rounds * window,
     );
     for name in &args.memory_stores {
-        let cluster = Cluster::start(name, 1, args.engines, dir).await?;
+        let cluster = Cluster::start(args, name, 1, dir).await?;
         no_op_map(&cluster.client, 1_000.min(window)).await?;
         let warm = cluster.controller.rss_mib();
         let (mut first, mut middle) = (f64::NAN, f64::NAN);
+        let cpu_before = cluster.controller.cpu();
         let t = Instant::now();
         for round in 1..=rounds {
             no_op_map(&cluster.client, window).await?;
@@ -132,9 +137,13 @@ async fn memory_table(args: &Args, dir: &Path) -> Result<()> {
             }
         }
         let rate = (rounds * window) as f64 / t.elapsed().as_secs_f64();
+        let cpu = cluster
+            .controller
+            .cpu()
+            .per_task_since(cpu_before, rounds * window);
         let last = cluster.controller.rss_mib();
         println!(
-            "| {name} | {warm:.0} MiB | {first:.0} MiB | {middle:.0} MiB | {last:.0} MiB | {rate:.0} |"
+            "| {name} | {warm:.0} MiB | {first:.0} MiB | {middle:.0} MiB | {last:.0} MiB | {rate:.0} | {cpu} |"
         );
         cluster.stop().await?;
     }
@@ -149,7 +158,7 @@ struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    async fn start(store: &str, hwm: usize, dir: &Path) -> Result<Self> {
+    async fn start(store: &str, hwm: usize, dir: &Path, runtime: &str) -> Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .args([
                 "--serve-controller",
@@ -157,6 +166,8 @@ impl ControllerProcess {
                 store,
                 "--hwm",
                 &hwm.to_string(),
+                "--controller-runtime",
+                runtime,
             ])
             .arg("--store-dir")
             .arg(dir)
@@ -181,6 +192,11 @@ impl ControllerProcess {
         rss_mib_of(&format!("/proc/{}/status", self.child.id()))
     }
 
+    /// CPU time the controller process has used so far.
+    fn cpu(&self) -> CpuTime {
+        CpuTime::of(&format!("/proc/{}/stat", self.child.id()))
+    }
+
     async fn stop(mut self) -> Result<()> {
         drop(self.stdin.take());
         let status = tokio::task::spawn_blocking(move || self.child.wait()).await??;
@@ -201,9 +217,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    async fn start(store: &str, hwm: usize, engines: usize, dir: &Path) -> Result<Self> {
+    async fn start(args: &Args, store: &str, hwm: usize, dir: &Path) -> Result<Self> {
+        let engines = args.engines;
         let transport = Arc::new(ZmqTransport::new());
-        let controller = ControllerProcess::start(store, hwm, dir).await?;
+        let controller =
+            ControllerProcess::start(store, hwm, dir, &args.controller_runtime).await?;
         let executor = RustExecutor::new();
         executor.register_infallible("noop", |(): ()| ());
         let executor = Arc::new(executor);
@@ -246,6 +264,43 @@ fn rss_mib_of(status_file: &str) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// CPU time a process has used, in seconds: (user, system), every thread.
+#[derive(Clone, Copy, Debug)]
+struct CpuTime {
+    user: f64,
+    system: f64,
+}
+
+impl CpuTime {
+    /// Reads `/proc/<pid>/stat` (Linux reports CPU time in clock ticks of `USER_HZ`, which
+    /// is 100 on every Linux ABI we run on).
+    fn of(stat_file: &str) -> Self {
+        const USER_HZ: f64 = 100.0;
+        let ticks = std::fs::read_to_string(stat_file).ok().and_then(|stat| {
+            // The command name (field 2) may contain spaces: fields are counted after ')'.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime, stime))
+        });
+        let (user, system) = ticks.unwrap_or((f64::NAN, f64::NAN));
+        Self {
+            user: user / USER_HZ,
+            system: system / USER_HZ,
+        }
+    }
+
+    /// The CPU time used since `earlier`, per task, as a table cell: total (user + system).
+    fn per_task_since(self, earlier: Self, tasks: usize) -> String {
+        let per = |now: f64, then: f64| (now - then) / tasks as f64 * 1e6;
+        let user = per(self.user, earlier.user);
+        let system = per(self.system, earlier.system);
+        format!("{:.0} µs ({user:.0} user + {system:.0} sys)", user + system)
+    }
+}
+
 fn median_micros(mut samples: Vec<Duration>) -> f64 {
     samples.sort();
     samples[samples.len() / 2].as_secs_f64() * 1e6
@@ -269,7 +324,7 @@ async fn no_op_map(client: &Client, tasks: usize) -> Result<f64> {
 async fn latency_and_bandwidth(args: &Args) -> Result<Vec<(String, String)>> {
     let mut rows = Vec::new();
     let dir = tempfile::tempdir()?;
-    let cluster = Cluster::start("nodb", 1, args.engines, dir.path()).await?;
+    let cluster = Cluster::start(args, "nodb", 1, dir.path()).await?;
     let client = &cluster.client;
     let one = client.direct_view(&client.ids()[..1]);
     let lb = client.load_balanced_view();
@@ -334,12 +389,27 @@ async fn store(name: &str, dir: &Path) -> Result<Arc<dyn Store>> {
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let mut args = Args::parse();
+fn main() -> Result<()> {
+    let args = Args::parse();
     if args.serve_controller {
-        return serve_controller(&args).await;
+        let runtime = match args.controller_runtime.as_str() {
+            "current" => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            "multi" => tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?,
+            other => bail!("unknown --controller-runtime {other:?}: use current or multi"),
+        };
+        return runtime.block_on(serve_controller(&args));
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(mut args: Args) -> Result<()> {
     if args.quick {
         args.tasks = args.tasks.min(5_000);
         args.latency = args.latency.min(200);
@@ -362,18 +432,25 @@ async fn main() -> Result<()> {
     }
 
     println!(
-        "\n| store | hwm | {} no-op LB tasks | controller RSS before → after |\n|---|---|---|---|",
+        "\n| store | hwm | {} no-op LB tasks | controller CPU per task | controller RSS before → after |\n|---|---|---|---|---|",
         args.tasks
     );
     let dir = tempfile::tempdir()?;
     for name in &args.stores {
         for hwm in [1, 0] {
-            let cluster = Cluster::start(name, hwm, args.engines, dir.path()).await?;
+            let cluster = Cluster::start(&args, name, hwm, dir.path()).await?;
             no_op_map(&cluster.client, 1_000.min(args.tasks)).await?; // warm up
             let before = cluster.controller.rss_mib();
+            let cpu_before = cluster.controller.cpu();
             let rate = no_op_map(&cluster.client, args.tasks).await?;
+            let cpu = cluster
+                .controller
+                .cpu()
+                .per_task_since(cpu_before, args.tasks);
             let after = cluster.controller.rss_mib();
-            println!("| {name} | {hwm} | {rate:.0} tasks/s | {before:.0} → {after:.0} MiB |");
+            println!(
+                "| {name} | {hwm} | {rate:.0} tasks/s | {cpu} | {before:.0} → {after:.0} MiB |"
+            );
             cluster.stop().await?;
             if name == "sqlite" {
                 std::fs::remove_file(dir.path().join("tasks.db")).ok();
