@@ -7,8 +7,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
-use rand::seq::IteratorRandom;
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -99,34 +98,70 @@ impl fmt::Debug for SigningKey {
     }
 }
 
-/// The signatures a session has accepted, to reject replayed messages.
+/// A remembered signature. Signatures are copied out of the received frame: a `Bytes`
+/// clone would keep the whole receive buffer it was sliced from alive (kilobytes per
+/// message, for as long as the signature is remembered).
 ///
-/// Signatures are copied out of the received frame: a `Bytes` clone would keep the whole
-/// receive buffer it was sliced from alive (kilobytes per message, for as long as the
-/// signature is remembered).
+/// An HMAC-SHA256 hex signature (every signature a keyed session accepts) is kept as its
+/// first 128 bits: 16 bytes inline, no allocation, a small table. Two different messages
+/// share them with probability 2⁻¹²⁸ per pair (and nobody without the key can make them
+/// share), while a replay, byte for byte the same, always matches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Signature {
+    Sha256Prefix(u128),
+    Other(Box<[u8]>),
+}
+
+impl Signature {
+    fn new(signature: &[u8]) -> Self {
+        // Lowercase hex only, as `SigningKey::sign` writes it: "AB" and "ab" are different
+        // frames and must not be taken for each other.
+        let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+        if signature.len() == 64 && signature.iter().all(lower_hex) {
+            let nibble = |b: u8| {
+                u128::from(if b.is_ascii_digit() {
+                    b - b'0'
+                } else {
+                    b - b'a' + 10
+                })
+            };
+            let prefix = signature[..32]
+                .iter()
+                .fold(0u128, |prefix, &b| (prefix << 4) | nibble(b));
+            return Self::Sha256Prefix(prefix);
+        }
+        Self::Other(signature.into())
+    }
+}
+
+/// The signatures a session has accepted, to reject replayed messages.
 #[derive(Debug, Default)]
 struct DigestHistory {
-    seen: HashSet<Box<[u8]>>,
+    seen: HashSet<Signature>,
 }
 
 impl DigestHistory {
     /// Records a signature; false if it was seen before.
     fn insert(&mut self, signature: &[u8]) -> bool {
-        if self.seen.contains(signature) {
+        if !self.seen.insert(Signature::new(signature)) {
             return false;
         }
-        self.seen.insert(signature.into());
         if self.seen.len() > DIGEST_HISTORY_SIZE {
             // As jupyter_client does: forget a random tenth, so the set stays bounded.
+            // Selection sampling: each entry goes with probability (still to remove) /
+            // (still to visit), which removes exactly that many, uniformly, in one pass and
+            // without copying any entry.
             let mut rng = rand::thread_rng();
-            let doomed: Vec<Box<[u8]>> = self
-                .seen
-                .iter()
-                .cloned()
-                .choose_multiple(&mut rng, DIGEST_HISTORY_SIZE / 10);
-            for signature in doomed {
-                self.seen.remove(&signature);
-            }
+            let mut to_remove = DIGEST_HISTORY_SIZE / 10;
+            let mut to_visit = self.seen.len();
+            self.seen.retain(|_| {
+                let remove = rng.gen_range(0..to_visit) < to_remove;
+                to_visit -= 1;
+                if remove {
+                    to_remove -= 1;
+                }
+                !remove
+            });
         }
         true
     }
@@ -371,6 +406,28 @@ mod tests {
         for i in 0..(DIGEST_HISTORY_SIZE + 1) {
             assert!(history.insert(&Bytes::from(i.to_string())));
         }
-        assert!(history.seen.len() <= DIGEST_HISTORY_SIZE);
+        assert_eq!(
+            history.seen.len(),
+            DIGEST_HISTORY_SIZE + 1 - DIGEST_HISTORY_SIZE / 10
+        );
+        // Hex HMACs (kept as a prefix) and other signatures are both remembered.
+        let hex = [b'a'; 64];
+        assert!(history.insert(&hex));
+        assert!(!history.insert(&hex));
+        let mut upper = hex;
+        upper[0] = b'A';
+        assert!(
+            history.insert(&upper),
+            "case matters: these are different frames"
+        );
+        let mut other_tail = hex;
+        other_tail[63] = b'b';
+        assert_eq!(
+            Signature::new(&other_tail),
+            Signature::new(&hex),
+            "only the first 128 bits of a hex HMAC are kept"
+        );
+        assert!(history.insert(b"short"));
+        assert!(!history.insert(b"short"));
     }
 }
