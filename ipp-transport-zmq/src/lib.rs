@@ -2,6 +2,7 @@
 
 mod address;
 mod connector;
+mod direct;
 mod error;
 mod raw;
 mod router;
@@ -53,10 +54,18 @@ impl Transport for ZmqTransport {
         })?;
         raw.subscribe(&options.subscriptions).await?;
         let bound = endpoint.to_string();
+        let span = tracing::info_span!("zmq_socket", socket = %kind, address = %bound);
+        // ROUTER, PUB and SUB go direct: no driving task between the user and the socket.
+        let raw = match direct::bound(kind, bound.clone(), raw, options.subscriptions.clone()) {
+            Ok(socket) => {
+                span.in_scope(|| tracing::info!("bound"));
+                return Ok(socket);
+            }
+            Err(raw) => raw,
+        };
         let (socket, ends) = Socket::new(kind, bound.clone(), options.queue_capacity);
         let (send, recv) = raw.split();
         let mut driver = Driver::new(kind, ends, options.subscriptions);
-        let span = tracing::info_span!("zmq_socket", socket = %kind, address = %bound);
         span.in_scope(|| tracing::info!("bound"));
         tokio::spawn(
             async move {

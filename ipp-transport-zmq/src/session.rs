@@ -97,7 +97,7 @@ async fn send_loop(
     send: &mut SendHalf,
     outgoing: &mut mpsc::Receiver<Frames>,
     pending: &mut Option<Frames>,
-    unknown_peers: &mut UnknownPeers,
+    unknown_peers: &UnknownPeers,
 ) -> Outcome {
     loop {
         let frames = match pending.take() {
@@ -181,7 +181,7 @@ async fn recv_loop(
 
 /// ZeroMQ's SUB rule: the first frame starts with one of the subscribed prefixes. The
 /// publisher filters too; this keeps the contract when several publishers are connected.
-fn subscribed(subscriptions: &[Bytes], frames: &Frames) -> bool {
+pub(crate) fn subscribed(subscriptions: &[Bytes], frames: &Frames) -> bool {
     let topic = frames.first().map(Bytes::as_ref).unwrap_or_default();
     subscriptions.iter().any(|prefix| topic.starts_with(prefix))
 }

@@ -161,6 +161,44 @@ struct CloseOnDrop {
     _stop: oneshot::Sender<()>,
 }
 
+/// The sending side of a socket that a transport drives without a task of its own: a send
+/// goes straight into the transport, with no queue and no task switch in between.
+///
+/// # Contract
+/// As [`SocketSender::send`] and [`SocketSender::try_send`] (which check the socket kind
+/// before calling these).
+#[async_trait]
+pub trait DirectSend: fmt::Debug + Send + Sync + 'static {
+    /// Hands one message to the transport, waiting while it has no room.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the socket is closed.
+    async fn send(&self, frames: Frames) -> Result<()>;
+
+    /// Hands one message to the transport if it has room now.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] (with a zero duration) when it has no room; [`Error::Closed`] when
+    /// the socket is closed.
+    fn try_send(&self, frames: Frames) -> Result<()>;
+}
+
+/// The receiving side of a socket that a transport drives without a task of its own.
+#[async_trait]
+pub trait DirectRecv: fmt::Debug + Send + Sync + 'static {
+    /// Waits for the next message.
+    ///
+    /// # Cancel safety
+    /// Must be cancel-safe: a message is either returned or left for the next call.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the socket is closed.
+    async fn recv(&mut self) -> Result<Frames>;
+
+    /// The next message if one is ready now.
+    fn try_recv(&mut self) -> Option<Frames>;
+}
+
 /// An open socket: a bounded queue to send through and one to receive from.
 #[derive(Debug)]
 pub struct Socket {
@@ -197,14 +235,14 @@ impl Socket {
             address,
             sender: SocketSender {
                 kind,
-                queue: out_tx,
+                path: SendPath::Queue(out_tx),
                 label: Arc::clone(&label),
-                _guard: Arc::clone(&guard),
+                _guard: Some(Arc::clone(&guard)),
             },
             receiver: SocketReceiver {
-                queue: in_rx,
+                path: RecvPath::Queue(in_rx),
                 label,
-                _guard: guard,
+                _guard: Some(guard),
             },
         };
         let ends = SocketTaskEnds {
@@ -213,6 +251,34 @@ impl Socket {
             stop: stop_rx,
         };
         (socket, ends)
+    }
+
+    /// Creates a socket the transport drives directly: sends and receives call into the
+    /// transport in the caller's task (no queue, no driving task). The transport keeps the
+    /// contract of the [module documentation](self); the socket closes when both halves
+    /// are dropped.
+    pub fn direct(
+        kind: SocketKind,
+        address: String,
+        send: Arc<dyn DirectSend>,
+        recv: Box<dyn DirectRecv>,
+    ) -> Self {
+        let label: Arc<str> = Arc::from(format!("{kind} {address}"));
+        Self {
+            kind,
+            address,
+            sender: SocketSender {
+                kind,
+                path: SendPath::Direct(send),
+                label: Arc::clone(&label),
+                _guard: None,
+            },
+            receiver: SocketReceiver {
+                path: RecvPath::Direct(recv),
+                label,
+                _guard: None,
+            },
+        }
     }
 
     /// The socket's kind.
@@ -252,13 +318,22 @@ impl Socket {
     }
 }
 
+/// Where a [`SocketSender`] puts messages.
+#[derive(Clone, Debug)]
+enum SendPath {
+    /// The queue a driving task drains.
+    Queue(mpsc::Sender<Frames>),
+    /// Straight into the transport.
+    Direct(Arc<dyn DirectSend>),
+}
+
 /// The sending half of a [`Socket`]; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SocketSender {
     kind: SocketKind,
-    queue: mpsc::Sender<Frames>,
+    path: SendPath,
     label: Arc<str>,
-    _guard: Arc<CloseOnDrop>,
+    _guard: Option<Arc<CloseOnDrop>>,
 }
 
 impl SocketSender {
@@ -274,9 +349,12 @@ impl SocketSender {
                 implementer: "SUB socket",
             });
         }
-        self.queue.send(frames).await.map_err(|_| Error::Closed {
-            what: self.label.to_string(),
-        })
+        match &self.path {
+            SendPath::Queue(queue) => queue.send(frames).await.map_err(|_| Error::Closed {
+                what: self.label.to_string(),
+            }),
+            SendPath::Direct(direct) => direct.send(frames).await,
+        }
     }
 
     /// Queues one message if there is room now.
@@ -291,24 +369,36 @@ impl SocketSender {
                 implementer: "SUB socket",
             });
         }
-        self.queue.try_send(frames).map_err(|err| match err {
-            mpsc::error::TrySendError::Full(_) => Error::Timeout {
-                what: "room in the send queue",
-                after: Duration::ZERO,
-            },
-            mpsc::error::TrySendError::Closed(_) => Error::Closed {
-                what: self.label.to_string(),
-            },
-        })
+        match &self.path {
+            SendPath::Queue(queue) => queue.try_send(frames).map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => Error::Timeout {
+                    what: "room in the send queue",
+                    after: Duration::ZERO,
+                },
+                mpsc::error::TrySendError::Closed(_) => Error::Closed {
+                    what: self.label.to_string(),
+                },
+            }),
+            SendPath::Direct(direct) => direct.try_send(frames),
+        }
     }
+}
+
+/// Where a [`SocketReceiver`] takes messages from.
+#[derive(Debug)]
+enum RecvPath {
+    /// The queue a driving task fills.
+    Queue(mpsc::Receiver<Frames>),
+    /// Straight from the transport.
+    Direct(Box<dyn DirectRecv>),
 }
 
 /// The receiving half of a [`Socket`].
 #[derive(Debug)]
 pub struct SocketReceiver {
-    queue: mpsc::Receiver<Frames>,
+    path: RecvPath,
     label: Arc<str>,
-    _guard: Arc<CloseOnDrop>,
+    _guard: Option<Arc<CloseOnDrop>>,
 }
 
 impl SocketReceiver {
@@ -320,7 +410,11 @@ impl SocketReceiver {
     /// # Errors
     /// [`Error::Closed`] when the socket's task has stopped.
     pub async fn recv(&mut self) -> Result<Frames> {
-        self.queue.recv().await.ok_or_else(|| Error::Closed {
+        let received = match &mut self.path {
+            RecvPath::Queue(queue) => queue.recv().await,
+            RecvPath::Direct(direct) => return direct.recv().await,
+        };
+        received.ok_or_else(|| Error::Closed {
             what: self.label.to_string(),
         })
     }
@@ -328,9 +422,13 @@ impl SocketReceiver {
     /// Takes every message already queued, up to `max`, without waiting.
     pub fn drain_ready(&mut self, max: usize, into: &mut Vec<Frames>) {
         while into.len() < max {
-            match self.queue.try_recv() {
-                Ok(frames) => into.push(frames),
-                Err(_) => break,
+            let next = match &mut self.path {
+                RecvPath::Queue(queue) => queue.try_recv().ok(),
+                RecvPath::Direct(direct) => direct.try_recv(),
+            };
+            match next {
+                Some(frames) => into.push(frames),
+                None => break,
             }
         }
     }
