@@ -526,7 +526,12 @@ mod tests {
         }
 
         let lines = Arc::new(StdMutex::new(Vec::new()));
-        tracing::subscriber::with_default(Capture(Arc::clone(&lines)), f);
+        tracing::subscriber::with_default(Capture(Arc::clone(&lines)), || {
+            // A callsite first hit by another test thread (no subscriber there) may have
+            // cached "never"; recompute with ours in place.
+            tracing::callsite::rebuild_interest_cache();
+            f();
+        });
         let lines = lines.lock().unwrap().clone();
         lines
     }
