@@ -1,11 +1,21 @@
 //! `ipp_rs._ipp_rs.Engine`: an ipyparallel-compatible engine whose requests run as Python
 //! code on the thread that calls `serve` (see `python/ipp_rs/engine/` for the kernel that
 //! runs them and the command line).
+//!
+//! # Threads
+//!
+//! The engine's Rust side (sockets, heartbeats, control, the request tasks) runs on a
+//! runtime of its own, tokio's current-thread flavour, driven by the Python thread itself
+//! whenever it waits for a request: a request is received, run and answered on that one
+//! thread, with no hand-off between threads (each hand-off is a wake-up and a context
+//! switch, which cost more than the rest of a no-op request). While a request runs Python
+//! code for longer than [`TAKEOVER`], a second thread ([`Backup`]) drives the runtime until
+//! the request ends, so heartbeats, control messages (abort, signal) and the request's
+//! output keep flowing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ipp_core::engine::{Engine, Outcome, RunningEngine};
@@ -18,10 +28,10 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use serde_json::json;
-use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc;
 
 use crate::executor::{Event, Interrupts, Job, PythonExecutor};
-use crate::runtime::runtime;
+use crate::runtime::engine_runtime;
 use crate::sink::OutputSink;
 
 /// Jobs queued for the Python thread at most (one request plus clears).
@@ -34,6 +44,10 @@ const ZERO_COPY_MIN: usize = 64 * 1024;
 /// How long the Python thread waits for a job before it checks for signals and for the
 /// engine having stopped.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How long a request may run Python code before the [`Backup`] thread takes over driving
+/// the engine's runtime (at most twice this after the request started).
+const TAKEOVER: Duration = Duration::from_millis(10);
 
 /// An engine that runs its requests as Python code.
 ///
@@ -126,8 +140,8 @@ impl PyEngine {
     }
 
     fn serve_inner(&self, py: Python<'_>, kernel: &Bound<'_, PyAny>) -> PyResult<()> {
-        let rt = runtime()?;
-        let (jobs_tx, jobs_rx) = sync_channel(JOB_QUEUE);
+        let rt = engine_runtime()?;
+        let (jobs_tx, jobs) = mpsc::channel(JOB_QUEUE);
         let executor = PythonExecutor::new(jobs_tx, Arc::clone(&self.interrupts));
         let transport: Arc<dyn Transport> = Arc::new(ZmqTransport::new());
         let builder = Engine::builder(self.info.clone())
@@ -140,45 +154,80 @@ impl PyEngine {
         *self.lock_registered() = Some((engine.id(), engine.uuid().to_owned()));
         tracing::info!(engine.id = engine.id(), engine.uuid = %engine.uuid(), "engine running");
 
-        let jobs = Mutex::new(jobs_rx);
-        let outcome = self.serve_jobs(py, kernel, &jobs, &engine);
+        let backup = Backup::new();
+        let mut serving = Serving {
+            rt: &rt,
+            jobs,
+            finished: None,
+            backup: &backup,
+        };
+        let outcome = std::thread::scope(|scope| {
+            let thread = std::thread::Builder::new()
+                .name("ipp-rs-engine".into())
+                .spawn_scoped(scope, || backup.run(&rt))
+                .map_err(|err| {
+                    PyRuntimeError::new_err(format!("cannot start the engine's thread: {err}"))
+                })?;
+            let outcome = self.serve_jobs(py, kernel, &mut serving, &engine);
+            backup.finish();
+            py.detach(|| thread.join())
+                .map_err(|_| PyRuntimeError::new_err("the engine's thread panicked"))?;
+            outcome
+        });
+        let Serving { jobs, finished, .. } = serving;
         drop(jobs);
         // Stop the engine (unless it stopped by itself) and learn why it stopped.
         let stopped = py.detach(|| {
-            rt.block_on(async {
+            let stopped = rt.block_on(async {
+                deliver(finished).await;
                 if engine.is_stopped() {
                     engine.wait().await
                 } else {
                     engine.shutdown().await;
                     Ok(())
                 }
-            })
+            });
+            drop(rt);
+            stopped
         });
         outcome?;
         stopped.map_err(|err| PyRuntimeError::new_err(format!("engine stopped: {err}")))
     }
 
-    /// Runs jobs until the engine stops or `stop()` is called.
+    /// Runs jobs until the engine stops or `stop()` is called, driving the engine's runtime
+    /// while it waits for the next one.
     fn serve_jobs(
         &self,
         py: Python<'_>,
         kernel: &Bound<'_, PyAny>,
-        jobs: &Mutex<Receiver<Job>>,
+        serving: &mut Serving<'_>,
         engine: &RunningEngine,
     ) -> PyResult<()> {
+        let Serving {
+            rt,
+            jobs,
+            finished,
+            backup,
+        } = serving;
         loop {
             if self.stop.load(Ordering::SeqCst) || engine.is_stopped() {
                 return Ok(());
             }
             let next = py.detach(|| {
-                jobs.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .recv_timeout(POLL)
+                rt.block_on(async {
+                    deliver(finished.take()).await;
+                    // Made in here: the timer registers with the runtime's clock.
+                    tokio::time::timeout(POLL, jobs.recv()).await
+                })
             });
             match next {
-                Ok(job) => self.run_job(py, kernel, job),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Ok(Some(job)) => {
+                    backup.begin();
+                    *finished = self.run_job(py, kernel, job);
+                    backup.end();
+                }
+                Ok(None) => return Ok(()),
+                Err(_elapsed) => {}
             }
             if let Err(err) = py.check_signals() {
                 // A signal_request's SIGINT that arrived just after its request finished.
@@ -193,13 +242,14 @@ impl PyEngine {
         }
     }
 
-    fn run_job(&self, py: Python<'_>, kernel: &Bound<'_, PyAny>, job: Job) {
+    /// Runs one job; what to tell its request task (delivered by [`deliver`]).
+    fn run_job(&self, py: Python<'_>, kernel: &Bound<'_, PyAny>, job: Job) -> Option<Finished> {
         let (events, outcome) = match job {
             Job::Clear => {
                 if let Err(err) = kernel.call_method0(intern!(py, "clear")) {
                     tracing::error!(error = %err, "the kernel failed to clear its namespace");
                 }
-                return;
+                return None;
             }
             Job::Apply {
                 msg_id,
@@ -224,15 +274,7 @@ impl PyEngine {
             }
         };
         let outcome = outcome.unwrap_or_else(|err| python_error(py, &err));
-        let dropped = match events.try_send(Event::Done(outcome)) {
-            Ok(()) => false,
-            // The publisher task is behind on output: wait for room, never with the GIL.
-            Err(TrySendError::Full(done)) => py.detach(|| events.blocking_send(done).is_err()),
-            Err(TrySendError::Closed(_)) => true,
-        };
-        if dropped {
-            tracing::debug!("reply dropped: the engine stopped while the request ran");
-        }
+        Some((events, outcome))
     }
 
     /// Calls the kernel with a fresh sink, marking the executor busy meanwhile (so
@@ -248,6 +290,100 @@ impl PyEngine {
         let reply = call(sink);
         self.interrupts.set_busy(false);
         reply
+    }
+}
+
+/// A job's outcome, for its request task.
+type Finished = (mpsc::Sender<Event>, Outcome);
+
+/// What the Python thread serves requests with.
+struct Serving<'a> {
+    /// The engine's runtime, which this thread drives while it waits for a job.
+    rt: &'a tokio::runtime::Runtime,
+    jobs: mpsc::Receiver<Job>,
+    /// The last job's outcome, until it is handed to its request task.
+    finished: Option<Finished>,
+    backup: &'a Backup,
+}
+
+/// Hands a finished job's outcome to its request task. Called inside the runtime, on the
+/// Python thread's next wait: waking the task from outside the runtime would cost a write
+/// to the runtime's eventfd and another turn of its poll loop.
+async fn deliver(finished: Option<Finished>) {
+    if let Some((events, outcome)) = finished {
+        if events.send(Event::Done(Box::new(outcome))).await.is_err() {
+            tracing::debug!("reply dropped: the engine stopped while the request ran");
+        }
+    }
+}
+
+/// The thread that drives the engine's runtime while the Python thread runs a request for
+/// longer than [`TAKEOVER`] (see the module guide). It looks every [`TAKEOVER`]: checking
+/// costs a wake-up, but signalling it at each request would cost one per request.
+#[derive(Debug)]
+struct Backup {
+    /// When the running request started (nanoseconds after `epoch`, at least 1); 0 when
+    /// none runs.
+    started: AtomicU64,
+    /// Notified when a request ends and when serving ends.
+    changed: tokio::sync::Notify,
+    finished: AtomicBool,
+    epoch: Instant,
+}
+
+impl Backup {
+    fn new() -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
+            finished: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The Python thread starts a request (it no longer drives the runtime).
+    fn begin(&self) {
+        self.started.store(self.now().max(1), Ordering::SeqCst);
+    }
+
+    /// The request has ended: stop driving the runtime for it.
+    fn end(&self) {
+        self.started.store(0, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Serving ends: the thread returns.
+    fn finish(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn run(&self, rt: &tokio::runtime::Runtime) {
+        let takeover = u64::try_from(TAKEOVER.as_nanos()).unwrap_or(u64::MAX);
+        while !self.finished.load(Ordering::SeqCst) {
+            std::thread::sleep(TAKEOVER);
+            let started = self.started.load(Ordering::SeqCst);
+            if started == 0 || self.now().saturating_sub(started) < takeover {
+                continue;
+            }
+            tracing::trace!("driving the engine while a request runs Python code");
+            rt.block_on(async {
+                loop {
+                    // Created before the check, so an end() in between is not missed.
+                    let changed = self.changed.notified();
+                    if self.finished.load(Ordering::SeqCst)
+                        || self.started.load(Ordering::SeqCst) != started
+                    {
+                        return;
+                    }
+                    changed.await;
+                }
+            });
+        }
     }
 }
 
@@ -328,4 +464,61 @@ fn execute_outcome(reply: &Bound<'_, PyAny>) -> PyResult<Outcome> {
         content,
         buffers: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// A runtime with a task that counts milliseconds while someone drives the runtime.
+    fn counting_runtime() -> (tokio::runtime::Runtime, Arc<AtomicUsize>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&ticks);
+        rt.spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(1));
+            loop {
+                interval.tick().await;
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        (rt, ticks)
+    }
+
+    /// Ends the backup thread even when an assertion fails (the scope joins it).
+    struct Finish<'a>(&'a Backup);
+
+    impl Drop for Finish<'_> {
+        fn drop(&mut self) {
+            self.0.finish();
+        }
+    }
+
+    #[test]
+    fn backup_drives_the_runtime_during_a_long_job_and_gives_it_back() {
+        let (rt, ticks) = counting_runtime();
+        let backup = Backup::new();
+        std::thread::scope(|scope| {
+            let _finish = Finish(&backup);
+            scope.spawn(|| backup.run(&rt));
+            // The "Python thread" drives the runtime while it waits for a job...
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
+            // ...then runs a long job, driving nothing: the backup takes over.
+            backup.begin();
+            let before = ticks.load(Ordering::SeqCst);
+            std::thread::sleep(TAKEOVER * 6);
+            let during = ticks.load(Ordering::SeqCst) - before;
+            backup.end();
+            assert!(during > 0, "nobody drove the runtime during the job");
+            // The runtime is this thread's again (the backup let go of it).
+            let start = Instant::now();
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(1)).await });
+            assert!(start.elapsed() < Duration::from_secs(2));
+        });
+    }
 }

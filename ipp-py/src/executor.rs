@@ -1,8 +1,9 @@
 //! The Python executor: the `ipp-core` [`Executor`] whose requests run as Python code on
-//! one Python thread (the one blocked in `Engine.serve`).
+//! one Python thread (the one in `Engine.serve`, which also drives the engine's runtime
+//! while it waits for a job; see `engine.rs`).
 //!
-//! The engine runtime calls [`PythonExecutor::apply`] / [`PythonExecutor::execute`] on a
-//! tokio thread. Each call sends a [`Job`] to the Python thread and then publishes, on
+//! The engine runtime calls [`PythonExecutor::apply`] / [`PythonExecutor::execute`] in a
+//! request task. Each call queues a [`Job`] for the Python thread and then publishes, on
 //! IOPub, the [`Event`]s the job sends back (stdout/stderr text, `execute_input`,
 //! `execute_result`, `display_data`), until the job's [`Event::Done`] carries its
 //! [`Outcome`]. Events and the outcome share one channel, so every output is published
@@ -10,7 +11,6 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use ipp_core::engine::{Executor, Outcome, Outputs};
 use ipp_core::protocol::{JsonMap, Message};
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 
 /// Events a running job may queue before its publisher catches up.
 pub(crate) const EVENT_QUEUE: usize = 256;
@@ -47,27 +48,30 @@ pub(crate) enum Job {
     Clear,
 }
 
-/// What a job sends back while it runs, in order; [`Event::Done`] comes last.
+/// What a job sends back while it runs, in order; [`Event::Done`] comes last. Large
+/// payloads are boxed: each request's channel allocates room for 32 events at once.
 #[derive(Debug)]
 pub(crate) enum Event {
     Stream {
-        name: String,
+        /// `"stdout"` or `"stderr"`.
+        name: &'static str,
         text: String,
     },
     ExecuteInput {
         code: String,
         execution_count: u64,
     },
-    ExecuteResult {
-        data: JsonMap,
-        metadata: JsonMap,
-        execution_count: u64,
-    },
-    DisplayData {
-        data: JsonMap,
-        metadata: JsonMap,
-    },
-    Done(Outcome),
+    ExecuteResult(Box<Display>),
+    DisplayData(Box<Display>),
+    Done(Box<Outcome>),
+}
+
+/// The payload of `execute_result` (with its `execution_count`) and `display_data`.
+#[derive(Debug)]
+pub(crate) struct Display {
+    pub(crate) data: JsonMap,
+    pub(crate) metadata: JsonMap,
+    pub(crate) execution_count: u64,
 }
 
 /// A thread handle that may be signalled from another thread.
@@ -169,7 +173,7 @@ impl Interrupts {
 
 /// Runs requests as Python code on the Python thread (see the module guide).
 pub(crate) struct PythonExecutor {
-    jobs: SyncSender<Job>,
+    jobs: mpsc::Sender<Job>,
     interrupts: Arc<Interrupts>,
 }
 
@@ -180,7 +184,7 @@ impl fmt::Debug for PythonExecutor {
 }
 
 impl PythonExecutor {
-    pub(crate) fn new(jobs: SyncSender<Job>, interrupts: Arc<Interrupts>) -> Self {
+    pub(crate) fn new(jobs: mpsc::Sender<Job>, interrupts: Arc<Interrupts>) -> Self {
         Self { jobs, interrupts }
     }
 
@@ -194,7 +198,7 @@ impl PythonExecutor {
                 "RuntimeError",
                 "the Python thread of this engine is not taking requests",
             ),
-            Err(TrySendError::Disconnected(_)) => Outcome::error(
+            Err(TrySendError::Closed(_)) => Outcome::error(
                 "RuntimeError",
                 "the Python thread of this engine has stopped",
             ),
@@ -214,36 +218,39 @@ async fn forward(mut events: mpsc::Receiver<Event>, outputs: &Outputs) -> Outcom
             );
         };
         let published = match event {
-            Event::Done(outcome) => return outcome,
+            Event::Done(outcome) => return *outcome,
             Event::Stream { name, mut text } => {
                 while let Ok(more) = events.try_recv() {
                     match more {
                         Event::Stream {
-                            name: ref other,
+                            name: other,
                             text: ref extra,
-                        } if *other == name => text.push_str(extra),
+                        } if other == name => text.push_str(extra),
                         other => {
                             next = Some(other);
                             break;
                         }
                     }
                 }
-                outputs.stream(&name, &text).await
+                outputs.stream(name, &text).await
             }
             Event::ExecuteInput {
                 code,
                 execution_count,
             } => outputs.execute_input(&code, execution_count).await,
-            Event::ExecuteResult {
-                data,
-                metadata,
-                execution_count,
-            } => {
+            Event::ExecuteResult(display) => {
+                let Display {
+                    data,
+                    metadata,
+                    execution_count,
+                } = *display;
                 outputs
                     .execute_result(data, metadata, execution_count)
                     .await
             }
-            Event::DisplayData { data, metadata } => outputs.display_data(data, metadata).await,
+            Event::DisplayData(display) => {
+                outputs.display_data(display.data, display.metadata).await
+            }
         };
         if let Err(err) = published {
             tracing::debug!(error = %err, "output not published: the engine is stopping");
@@ -330,7 +337,7 @@ mod tests {
 
     #[test]
     fn clear_with_a_full_job_queue_is_dropped_not_awaited() {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (tx, mut rx) = mpsc::channel(1);
         let executor = PythonExecutor::new(tx, Arc::default());
         executor.clear();
         // The queue holds one job: the second clear returns at once (logged, dropped).

@@ -26,6 +26,20 @@ pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     Ok(RUNTIME.get_or_init(|| built))
 }
 
+/// A new runtime for one engine, tokio's current-thread flavour: it runs only while a
+/// thread drives it (`block_on`), which the engine's Python thread does whenever it waits
+/// for a request, so a request is received, run and answered without a thread hand-off
+/// (see `engine.rs`). The exception to [`runtime`] being the process's one runtime: the
+/// engine's tasks must not wake a worker thread for each request.
+pub(crate) fn engine_runtime() -> PyResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| {
+            PyRuntimeError::new_err(format!("cannot start the engine's tokio runtime: {err}"))
+        })
+}
+
 /// Installs the stderr subscriber once (see `init_logging` in lib.rs).
 pub(crate) fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IPP_RS_LOG")

@@ -7,11 +7,13 @@ use pyo3::prelude::*;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::executor::Event;
+use crate::executor::{Display, Event};
 
 /// The output channel of the request being run, handed to the Python kernel's `apply` and
-/// `execute`. Each call queues one event for the request's IOPub publisher (a tokio task);
-/// when that queue is full the call waits with the GIL released.
+/// `execute`. Each call queues one event for the request's IOPub publisher (a tokio task,
+/// run once the engine's runtime is driven again: after the request, or by the engine's
+/// backup thread when the request runs long); when that queue is full the call waits with
+/// the GIL released.
 #[pyclass(module = "ipp_rs._ipp_rs", name = "OutputSink", frozen)]
 #[derive(Debug)]
 pub(crate) struct OutputSink {
@@ -50,14 +52,18 @@ fn json_map(what: &str, text: &str) -> PyResult<JsonMap> {
 impl OutputSink {
     /// Publishes `text` on the stream `name` (`"stdout"` or `"stderr"`).
     fn stream(&self, py: Python<'_>, name: &str, text: &str) -> PyResult<()> {
-        if name != "stdout" && name != "stderr" {
-            return Err(PyValueError::new_err(format!(
-                "stream name must be 'stdout' or 'stderr', not {name:?}"
-            )));
-        }
+        let name = match name {
+            "stdout" => "stdout",
+            "stderr" => "stderr",
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "stream name must be 'stdout' or 'stderr', not {name:?}"
+                )))
+            }
+        };
         if !text.is_empty() {
             let event = Event::Stream {
-                name: name.to_owned(),
+                name,
                 text: text.to_owned(),
             };
             self.send(py, event);
@@ -83,21 +89,22 @@ impl OutputSink {
         metadata: &str,
         execution_count: u64,
     ) -> PyResult<()> {
-        let event = Event::ExecuteResult {
+        let event = Event::ExecuteResult(Box::new(Display {
             data: json_map("data", data)?,
             metadata: json_map("metadata", metadata)?,
             execution_count,
-        };
+        }));
         self.send(py, event);
         Ok(())
     }
 
     /// Publishes `display_data`; `data` and `metadata` as for `execute_result`.
     fn display_data(&self, py: Python<'_>, data: &str, metadata: &str) -> PyResult<()> {
-        let event = Event::DisplayData {
+        let event = Event::DisplayData(Box::new(Display {
             data: json_map("data", data)?,
             metadata: json_map("metadata", metadata)?,
-        };
+            execution_count: 0,
+        }));
         self.send(py, event);
         Ok(())
     }

@@ -2,8 +2,12 @@
 drives like an ``ipengine``.
 
 The engine is the Rust engine runtime of ``ipp-core`` (registration, heartbeats, queues,
-control, IOPub; all networking on Rust threads) with requests run as Python code on this
-process's main thread, in a persistent namespace (:class:`~ipp_rs.engine.kernel.Kernel`).
+control, IOPub) with requests run as Python code on this process's main thread, in a
+persistent namespace (:class:`~ipp_rs.engine.kernel.Kernel`). The main thread also runs the
+networking while it waits for a request (GIL released), so a request is received, run and
+answered without a thread hand-off; while a request runs Python code for more than 10 ms,
+a Rust thread takes the networking over until it ends (heartbeats, ``abort``, ``signal``
+and the request's output keep flowing).
 
 Where the connection info comes from, as for ``ipengine``: ``--file``, else
 ``$IPP_CONNECTION_INFO`` (the file's JSON), else
