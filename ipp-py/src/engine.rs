@@ -14,7 +14,7 @@
 //! output keep flowing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -48,6 +48,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// How long a request may run Python code before the [`Backup`] thread takes over driving
 /// the engine's runtime (at most twice this after the request started).
 const TAKEOVER: Duration = Duration::from_millis(10);
+
+/// After this long without a request the [`Backup`] thread stops looking every
+/// [`TAKEOVER`] and sleeps until the next request begins (an idle engine wakes no thread).
+const IDLE: Duration = Duration::from_secs(1);
 
 /// An engine that runs its requests as Python code.
 ///
@@ -318,16 +322,23 @@ async fn deliver(finished: Option<Finished>) {
 }
 
 /// The thread that drives the engine's runtime while the Python thread runs a request for
-/// longer than [`TAKEOVER`] (see the module guide). It looks every [`TAKEOVER`]: checking
-/// costs a wake-up, but signalling it at each request would cost one per request.
+/// longer than [`TAKEOVER`] (see the module guide). While requests come, it looks every
+/// [`TAKEOVER`] (signalling it at each request would cost a wake-up per request); after
+/// [`IDLE`] without one it sleeps until the next request begins (which then wakes it).
 #[derive(Debug)]
 struct Backup {
     /// When the running request started (nanoseconds after `epoch`, at least 1); 0 when
     /// none runs.
     started: AtomicU64,
+    /// When the last request started (as `started`).
+    last_started: AtomicU64,
     /// Notified when a request ends and when serving ends.
     changed: tokio::sync::Notify,
     finished: AtomicBool,
+    /// The thread sleeps until a request begins (`idle` is locked meanwhile but in its wait).
+    asleep: AtomicBool,
+    idle: Mutex<()>,
+    wake: Condvar,
     epoch: Instant,
 }
 
@@ -335,8 +346,12 @@ impl Backup {
     fn new() -> Self {
         Self {
             started: AtomicU64::new(0),
+            last_started: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
             finished: AtomicBool::new(false),
+            asleep: AtomicBool::new(false),
+            idle: Mutex::new(()),
+            wake: Condvar::new(),
             epoch: Instant::now(),
         }
     }
@@ -347,7 +362,12 @@ impl Backup {
 
     /// The Python thread starts a request (it no longer drives the runtime).
     fn begin(&self) {
-        self.started.store(self.now().max(1), Ordering::SeqCst);
+        let now = self.now().max(1);
+        self.started.store(now, Ordering::SeqCst);
+        self.last_started.store(now, Ordering::SeqCst);
+        if self.asleep.load(Ordering::SeqCst) {
+            self.wake_up();
+        }
     }
 
     /// The request has ended: stop driving the runtime for it.
@@ -360,12 +380,27 @@ impl Backup {
     fn finish(&self) {
         self.finished.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
+        self.wake_up();
+    }
+
+    fn wake_up(&self) {
+        let _idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        self.wake.notify_one();
     }
 
     fn run(&self, rt: &tokio::runtime::Runtime) {
         let takeover = u64::try_from(TAKEOVER.as_nanos()).unwrap_or(u64::MAX);
+        let idle = u64::try_from(IDLE.as_nanos()).unwrap_or(u64::MAX);
         while !self.finished.load(Ordering::SeqCst) {
-            std::thread::sleep(TAKEOVER);
+            if self
+                .now()
+                .saturating_sub(self.last_started.load(Ordering::SeqCst))
+                > idle
+            {
+                self.sleep_until_a_request();
+            } else {
+                std::thread::sleep(TAKEOVER);
+            }
             let started = self.started.load(Ordering::SeqCst);
             if started == 0 || self.now().saturating_sub(started) < takeover {
                 continue;
@@ -384,6 +419,22 @@ impl Backup {
                 }
             });
         }
+    }
+
+    /// Waits until a request begins or serving ends (or [`IDLE`] passes: a safety net).
+    fn sleep_until_a_request(&self) {
+        let guard = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        self.asleep.store(true, Ordering::SeqCst);
+        // Checked after `asleep` is set (and under the lock `begin` takes to wake us), so a
+        // request that began meanwhile is seen here or wakes the wait below.
+        if self.started.load(Ordering::SeqCst) == 0 && !self.finished.load(Ordering::SeqCst) {
+            let (guard, _) = self
+                .wake
+                .wait_timeout(guard, IDLE)
+                .unwrap_or_else(PoisonError::into_inner);
+            drop(guard);
+        }
+        self.asleep.store(false, Ordering::SeqCst);
     }
 }
 
@@ -519,6 +570,31 @@ mod tests {
             let start = Instant::now();
             rt.block_on(async { tokio::time::sleep(Duration::from_millis(1)).await });
             assert!(start.elapsed() < Duration::from_secs(2));
+        });
+    }
+
+    #[test]
+    fn an_idle_backup_sleeps_and_wakes_for_the_next_long_job() {
+        let (rt, ticks) = counting_runtime();
+        let backup = Backup::new();
+        std::thread::scope(|scope| {
+            let _finish = Finish(&backup);
+            scope.spawn(|| backup.run(&rt));
+            // No request for longer than IDLE: the backup sleeps until one begins.
+            let deadline = Instant::now() + IDLE * 3;
+            while !backup.asleep.load(Ordering::SeqCst) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the idle backup never went to sleep"
+                );
+                std::thread::sleep(TAKEOVER);
+            }
+            backup.begin();
+            let before = ticks.load(Ordering::SeqCst);
+            std::thread::sleep(TAKEOVER * 6);
+            let during = ticks.load(Ordering::SeqCst) - before;
+            backup.end();
+            assert!(during > 0, "the backup did not wake up for the long job");
         });
     }
 }
