@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from .. import util as ipp_rs_util
 from ..serialize import IPYPARALLEL, serialize_object, unpack_apply_message
+from ..serialize.serialize import _unpack_plain_call
 from ..serialize.canning import IPYPARALLEL_MODULE_ALIASES
 
 # jupyter_client's Session defaults, which ipyparallel's engine passes to serialize_object.
@@ -197,7 +198,11 @@ class Kernel:
         )
         saved = _capture(sink)
         try:
-            f, args, kwargs = unpack_apply_message(bufs, ns, copy=False)
+            f = _unpack_plain_call(bufs, ns)
+            if f is None:
+                f, args, kwargs = unpack_apply_message(bufs, ns, copy=False)
+            else:
+                args, kwargs = (), {}
             temporary = {fname: f, argname: args, kwargname: kwargs, resultname: None}
             ns.update(temporary)
             try:

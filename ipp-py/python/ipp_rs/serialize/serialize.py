@@ -372,6 +372,25 @@ def _apply_info(data: Any) -> tuple[Any, Any, Any]:
     return found
 
 
+_NO_ARGUMENTS = (0, 0, ())
+
+
+def _unpack_plain_call(bufs: Sequence[Any], g: Optional[dict]) -> Any:
+    """The function of an apply request ``f()`` whose f pickle and info pickle are both
+    memoized (a plain function: see :data:`_FUNCTION_MEMO`), as
+    :func:`unpack_apply_message` makes it; None for any other request. The common case of
+    the engine, read with a few dict lookups."""
+    if len(bufs) != 2:
+        return None
+    try:
+        canned = _FUNCTION_MEMO.get(bufs[0])
+        if canned is None or _INFO_MEMO.get(bufs[1]) != _NO_ARGUMENTS:
+            return None
+    except TypeError:  # an unhashable buffer
+        return None
+    return _uncan(canned, g)
+
+
 def unpack_apply_message(
     bufs: Sequence[Any], g: Optional[dict] = None, copy: bool = True
 ) -> tuple[Any, tuple, dict]:
