@@ -30,7 +30,7 @@ class OutputSink:
     def display_data(self, data: str, metadata: str) -> None: ...
 
 _ApplyReply = Union[
-    Tuple[str, Sequence[bytes]],  # ("ok", buffers)
+    Tuple[str, Sequence[Any]],  # ("ok", buffers): bytes, memoryview or any buffer
     Tuple[str, str, str, Sequence[str]],  # ("error", ename, evalue, traceback)
     Tuple[str],  # ("unmet",)
 ]
