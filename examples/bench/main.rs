@@ -8,10 +8,13 @@
 //! cargo run --release --example bench                  # the standard run
 //! cargo run --release --example bench -- --quick       # a smoke run
 //! cargo run --release --example bench -- --tasks 1000000 --stores nodb,dictdb   # memory
+//! cargo run --release --example bench -- --schemes-only   # schemes × dependencies table
 //! ```
 
 // A benchmark's job is to print its table.
 #![allow(clippy::print_stdout)]
+
+mod schemes;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -62,6 +65,25 @@ struct Args {
     /// A small, fast run.
     #[arg(long)]
     quick: bool,
+    /// Run only the schemes × dependencies table (issue 5), not the standard tables.
+    #[arg(long)]
+    schemes_only: bool,
+    /// Load-balancing schemes of the schemes table (empty: skip the table).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "leastload,lru,plainrandom,twobin,weighted"
+    )]
+    schemes: Vec<String>,
+    /// Dependencies per task in the schemes table (`after`, on random earlier tasks).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,10")]
+    deps: Vec<usize>,
+    /// Tasks per cell of the schemes table.
+    #[arg(long, default_value_t = 20_000)]
+    scheme_tasks: usize,
+    /// Rounds of the schemes table; each cell reports the median round.
+    #[arg(long, default_value_t = 3)]
+    scheme_rounds: usize,
     /// Internal: run only a controller with `--store` and `--hwm`, print its connection
     /// info as one JSON line, and stop when stdin closes.
     #[arg(long, hide = true)]
@@ -72,6 +94,9 @@ struct Args {
     /// Internal (with `--serve-controller`): the high-water mark.
     #[arg(long, hide = true, default_value_t = 1)]
     hwm: usize,
+    /// Internal (with `--serve-controller`): the load-balancing scheme.
+    #[arg(long, hide = true, default_value = "leastload")]
+    scheme: String,
     /// Internal (with `--serve-controller`): where the SQLite file goes.
     #[arg(long, hide = true)]
     store_dir: Option<PathBuf>,
@@ -93,6 +118,7 @@ async fn serve_controller(args: &Args) -> Result<()> {
     let dir = args.store_dir.clone().unwrap_or_else(std::env::temp_dir);
     let mut config = ControllerConfig::default();
     config.hwm = args.hwm;
+    config.scheme.clone_from(&args.scheme);
     let controller = Controller::builder(config)
         .with_transport(Arc::new(ZmqTransport::new()))
         .with_store(store(&args.store, &dir).await?)
@@ -150,6 +176,14 @@ async fn memory_table(args: &Args, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How the controller child is configured.
+struct ControllerSetup<'a> {
+    store: &'a str,
+    hwm: usize,
+    scheme: &'a str,
+    runtime: &'a str,
+}
+
 /// The controller child process, seen from the parent.
 struct ControllerProcess {
     child: Child,
@@ -158,16 +192,18 @@ struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    async fn start(store: &str, hwm: usize, dir: &Path, runtime: &str) -> Result<Self> {
+    async fn start(setup: &ControllerSetup<'_>, dir: &Path) -> Result<Self> {
         let mut child = Command::new(std::env::current_exe()?)
             .args([
                 "--serve-controller",
                 "--store",
-                store,
+                setup.store,
                 "--hwm",
-                &hwm.to_string(),
+                &setup.hwm.to_string(),
+                "--scheme",
+                setup.scheme,
                 "--controller-runtime",
-                runtime,
+                setup.runtime,
             ])
             .arg("--store-dir")
             .arg(dir)
@@ -218,10 +254,25 @@ struct Cluster {
 
 impl Cluster {
     async fn start(args: &Args, store: &str, hwm: usize, dir: &Path) -> Result<Self> {
+        Self::start_with_scheme(args, store, hwm, "leastload", dir).await
+    }
+
+    async fn start_with_scheme(
+        args: &Args,
+        store: &str,
+        hwm: usize,
+        scheme: &str,
+        dir: &Path,
+    ) -> Result<Self> {
         let engines = args.engines;
         let transport = Arc::new(ZmqTransport::new());
-        let controller =
-            ControllerProcess::start(store, hwm, dir, &args.controller_runtime).await?;
+        let setup = ControllerSetup {
+            store,
+            hwm,
+            scheme,
+            runtime: &args.controller_runtime,
+        };
+        let controller = ControllerProcess::start(&setup, dir).await?;
         let executor = RustExecutor::new();
         executor.register_infallible("noop", |(): ()| ());
         let executor = Arc::new(executor);
@@ -416,6 +467,11 @@ async fn run(mut args: Args) -> Result<()> {
         args.megabytes = args.megabytes.min(10);
         args.memory_tasks = args.memory_tasks.min(4_000);
         args.window = args.window.min(1_000);
+        args.scheme_tasks = args.scheme_tasks.min(500);
+        args.scheme_rounds = 1;
+    }
+    if args.schemes_only {
+        return schemes::table(&args).await;
     }
     println!(
         "Rust client + {} Rust engines in one process, the controller in another, ZeroMQ over \
@@ -457,5 +513,6 @@ async fn run(mut args: Args) -> Result<()> {
             }
         }
     }
-    memory_table(&args, dir.path()).await
+    memory_table(&args, dir.path()).await?;
+    schemes::table(&args).await
 }

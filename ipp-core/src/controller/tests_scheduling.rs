@@ -522,6 +522,53 @@ async fn a_failed_dependency_fails_queued_children_and_new_ones() {
     assert_eq!(c.outcome_of(&late).await, "ImpossibleDependency");
 }
 
+#[tokio::test(start_paused = true)]
+async fn children_of_one_parent_are_released_in_submission_order() {
+    let (mut c, mut engines) = Cluster::with_engines(unlimited(), "leastload", &["a"]).await;
+    let parent = c.submit(json!({})).await;
+    let mut children = Vec::new();
+    for i in 0..200 {
+        // Every other child also waits on an earlier sibling that has not run yet.
+        let after = match children.get(i / 2) {
+            Some(sibling) if i % 2 == 1 => json!([parent, sibling]),
+            _ => json!([parent]),
+        };
+        children.push(c.submit(json!({ "after": after })).await);
+    }
+    assert_eq!(serve(&c.h, &mut engines[0], Answer::Ok).await, parent);
+    assert_eq!(c.outcome_of(&parent).await, "ok");
+    let mut ran = Vec::new();
+    while ran.len() < children.len() {
+        for request in take_all(&mut engines[0]).await {
+            answer(&c.h, &engines[0], &request, Answer::Ok).await;
+            ran.push(request.header.msg_id);
+        }
+    }
+    for msg_id in &ran {
+        assert_eq!(c.outcome_of(msg_id).await, "ok");
+    }
+    // Children waiting on the parent only ran first, in the order they were submitted.
+    let parent_only: Vec<&String> = children.iter().step_by(2).collect();
+    let first: Vec<&String> = ran.iter().take(parent_only.len()).collect();
+    assert_eq!(first, parent_only);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_timed_out_while_waiting_fails_its_own_dependents_at_once() {
+    let (mut c, _engines) = Cluster::with_engines(unlimited(), "leastload", &["a"]).await;
+    let slow = c.submit(json!({})).await;
+    let waiting = c.submit(json!({"after": [slow], "timeout": 2.0})).await;
+    let grandchild = c.submit(json!({"after": [waiting]})).await;
+    // `slow` never finishes: only the timeout can settle the other two.
+    let mut seen = HashMap::new();
+    for _ in 0..2 {
+        let reply = c.reply().await;
+        seen.insert(reply.parent_msg_id().unwrap().to_owned(), outcome(&reply));
+    }
+    assert_eq!(seen[&waiting], "TaskTimeout");
+    assert_eq!(seen[&grandchild], "ImpossibleDependency");
+}
+
 // ---- timeouts, retries, targets, functional dependencies, engine death ------------------
 
 #[tokio::test(start_paused = true)]

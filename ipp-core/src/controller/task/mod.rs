@@ -139,6 +139,12 @@ struct TaskScheduler {
     ready: VecDeque<String>,
     /// Jobs whose `after` is not met yet.
     blocked: OrderedIds,
+    /// For each id a blocked job depends on (`after` or `follow`), the blocked jobs that
+    /// wait on it: a finished task re-checks only its own dependents, not every blocked job.
+    /// Entries of jobs that left `blocked` otherwise (timeout, abort) are skipped when read.
+    dependents: HashMap<String, Vec<String>>,
+    /// Finished ids with dependents, not yet acted on by [`TaskScheduler::update_graph`].
+    newly_finished: Vec<String>,
     running: HashMap<String, OrderedIds>,
     // Finished and submitted ids, for dependencies: bounded, so memory stays flat over
     // millions of tasks; a dependency on an id older than the window is InvalidDependency.
@@ -186,6 +192,8 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
         jobs: HashMap::new(),
         ready: VecDeque::new(),
         blocked: OrderedIds::new(),
+        dependents: HashMap::new(),
+        newly_finished: Vec::new(),
         running: HashMap::new(),
         submitted: RecentSet::with_capacity(HISTORY_WINDOW),
         completed: RecentSet::with_capacity(HISTORY_WINDOW),
@@ -251,6 +259,11 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
             }
             () = sleep_until(next_timeout) => scheduler.expire_timeouts().await,
         }
+        // A job failed inside a handler (timeout, impossible or invalid dependency) may
+        // release or doom its dependents: act on it before the next event.
+        if !scheduler.newly_finished.is_empty() {
+            scheduler.update_graph().await;
+        }
     }
 }
 
@@ -293,7 +306,7 @@ impl TaskScheduler {
             EngineEvent::Registered { uuid } => {
                 // New engines go to the head of the line, as in ipyparallel.
                 self.engines.insert(0, EngineSlot { uuid, load: 0 });
-                self.update_graph(false).await;
+                self.update_graph().await;
             }
             EngineEvent::Unregistered { uuid } => {
                 self.engines.retain(|slot| slot.uuid != uuid);
@@ -301,7 +314,7 @@ impl TaskScheduler {
                 for msg_id in stranded {
                     self.engine_died(&uuid, &msg_id).await;
                 }
-                self.update_graph(true).await;
+                self.update_graph().await;
             }
         }
     }
@@ -438,18 +451,7 @@ impl TaskScheduler {
             Ok(found) => {
                 for done in found {
                     self.submitted.insert(&done.msg_id);
-                    let (all, per_engine) = if done.succeeded {
-                        (&mut self.completed, &mut self.engine_completed)
-                    } else {
-                        (&mut self.failed, &mut self.engine_failed)
-                    };
-                    all.insert(&done.msg_id);
-                    if let Some(engine) = done.engine {
-                        per_engine
-                            .entry(engine)
-                            .or_insert_with(|| RecentSet::with_capacity(HISTORY_WINDOW / 4))
-                            .insert(&done.msg_id);
-                    }
+                    self.record_finished(&done.msg_id, done.succeeded, done.engine.as_deref());
                 }
             }
             Err(err) => {
@@ -459,7 +461,27 @@ impl TaskScheduler {
         }
         self.admit(job).await;
         // Jobs submitted meanwhile may depend on this one, which may have just failed.
-        self.update_graph(true).await;
+        self.update_graph().await;
+    }
+
+    /// Remembers a finished task for the dependencies of later ones, and marks it for
+    /// [`Self::update_graph`] when blocked jobs wait on it.
+    fn record_finished(&mut self, msg_id: &str, succeeded: bool, engine: Option<&str>) {
+        let (all, per_engine) = if succeeded {
+            (&mut self.completed, &mut self.engine_completed)
+        } else {
+            (&mut self.failed, &mut self.engine_failed)
+        };
+        all.insert(msg_id);
+        if let Some(engine) = engine {
+            per_engine
+                .entry(engine.to_owned())
+                .or_insert_with(|| RecentSet::with_capacity(HISTORY_WINDOW / 4))
+                .insert(msg_id);
+        }
+        if self.dependents.contains_key(msg_id) {
+            self.newly_finished.push(msg_id.to_owned());
+        }
     }
 
     /// Validates a job's dependencies and runs or queues it (spec §6.3 steps 1-3).
@@ -487,12 +509,28 @@ impl TaskScheduler {
             } else {
                 // Others are waiting already: keep submission order.
                 self.enqueue_ready(msg_id);
-                self.update_graph(false).await;
+                self.update_graph().await;
             }
         } else {
             self.arm_timeout(&msg_id);
-            self.blocked.insert(msg_id);
+            self.block(msg_id);
         }
+    }
+
+    /// Holds a job until its `after` is met, indexed under every id it depends on.
+    fn block(&mut self, msg_id: String) {
+        if let Some(job) = self.jobs.get(&msg_id) {
+            let mut seen = HashSet::new();
+            for id in job.after.ids.iter().chain(&job.follow.ids) {
+                if seen.insert(id) {
+                    self.dependents
+                        .entry(id.clone())
+                        .or_default()
+                        .push(msg_id.clone());
+                }
+            }
+        }
+        self.blocked.insert(msg_id);
     }
 
     fn enqueue_ready(&mut self, msg_id: String) {
@@ -740,30 +778,20 @@ impl TaskScheduler {
             }
             tracing::debug!(msg_id, engine.uuid = %uuid, unmet, "rescheduling a task");
             self.enqueue_ready(msg_id);
-            self.update_graph(false).await;
+            self.update_graph().await;
             return;
         }
         let Some(job) = self.jobs.remove(&msg_id) else {
             return;
         };
-        let succeeded = status == "ok";
-        let (all, per_engine) = if succeeded {
-            (&mut self.completed, &mut self.engine_completed)
-        } else {
-            (&mut self.failed, &mut self.engine_failed)
-        };
-        all.insert(&msg_id);
-        per_engine
-            .entry(uuid.clone())
-            .or_insert_with(|| RecentSet::with_capacity(HISTORY_WINDOW / 4))
-            .insert(&msg_id);
+        self.record_finished(&msg_id, status == "ok", Some(&uuid));
         let mut wire = wire;
         wire.idents = match job.client {
             Some(client) => vec![client, Bytes::from(uuid)],
             None => Vec::new(),
         };
         self.deliver(wire).await;
-        self.update_graph(true).await;
+        self.update_graph().await;
     }
 
     /// Sends a final reply to its client (if any) and shows it to the Hub.
@@ -793,7 +821,7 @@ impl TaskScheduler {
                 continue;
             };
             tracing::debug!(msg_id, "aborted a queued task");
-            self.failed.insert(&job.msg_id);
+            self.record_finished(&job.msg_id, false, None);
             let header = self.session.header("apply_reply");
             let frames = self.session.serialize_parts(
                 job.client.iter().cloned().collect(),
@@ -807,13 +835,13 @@ impl TaskScheduler {
                 self.deliver(wire).await;
             }
         }
-        self.update_graph(true).await;
+        self.update_graph().await;
     }
 
     /// Fails a job with a scheduler-made error reply (`apply_reply`, metadata `{}`).
     async fn fail(&mut self, job: Job, ename: &str) {
         tracing::debug!(msg_id = %job.msg_id, ename, "task failed in the scheduler");
-        self.failed.insert(&job.msg_id);
+        self.record_finished(&job.msg_id, false, None);
         let header = self.session.header("apply_reply");
         let evalue = match ename {
             "TypeError" => "the task scheduler runs apply_request and execute_request only",
@@ -838,27 +866,56 @@ impl TaskScheduler {
     }
 
     /// Re-evaluates waiting jobs: fail the impossible, release the met, run what can run.
-    async fn update_graph(&mut self, finished: bool) {
-        if finished {
-            let blocked: Vec<String> = self.blocked.iter().cloned().collect();
-            for msg_id in blocked {
-                let Some(job) = self.jobs.get(&msg_id) else {
-                    self.blocked.remove(&msg_id);
+    ///
+    /// Only the dependents of tasks finished since the last call are re-checked (O(their
+    /// count), not O(blocked)); a job failed here finishes too, so its own dependents follow
+    /// in the same call.
+    async fn update_graph(&mut self) {
+        loop {
+            self.release_dependents().await;
+            self.run_ready().await;
+            // A job that failed while running the queue (impossible dependency) may have
+            // dependents of its own.
+            if self.newly_finished.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// Fails the blocked dependents of newly finished tasks that can never run, and moves
+    /// those whose `after` is met to the ready queue (in the order they were blocked).
+    async fn release_dependents(&mut self) {
+        while !self.newly_finished.is_empty() {
+            for done in std::mem::take(&mut self.newly_finished) {
+                let Some(waiting) = self.dependents.remove(&done) else {
                     continue;
                 };
-                let unreachable = job.after.is_unreachable(&self.completed, &self.failed)
-                    || job.follow.is_unreachable(&self.completed, &self.failed);
-                if unreachable {
-                    self.blocked.remove(&msg_id);
-                    if let Some(job) = self.jobs.remove(&msg_id) {
-                        self.fail(job, "ImpossibleDependency").await;
+                for msg_id in waiting {
+                    if !self.blocked.contains(&msg_id) {
+                        continue; // released, timed out or aborted already
                     }
-                } else if job.after.is_met(&self.completed, &self.failed) {
-                    self.blocked.remove(&msg_id);
-                    self.ready.push_back(msg_id);
+                    let Some(job) = self.jobs.get(&msg_id) else {
+                        self.blocked.remove(&msg_id);
+                        continue;
+                    };
+                    let unreachable = job.after.is_unreachable(&self.completed, &self.failed)
+                        || job.follow.is_unreachable(&self.completed, &self.failed);
+                    if unreachable {
+                        self.blocked.remove(&msg_id);
+                        if let Some(job) = self.jobs.remove(&msg_id) {
+                            self.fail(job, "ImpossibleDependency").await;
+                        }
+                    } else if job.after.is_met(&self.completed, &self.failed) {
+                        self.blocked.remove(&msg_id);
+                        self.ready.push_back(msg_id);
+                    }
                 }
             }
         }
+    }
+
+    /// Runs ready jobs, oldest first, while engines have room.
+    async fn run_ready(&mut self) {
         let mut waiting = VecDeque::new();
         while let Some(msg_id) = self.ready.pop_front() {
             if !self.engines.iter().any(|slot| self.is_available(slot)) {
