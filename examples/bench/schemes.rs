@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use ipp::core::client::{AsyncResult, Client, One};
+use ipp::core::scheduler::{scheme_by_name, EngineLoad, Pick};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -26,11 +27,12 @@ struct Sample {
     controller_cpu_micros: f64,
 }
 
-/// Runs and prints the table.
+/// Runs and prints the tables: the pick alone, then end to end.
 pub(crate) async fn table(args: &Args) -> Result<()> {
     if args.schemes.is_empty() || args.deps.is_empty() {
         return Ok(());
     }
+    pick_cost_table(args)?;
     let dir = tempfile::tempdir()?;
     let rounds = args.scheme_rounds.max(1);
     // samples[deps][scheme] = one Sample per round
@@ -81,6 +83,52 @@ pub(crate) async fn table(args: &Args) -> Result<()> {
                 ),
             };
             cells.push(format!("{rate} | {cpu}"));
+        }
+        println!("| {scheme} | {} |", cells.join(" | "));
+    }
+    Ok(())
+}
+
+/// What one `select` of each scheme costs, alone (CPU-bound, so the fastest of five runs is
+/// the least disturbed by other processes).
+fn pick_cost_table(args: &Args) -> Result<()> {
+    const PICKS: usize = 200_000;
+    let engine_counts = [2, 16, 128];
+    println!(
+        "\n| scheme | {} |\n|---|{}",
+        engine_counts
+            .map(|n| format!("one pick among {n} engines"))
+            .join(" | "),
+        "---:|".repeat(engine_counts.len())
+    );
+    for scheme in &args.schemes {
+        let mut cells = Vec::new();
+        for engines in engine_counts {
+            let mut rng = StdRng::seed_from_u64(7);
+            // A few load patterns, cycled, so the branch predictor cannot learn one.
+            let patterns: Vec<Vec<EngineLoad>> = (0..64)
+                .map(|_| {
+                    (0..engines)
+                        .map(|_| EngineLoad {
+                            load: rng.gen_range(0..4),
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut picker = scheme_by_name(scheme)?;
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let t = Instant::now();
+                for i in 0..PICKS {
+                    let mut cx = Pick {
+                        now: tokio::time::Instant::now(),
+                        rng: &mut rng,
+                    };
+                    std::hint::black_box(picker.select(&patterns[i % patterns.len()], &mut cx));
+                }
+                best = best.min(t.elapsed().as_secs_f64() * 1e9 / PICKS as f64);
+            }
+            cells.push(format!("{best:.0} ns"));
         }
         println!("| {scheme} | {} |", cells.join(" | "));
     }
