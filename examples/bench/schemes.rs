@@ -86,7 +86,7 @@ pub(crate) async fn table(args: &Args) -> Result<()> {
         }
         println!("| {scheme} | {} |", cells.join(" | "));
     }
-    Ok(())
+    chain_row(args, dir.path()).await
 }
 
 /// What one `select` of each scheme costs, alone (CPU-bound, so the fastest of five runs is
@@ -132,6 +132,40 @@ fn pick_cost_table(args: &Args) -> Result<()> {
         }
         println!("| {scheme} | {} |", cells.join(" | "));
     }
+    Ok(())
+}
+
+/// A chain (each task after the previous one), submitted all at once: every task but the
+/// running one is blocked, so this shows what one finished task costs the scheduler when
+/// the blocked set is large.
+async fn chain_row(args: &Args, dir: &Path) -> Result<()> {
+    let tasks = args.scheme_tasks;
+    let cluster = Cluster::start_with_scheme(args, "nodb", 1, "leastload", dir).await?;
+    no_op_map(&cluster.client, 500.min(tasks)).await?; // warm up
+    let cpu_before = cluster.controller.cpu();
+    let t = Instant::now();
+    let view = cluster.client.load_balanced_view();
+    let mut pending: Vec<AsyncResult<(), One>> = Vec::with_capacity(tasks);
+    let mut previous: Vec<String> = Vec::new();
+    for _ in 0..tasks {
+        let result = view
+            .clone()
+            .with_after(&previous)
+            .apply::<(), ()>("noop", &())
+            .await?;
+        previous = result.msg_ids();
+        pending.push(result);
+    }
+    for result in pending {
+        result.get(WAIT).await?;
+    }
+    let rate = tasks as f64 / t.elapsed().as_secs_f64();
+    let cpu = cluster.controller.cpu().per_task_since(cpu_before, tasks);
+    cluster.stop().await?;
+    println!(
+        "\n| dependency graph | tasks | tasks/s | controller CPU per task |\n|---|---:|---:|---:|\n\
+         | chain (each after the previous; all submitted at once) | {tasks} | {rate:.0} | {cpu} |"
+    );
     Ok(())
 }
 
