@@ -3,8 +3,13 @@
 //! is lost.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Arc;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -49,6 +54,30 @@ impl Shell {
     }
 }
 
+/// The request running now, polled by the engine's main task itself (no task of its own:
+/// spawning one per request cost a task switch and a cross-thread wake-up each way).
+/// `Err` when the request panicked (an executor bug; logged, no reply).
+type RunningRequest = Pin<Box<dyn Future<Output = std::thread::Result<Finished>> + Send>>;
+
+/// Holds the running request. The mutex is never locked (only `get_mut`): it makes the
+/// engine's state `Sync`, which a boxed future is not.
+type RunningSlot = std::sync::Mutex<Option<RunningRequest>>;
+
+/// Waits for the running request to finish and empties the slot; never resolves when no
+/// request runs.
+///
+/// # Cancel safety
+/// Cancel-safe: a request not finished yet stays in the slot.
+async fn next_finished(running: &mut RunningSlot) -> std::thread::Result<Finished> {
+    let running = running.get_mut().unwrap_or_else(PoisonError::into_inner);
+    let Some(request) = running.as_mut() else {
+        return std::future::pending().await;
+    };
+    let finished = request.await;
+    *running = None;
+    finished
+}
+
 /// Why the engine stops (when it stops without an error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
@@ -86,7 +115,7 @@ pub(crate) struct Runtime {
     queue: VecDeque<Queued>,
     abort_ids: HashSet<String>,
     /// The request running now (at most one).
-    running: JoinSet<Finished>,
+    running: RunningSlot,
     /// The running request's msg_id and its abort handle.
     running_request: Option<(String, Arc<AbortHandle>)>,
     /// The re-registration attempt in flight (at most one).
@@ -224,7 +253,7 @@ impl Runtime {
             background,
             queue: VecDeque::new(),
             abort_ids: HashSet::new(),
-            running: JoinSet::new(),
+            running: RunningSlot::new(None),
             running_request: None,
             registering: JoinSet::new(),
             link: Link::Up,
@@ -267,7 +296,10 @@ impl Runtime {
         let result = result.map(|_| ());
         // Stop owned tasks: the running request (its blocking thread, if any, finishes on
         // its own), a registration attempt, the heart.
-        self.running.shutdown().await;
+        *self
+            .running
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         self.registering.shutdown().await;
         self.background.shutdown().await;
         match &result {
@@ -287,9 +319,12 @@ impl Runtime {
             // `Interval::tick` and `cancelled()` lose nothing when another branch wins.
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(Stop::Owner),
-                Some(done) = self.running.join_next() => match done {
+                done = next_finished(&mut self.running) => match done {
                     Ok(finished) => self.deliver(finished).await,
-                    Err(err) => tracing::error!(error = %err, "request task failed"),
+                    Err(_) => {
+                        self.running_request = None;
+                        tracing::error!("request task failed: the executor panicked");
+                    }
                 },
                 frames = self.control.receiver.recv() => {
                     let frames = frames?;
@@ -354,13 +389,18 @@ impl Runtime {
 
     /// Starts the next queued request when none is running.
     fn start_next(&mut self) {
-        if !self.running.is_empty() {
+        let running = self
+            .running
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if running.is_some() {
             return;
         }
         if let Some(queued) = self.queue.pop_front() {
             let abort = Arc::new(AbortHandle::default());
             self.running_request = Some((queued.msg.header.msg_id.clone(), Arc::clone(&abort)));
-            self.running.spawn(self.env.clone().run(queued, abort));
+            let request = self.env.clone().run(queued, abort);
+            *running = Some(Box::pin(AssertUnwindSafe(request).catch_unwind()));
         }
     }
 

@@ -52,6 +52,15 @@ fn executor() -> (RustExecutor, std::sync::mpsc::Sender<()>) {
             ctx.eprint("err");
             Ok::<_, std::convert::Infallible>(n + 1)
         })
+        .register_inline_infallible("inline_square", |n: i64| n * n)
+        .register_inline("inline_checked", |n: i64| {
+            if n < 0 {
+                Err(format!("negative: {n}"))
+            } else {
+                Ok(n)
+            }
+        })
+        .register_inline_infallible("inline_boom", |_: ()| -> u8 { panic!("inline kaboom") })
         .register_infallible("slow", |n: u64| {
             // Real work on the blocking pool (no sleep: time is paused in these tests).
             (0..n).fold(0u64, |acc, i| acc.wrapping_add(i))
@@ -274,6 +283,35 @@ async fn a_panic_becomes_a_rust_panic_error_and_the_engine_keeps_serving() {
     assert_eq!(ename, "RustPanic");
     assert_eq!(evalue, "kaboom");
 
+    c.call(&call("square", Bincode.encode(&5i64).unwrap()))
+        .await;
+    let reply = c.reply().await;
+    let values = read_reply(reply.content_map(), &reply.buffers).unwrap();
+    assert_eq!(values[0].decode::<i64>().unwrap(), 25);
+    c.controller.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn inline_functions_answer_results_errors_and_panics_like_pooled_ones() {
+    let mut c = Cluster::start().await;
+    c.call(&call("inline_square", Bincode.encode(&7i64).unwrap()))
+        .await;
+    let reply = c.reply().await;
+    let values = read_reply(reply.content_map(), &reply.buffers).unwrap();
+    assert_eq!(values[0].decode::<i64>().unwrap(), 49);
+
+    c.call(&call("inline_checked", Json.encode(&-3i64).unwrap()))
+        .await;
+    let (ename, evalue) = error_of(&c.reply().await);
+    assert_eq!(ename, "RustError");
+    assert_eq!(evalue, "negative: -3");
+
+    c.call(&RustCall::new("inline_boom", vec![])).await;
+    let (ename, evalue) = error_of(&c.reply().await);
+    assert_eq!(ename, "RustPanic");
+    assert_eq!(evalue, "inline kaboom");
+
+    // The engine keeps serving, pooled and inline alike.
     c.call(&call("square", Bincode.encode(&5i64).unwrap()))
         .await;
     let reply = c.reply().await;
