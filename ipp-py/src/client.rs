@@ -38,10 +38,41 @@ const ZERO_COPY_MIN: usize = 64 * 1024;
 /// `json.loads`, looked up once.
 static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+/// The C scanner of `json`'s default decoder (`scan_once(text, index) -> (value, end)`),
+/// looked up once.
+static JSON_SCAN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
 /// Parses packed JSON into Python objects with the C `json` module.
+///
+/// Calls the decoder's C scanner directly on the text (what `json.loads` ends up doing,
+/// without its Python-level encoding detection, decoding and checks, which cost more than
+/// the scan of a small reply); anything it does not take whole (leading or trailing
+/// whitespace, invalid JSON or UTF-8) goes through `json.loads`, which also makes the error.
 fn loads<'py>(py: Python<'py>, packed: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    if let Ok(text) = std::str::from_utf8(packed) {
+        let scan = JSON_SCAN.get_or_try_init(py, || {
+            py.import("json")?
+                .getattr("_default_decoder")?
+                .getattr("scan_once")
+                .map(Bound::unbind)
+        })?;
+        if let Ok(found) = scan.bind(py).call1((PyString::new(py, text), 0)) {
+            if let Ok((value, end)) = found.extract::<(Bound<'py, PyAny>, usize)>() {
+                if end == text.chars().count() {
+                    return Ok(value);
+                }
+            }
+        }
+    }
     let loads = JSON_LOADS.import(py, "json", "loads")?;
     loads.call1((PyBytes::new(py, packed),))
+}
+
+/// The `status` of a packed reply content, read without building the content.
+#[derive(serde::Deserialize)]
+struct StatusOnly<'a> {
+    #[serde(borrow, default)]
+    status: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Packs a JSON value into Python objects.
@@ -663,6 +694,16 @@ impl Reply {
     #[getter]
     fn content<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         self.field(py, &self.content, &self.inner.wire().content)
+    }
+
+    /// The content's `status` (`ok`, `error`, `aborted`, …), or None when it has none;
+    /// read without building the content.
+    #[getter]
+    fn status(&self) -> Option<String> {
+        serde_json::from_slice::<StatusOnly<'_>>(&self.inner.wire().content)
+            .ok()
+            .and_then(|c| c.status)
+            .map(std::borrow::Cow::into_owned)
     }
 
     /// The reply's buffers, as memoryviews (a new list each time; the views are shared).

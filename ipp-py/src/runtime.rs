@@ -10,14 +10,36 @@ use pyo3::PyResult;
 /// tasks spawned by one Python object can outlive it.
 static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
-/// The shared runtime, created on first use with two worker threads (networking only:
-/// Python code never runs on them).
+/// Worker threads of the shared runtime unless `$IPP_RS_IO_THREADS` says otherwise.
+///
+/// One: a client's IO task (and an in-process controller, itself built for one thread as
+/// `ipcontroller` runs it) then never hands a message to another worker; with two, the
+/// runtime's idle worker kept waking to look for work, which cost the client's IO ~30% more
+/// CPU per no-op task (`benchmarks/bench_python_engine.py`, 2 CPUs).
+const IO_THREADS: usize = 1;
+
+/// The environment variable that sets the number of worker threads (at least 1).
+const IO_THREADS_ENV: &str = "IPP_RS_IO_THREADS";
+
+/// The shared runtime, created on first use with [`IO_THREADS`] worker threads
+/// (networking only: Python code never runs on them).
 pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     if let Some(runtime) = RUNTIME.get() {
         return Ok(runtime);
     }
+    let threads = match std::env::var(IO_THREADS_ENV) {
+        Err(_) => IO_THREADS,
+        Ok(text) => match text.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                return Err(PyRuntimeError::new_err(format!(
+                    "{IO_THREADS_ENV} must be a whole number of threads, at least 1, not {text:?}"
+                )))
+            }
+        },
+    };
     let built = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads)
         .thread_name("ipp-rs-io")
         .enable_all()
         .build()

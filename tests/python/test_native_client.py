@@ -106,6 +106,11 @@ def divide(a, b):
 
 
 @interactive
+def fail_with(text):
+    raise ValueError(text)
+
+
+@interactive
 def sleep_then(seconds, value):
     import time
 
@@ -225,6 +230,8 @@ def test_direct_apply_gives_one_reply_per_target_in_order(nc):
         assert before <= reply.received <= time.time()
         assert all(isinstance(b, memoryview) for b in reply.buffers)
         assert value_of(reply) == 42
+        # The status, read without building the content.
+        assert reply.status == "ok"
         # Fields are parsed once and kept.
         assert reply.content is reply.content
     assert nc.done(ids) == ids
@@ -300,6 +307,7 @@ def test_remote_exceptions_are_error_replies(nc):
     ids = apply(nc, "mux", divide, 1, 0, targets=[0])
     assert nc.wait(ids, DEADLINE)
     reply = nc.reply(ids[0])
+    assert reply.status == "error"
     assert reply.content["status"] == "error"
     assert reply.content["ename"] == "ZeroDivisionError"
     assert reply.metadata["status"] == "error"
@@ -308,6 +316,18 @@ def test_remote_exceptions_are_error_replies(nc):
     assert nc.wait_outputs(ids, DEADLINE)
     nc.forget(ids)
     del outputs
+
+
+def test_replies_with_non_ascii_text_parse_whole(nc):
+    text = 'caf\u00e9 \u2713 \U0001f600 "quoted" \\ end'
+    ids = apply(nc, "mux", fail_with, text, targets=[0])
+    assert nc.wait(ids, DEADLINE)
+    reply = nc.reply(ids[0])
+    assert reply.status == "error"
+    assert reply.content["evalue"] == text
+    assert reply.content["ename"] == "ValueError"
+    assert nc.wait_outputs(ids, DEADLINE)
+    nc.forget(ids)
 
 
 def test_buffers_of_every_kind_go_out(nc):
@@ -595,6 +615,7 @@ def test_closing_ends_outstanding_requests(cluster):
     assert nc.wait(ids, DEADLINE)
     reply = nc.reply(ids[0])
     assert reply.synthetic and reply.content["ename"] == "ConnectionError"
+    assert reply.status == "error"
     assert reply.metadata["engine_id"] == 0
     with pytest.raises(ConnectionError, match="closed"):
         apply(nc, "task", double, 1)

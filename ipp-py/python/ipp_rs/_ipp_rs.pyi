@@ -129,6 +129,10 @@ class Reply:
     @property
     def content(self) -> dict[str, Any]: ...
     @property
+    def status(self) -> Optional[str]:
+        """``content["status"]`` (``"ok"``, ``"error"``, ``"aborted"``, ...), or None if the
+        content has none, read without building the content dict."""
+    @property
     def buffers(self) -> list[memoryview]:
         """The reply's buffers: read-only memoryviews over ``bytes`` copied once from the
         frames (the abi3-py39 stable ABI has no buffer protocol for native classes)."""

@@ -391,8 +391,9 @@ class Client(HubQueries):
         return self._result_of(reply)
 
     def _result_of(self, reply: Any) -> Any:
-        content = reply.content
-        status = content.get("status")
+        # The status is read without building the content: an ok apply_reply needs only
+        # its buffers.
+        status = reply.status
         msg_id = reply.msg_id
         if status == "ok":
             bufs = reply.buffers
@@ -406,6 +407,7 @@ class Client(HubQueries):
                         values.append(value)
                     return values
                 return deserialize_object(bufs)[0]
+            content = reply.content
             msg_type = reply.msg_type
             if msg_type == "apply_reply":
                 return deserialize_object(bufs)[0]
@@ -421,7 +423,7 @@ class Client(HubQueries):
             }
         if status == "aborted":
             return error.TaskAborted(msg_id)
-        return self._unwrap_exception(content)
+        return self._unwrap_exception(reply.content)
 
     def _unwrap_exception(self, content: dict) -> Exception:
         """The RemoteError of an error content, with engine_id filled in from the uuid."""
