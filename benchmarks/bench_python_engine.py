@@ -91,6 +91,7 @@ class Cluster:
         engines: int,
         profile: str | None,
         engine_script: str | None = None,
+        controller_args: list[str] | None = None,
     ):
         self.tmp = Path(tempfile.mkdtemp(prefix="ipp-bench-pyengine-"))
         self.profile_dir = self.tmp / "profile_default"
@@ -103,7 +104,9 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
         self.logs: list = []
         self.controller = self._spawn(
-            [controller, f"--profile-dir={self.profile_dir}", "--ip=127.0.0.1"], "controller"
+            [controller, f"--profile-dir={self.profile_dir}", "--ip=127.0.0.1",
+             *(controller_args or [])],
+            "controller",
         )
         self.client_file = self.security / "ipcontroller-client.json"
         engine_file = self.security / "ipcontroller-engine.json"
@@ -236,12 +239,14 @@ def main() -> int:
     parser.add_argument("--engine-script", metavar="FILE",
                         help="run engines as `python FILE <engine args>` (a wrapper that "
                         "instruments ipp_rs.engine, then calls ipp_rs.engine.main)")
+    parser.add_argument("--controller-arg", action="append", default=[], metavar="ARG",
+                        help="an extra controller argument (repeatable), e.g. --nodb, --hwm=0")
     args = parser.parse_args()
 
     client_mod = importlib.import_module(args.client)
     cluster = Cluster(
         args.controller, args.engine_python, args.engines, args.profile_engine,
-        args.engine_script,
+        args.engine_script, args.controller_arg,
     )
     rc = None
     try:
@@ -259,7 +264,8 @@ def main() -> int:
             key: statistics.median(r[key] for r in rounds) for key in rounds[0]
         }
         median.update(
-            client=args.client, engines=args.engines, tasks=args.tasks, rounds=args.rounds
+            client=args.client, engines=args.engines, tasks=args.tasks, rounds=args.rounds,
+            controller_args=args.controller_arg,
         )
         print("RESULT " + json.dumps(median), flush=True)
     finally:

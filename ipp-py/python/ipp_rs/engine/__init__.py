@@ -31,6 +31,7 @@ Stopping: SIGTERM (or a client's shutdown) unregisters and exits; Ctrl-C too.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -148,6 +149,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_terminate)
     # signal_request delivers SIGINT: make sure it raises KeyboardInterrupt.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # What is loaded by now (the interpreter, ipp_rs, ipyparallel when installed) lives as
+    # long as the engine: keep it out of the garbage collector's scans, which otherwise
+    # walk all of it at every older-generation collection while requests run.
+    gc.freeze()
     try:
         engine.serve(kernel)
     except KeyboardInterrupt:
