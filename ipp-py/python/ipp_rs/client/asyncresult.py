@@ -345,8 +345,12 @@ class AsyncResult(OutputDisplay, Future):
         elif return_when == ALL_COMPLETED:
             return_when = None
         wait_result = None
-        if not self.ready():
-            wait_result = self.wait(timeout, return_when=return_when)
+        if not self._ready:
+            if return_when is None:
+                # One native wait, which resolves the result once its replies are in.
+                self.wait(timeout)
+            elif not self.ready():
+                wait_result = self.wait(timeout, return_when=return_when)
         if return_exceptions is None:
             return_exceptions = self._return_exceptions
         if self._ready:
@@ -381,13 +385,12 @@ class AsyncResult(OutputDisplay, Future):
         if timeout is not None and timeout < 0:
             timeout = None
         if return_when is None:
+            # (not `_ready` means PENDING, which Future.done would not count as done)
             if self._ready:
-                return True
-            if Future.done(self):
                 return True
             if self._native_wait(timeout):
                 self._resolve()
-            return self._ready or Future.done(self)
+            return self._ready
         return self._wait_split(timeout, return_when)
 
     def _wait_split(self, timeout: Optional[float], return_when: Any) -> tuple:
