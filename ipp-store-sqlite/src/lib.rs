@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
 
+mod bind;
+mod checkpoint;
 mod config;
 mod error;
 mod query;

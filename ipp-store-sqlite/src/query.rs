@@ -167,7 +167,8 @@ mod tests {
     //! operator and literal type, over records that cover NULL and non-NULL values.
 
     use super::*;
-    use crate::schema::{all_columns, ensure, to_sql};
+    use crate::bind::Binder;
+    use crate::schema::{all_columns, ensure};
     use bytes::Bytes;
     use ipp_core::protocol::date;
     use ipp_core::store::TaskRecord;
@@ -244,15 +245,19 @@ mod tests {
         register_functions(&conn).unwrap();
         ensure(&conn, Path::new(":memory:"), "t").unwrap();
         let records = records();
-        for rec in &records {
-            let values: Vec<Value> = RecordKey::ALL.iter().map(|k| to_sql(rec, *k)).collect();
-            let marks = vec!["?"; values.len()].join(", ");
-            conn.execute(
-                &format!("INSERT INTO t ({}) VALUES ({marks})", all_columns()),
-                rusqlite::params_from_iter(values),
-            )
+        let marks = vec!["?"; RecordKey::ALL.len()].join(", ");
+        let mut insert = conn
+            .prepare(&format!(
+                "INSERT INTO t ({}) VALUES ({marks})",
+                all_columns()
+            ))
             .unwrap();
+        let mut binder = Binder::default();
+        for rec in &records {
+            binder.bind_record(&mut insert, rec).unwrap();
+            insert.raw_execute().unwrap();
         }
+        drop(insert);
         let mut checked = 0;
         for key in RecordKey::ALL {
             for condition in conditions() {

@@ -14,7 +14,7 @@ use std::path::Path;
 use bytes::Bytes;
 use ipp_core::protocol::{date, JsonMap, Timestamp};
 use ipp_core::store::{RecordKey, TaskRecord};
-use rusqlite::types::{Value, ValueRef};
+use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
@@ -152,33 +152,87 @@ fn check_columns(existing: &[(String, String)]) -> std::result::Result<(), Strin
 
 /// A date as stored: fixed-width ISO text with microseconds and `+00:00`.
 pub(crate) fn format_date(date: &Timestamp) -> String {
-    use chrono::{Datelike, Timelike};
-    // By hand: chrono's `format` parses its pattern on every call, which showed in profiles.
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        date.year(),
-        date.month(),
-        date.day(),
-        date.hour(),
-        date.minute(),
-        date.second(),
+    DateText::new(date).as_str().to_owned()
+}
+
+/// A date's stored text, `2026-11-22T17:59:21.232133+00:00`, built on the stack.
+pub(crate) struct DateText {
+    bytes: [u8; 32],
+    /// Years outside 0–9999 do not fit the fixed width; they are formatted the slow way.
+    wide: Option<String>,
+}
+
+impl DateText {
+    /// Formats `date` (by hand: chrono's `format` parses its pattern on every call, and
+    /// `format!` went through the formatting machinery per field, which showed in profiles).
+    pub(crate) fn new(date: &Timestamp) -> Self {
+        use chrono::{Datelike, Timelike};
         // A leap second shows as 1_000_000+ µs in chrono; keep the field six digits wide.
-        (date.nanosecond() / 1_000).min(999_999)
-    )
+        let micros = (date.nanosecond() / 1_000).min(999_999);
+        let year = date.year();
+        let Ok(year4) = u32::try_from(year) else {
+            return Self::wide(date, micros);
+        };
+        if year4 > 9999 {
+            return Self::wide(date, micros);
+        }
+        let mut bytes = *b"0000-00-00T00:00:00.000000+00:00";
+        put_digits(&mut bytes[0..4], year4);
+        put_digits(&mut bytes[5..7], date.month());
+        put_digits(&mut bytes[8..10], date.day());
+        put_digits(&mut bytes[11..13], date.hour());
+        put_digits(&mut bytes[14..16], date.minute());
+        put_digits(&mut bytes[17..19], date.second());
+        put_digits(&mut bytes[20..26], micros);
+        Self { bytes, wide: None }
+    }
+
+    fn wide(date: &Timestamp, micros: u32) -> Self {
+        use chrono::{Datelike, Timelike};
+        let text = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+            date.year(),
+            date.month(),
+            date.day(),
+            date.hour(),
+            date.minute(),
+            date.second(),
+            micros
+        );
+        Self {
+            bytes: [0; 32],
+            wide: Some(text),
+        }
+    }
+
+    /// The text.
+    pub(crate) fn as_str(&self) -> &str {
+        match &self.wide {
+            Some(text) => text,
+            // Only ASCII digits and punctuation were written.
+            None => std::str::from_utf8(&self.bytes).unwrap_or_default(),
+        }
+    }
+}
+
+/// Writes `value`'s last `out.len()` decimal digits into `out`, zero-padded.
+fn put_digits(out: &mut [u8], mut value: u32) {
+    for byte in out.iter_mut().rev() {
+        // `value % 10` is below 10, so the cast cannot truncate.
+        *byte = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Magic bytes that open a buffers blob (version 1 of our encoding).
 const BUFFERS_MAGIC: &[u8; 8] = b"IPPBUF1\0";
 
-/// Encodes a list of buffers as one blob: the 8 bytes `IPPBUF1\0`, the count as a
-/// little-endian u32, then each buffer as its length (little-endian u64) and its bytes.
-/// `None` (SQL NULL) for an empty list.
-pub(crate) fn encode_buffers(buffers: &[Bytes]) -> Option<Vec<u8>> {
-    if buffers.is_empty() {
-        return None;
-    }
+/// Appends the blob of a non-empty list of buffers to `out`: the 8 bytes `IPPBUF1\0`, the
+/// count as a little-endian u32, then each buffer as its length (little-endian u64) and
+/// its bytes. (An empty list is stored as NULL, not as a blob.)
+pub(crate) fn encode_buffers_into(buffers: &[Bytes], out: &mut Vec<u8>) {
     let total: usize = buffers.iter().map(|b| b.len() + 8).sum();
-    let mut out = Vec::with_capacity(BUFFERS_MAGIC.len() + 4 + total);
+    out.reserve(BUFFERS_MAGIC.len() + 4 + total);
     out.extend_from_slice(BUFFERS_MAGIC);
     // More than u32::MAX buffers cannot arrive in one message; saturate rather than wrap.
     out.extend_from_slice(
@@ -190,10 +244,9 @@ pub(crate) fn encode_buffers(buffers: &[Bytes]) -> Option<Vec<u8>> {
         out.extend_from_slice(&(buffer.len() as u64).to_le_bytes());
         out.extend_from_slice(buffer);
     }
-    Some(out)
 }
 
-/// Decodes [`encode_buffers`]'s blob; the buffers share one allocation.
+/// Decodes [`encode_buffers_into`]'s blob; the buffers share one allocation.
 pub(crate) fn decode_buffers(blob: &[u8]) -> std::result::Result<Vec<Bytes>, String> {
     if blob.first() == Some(&0x80) {
         return Err("this looks like a Python pickle (written by ipyparallel), \
@@ -232,57 +285,6 @@ pub(crate) fn decode_buffers(blob: &[u8]) -> std::result::Result<Vec<Bytes>, Str
         return Err("trailing bytes after the buffers".to_owned());
     }
     Ok(out)
-}
-
-/// The SQL value storing `record`'s `key` field.
-pub(crate) fn to_sql(record: &TaskRecord, key: RecordKey) -> Value {
-    fn text(value: &Option<String>) -> Value {
-        value.clone().map_or(Value::Null, Value::Text)
-    }
-    fn json(value: &Option<JsonMap>) -> Value {
-        value.as_ref().map_or(Value::Null, json_text)
-    }
-    fn when(value: &Option<Timestamp>) -> Value {
-        value
-            .as_ref()
-            .map_or(Value::Null, |d| Value::Text(format_date(d)))
-    }
-    match key {
-        RecordKey::MsgId => Value::Text(record.msg_id.clone()),
-        RecordKey::Header => json(&record.header),
-        RecordKey::Metadata => json(&record.metadata),
-        RecordKey::Content => json(&record.content),
-        RecordKey::Buffers => blob(&record.buffers),
-        RecordKey::Submitted => when(&record.submitted),
-        RecordKey::ClientUuid => text(&record.client_uuid),
-        RecordKey::EngineUuid => text(&record.engine_uuid),
-        RecordKey::Started => when(&record.started),
-        RecordKey::Completed => when(&record.completed),
-        RecordKey::Resubmitted => text(&record.resubmitted),
-        RecordKey::Received => when(&record.received),
-        RecordKey::ResultHeader => json(&record.result_header),
-        RecordKey::ResultMetadata => json(&record.result_metadata),
-        RecordKey::ResultContent => json(&record.result_content),
-        RecordKey::ResultBuffers => blob(&record.result_buffers),
-        RecordKey::Queue => text(&record.queue),
-        RecordKey::ExecuteInput => text(&record.execute_input),
-        RecordKey::ExecuteResult => json(&record.execute_result),
-        RecordKey::Error => json(&record.error),
-        RecordKey::Stdout => Value::Text(record.stdout.clone()),
-        RecordKey::Stderr => Value::Text(record.stderr.clone()),
-        RecordKey::Label => text(&record.label),
-    }
-}
-
-/// A JSON object as stored text.
-pub(crate) fn json_text(map: &JsonMap) -> Value {
-    // Serializing a map of JSON values cannot fail (string keys, no foreign types).
-    Value::Text(serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned()))
-}
-
-/// Buffers as a stored blob (NULL for none).
-pub(crate) fn blob(buffers: &[Bytes]) -> Value {
-    encode_buffers(buffers).map_or(Value::Null, Value::Blob)
 }
 
 /// Sets `record`'s `key` field from a stored value.
@@ -360,6 +362,15 @@ pub(crate) fn set_from_sql(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn encode_buffers(buffers: &[Bytes]) -> Option<Vec<u8>> {
+        if buffers.is_empty() {
+            return None;
+        }
+        let mut out = Vec::new();
+        encode_buffers_into(buffers, &mut out);
+        Some(out)
+    }
 
     #[test]
     fn buffers_round_trip_including_empty_ones() {

@@ -13,6 +13,7 @@ use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::checkpoint::Checkpointer;
 use crate::config::SqliteConfig;
 use crate::error::{Error, Result};
 use crate::query::{register_functions, translate, SUBMISSION_ORDER};
@@ -73,7 +74,7 @@ impl SqliteStore {
             batch_size,
             queue_capacity,
         } = config;
-        let (writer_conn, reader, known) = {
+        let (writer_conn, reader, known, checkpointer) = {
             let (path, table) = (path.clone(), table.clone());
             tokio::task::spawn_blocking(move || open_connections(&path, &table))
                 .await
@@ -95,6 +96,7 @@ impl SqliteStore {
             inbox,
             done: done_tx,
             pending_error: Arc::clone(&pending_error),
+            checkpointer,
         };
         let handle = std::thread::Builder::new()
             .name("ipp-sqlite-writer".to_owned())
@@ -257,9 +259,12 @@ impl SqliteStore {
     }
 }
 
-/// Opens the writer's and the reader's connections, prepares the table, and reads the
-/// recorded ids.
-fn open_connections(path: &Path, table: &str) -> Result<(Connection, Connection, HashSet<String>)> {
+/// The connections and state [`open_connections`] prepares.
+pub(crate) type Opened = (Connection, Connection, HashSet<String>, Checkpointer);
+
+/// Opens the writer's and the reader's connections, prepares the table, reads the
+/// recorded ids, and starts the checkpointer (hooked to the writer's connection).
+pub(crate) fn open_connections(path: &Path, table: &str) -> Result<Opened> {
     let sql_err = |operation| {
         move |source| Error::Sqlite {
             operation,
@@ -267,7 +272,7 @@ fn open_connections(path: &Path, table: &str) -> Result<(Connection, Connection,
             source,
         }
     };
-    let writer = Connection::open(path).map_err(sql_err("open"))?;
+    let mut writer = Connection::open(path).map_err(sql_err("open"))?;
     writer.busy_timeout(BUSY_TIMEOUT).map_err(sql_err("open"))?;
     let mode: String = writer
         .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
@@ -275,7 +280,9 @@ fn open_connections(path: &Path, table: &str) -> Result<(Connection, Connection,
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(path = %path.display(), mode, "sqlite did not switch to WAL mode");
     }
-    // With WAL, NORMAL loses at most the last commits on power loss, never consistency.
+    // With WAL, NORMAL syncs the log at each checkpoint rather than at each commit: a power
+    // loss or OS crash loses at most the commits since the last checkpoint, never
+    // consistency; a process crash loses nothing committed.
     writer
         .pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql_err("set synchronous"))?;
@@ -306,7 +313,12 @@ fn open_connections(path: &Path, table: &str) -> Result<(Connection, Connection,
         .busy_timeout(BUSY_TIMEOUT)
         .map_err(sql_err("open reader"))?;
     register_functions(&reader).map_err(sql_err("register functions"))?;
-    Ok((writer, reader, known))
+    // Installing the hook replaces SQLite's automatic checkpoint in the commit.
+    let checkpointer = Checkpointer::start(path)?;
+    writer
+        .wal_hook(Some(checkpointer.wal_hook()))
+        .map_err(sql_err("install the WAL hook"))?;
+    Ok((writer, reader, known, checkpointer))
 }
 
 /// Reads rows of `msg_id` followed by `keys` into records.

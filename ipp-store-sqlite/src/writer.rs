@@ -10,17 +10,19 @@
 //! return on its next call; the thread goes on with the next op.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ipp_core::store::{Query, RecordKey, RecordUpdate, TaskRecord};
-use rusqlite::types::Value;
-use rusqlite::{params_from_iter, Connection};
+use rusqlite::{params_from_iter, Connection, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::bind::{update_fields, Binder, Field};
+use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::query::translate;
-use crate::schema::{all_columns, blob, json_text, quote, to_sql};
+use crate::schema::{all_columns, quote};
 
 /// One queued write.
 #[derive(Debug)]
@@ -35,6 +37,9 @@ pub(crate) enum Op {
     DropMatching(Query, oneshot::Sender<Result<Vec<String>>>),
     /// Finish everything queued before, then stop; answers once stopped.
     Close(oneshot::Sender<()>),
+    /// What is left of an update once folded into the add earlier in its batch (never
+    /// queued; removed before the batch is written).
+    Folded,
 }
 
 /// The first write error not yet returned to a caller.
@@ -50,6 +55,8 @@ pub(crate) struct Writer {
     /// How many ops are finished (committed or failed), published after each batch.
     pub(crate) done: watch::Sender<u64>,
     pub(crate) pending_error: PendingError,
+    /// Checkpoints the WAL off this thread; stopped when the writer stops.
+    pub(crate) checkpointer: Checkpointer,
 }
 
 /// What a batch owes callers once it is committed.
@@ -61,6 +68,8 @@ enum Reply {
 impl Writer {
     /// Runs until every sender is gone or a [`Op::Close`] is processed.
     pub(crate) fn run(mut self) {
+        let mut binder = Binder::default();
+        let insert_sql = insert_sql(&quote(&self.table));
         let mut finished: u64 = 0;
         let mut failing = false;
         let mut batch = Vec::with_capacity(self.batch_size);
@@ -77,7 +86,7 @@ impl Writer {
                 }
             }
             let count = batch.len() as u64;
-            let (replies, errors) = self.commit(&mut batch);
+            let (replies, errors) = self.commit(&mut batch, &insert_sql, &mut binder);
             finished += count;
             if errors.is_empty() {
                 if failing {
@@ -114,7 +123,18 @@ impl Writer {
                 break;
             }
         }
-        tracing::debug!(path = %self.path.display(), "sqlite writer stopped");
+        let Writer {
+            conn,
+            path,
+            checkpointer,
+            ..
+        } = self;
+        // The connection holds the WAL hook, which holds a sender of the checkpointer's.
+        if let Err((_, err)) = conn.close() {
+            tracing::debug!(path = %path.display(), error = %err, "closing the sqlite writer's connection failed");
+        }
+        checkpointer.stop();
+        tracing::debug!(path = %path.display(), "sqlite writer stopped");
     }
 
     /// Keeps `err` for the store to return, unless an earlier one is still waiting.
@@ -125,12 +145,16 @@ impl Writer {
     }
 
     /// Applies `batch` in one transaction; returns the replies owed and the errors met.
-    fn commit(&mut self, batch: &mut Vec<Op>) -> (Vec<Reply>, Vec<Error>) {
+    fn commit(
+        &mut self,
+        batch: &mut Vec<Op>,
+        insert_sql: &str,
+        binder: &mut Binder,
+    ) -> (Vec<Reply>, Vec<Error>) {
         let mut replies = Vec::new();
         let mut errors = Vec::new();
         let path = self.path.clone();
         let table = quote(&self.table);
-        let insert_sql = insert_sql(&table);
         let sql_err = |operation: &'static str| {
             let path = path.clone();
             move |source| Error::Sqlite {
@@ -149,35 +173,44 @@ impl Writer {
                 return (replies, errors);
             }
         };
-        for op in merge_updates_into_adds(batch.drain(..)) {
-            match op {
-                Op::Add(record) => {
-                    if let Err(err) = insert(&tx, &insert_sql, &record).map_err(sql_err("add")) {
-                        errors.push(err);
+        merge_updates_into_adds(batch);
+        {
+            // Prepared once per batch (from the connection's cache), bound per record.
+            let mut insert_stmt = None;
+            for op in batch.drain(..) {
+                match op {
+                    Op::Add(record) => {
+                        if let Err(err) = insert(&tx, &mut insert_stmt, insert_sql, binder, &record)
+                            .map_err(sql_err("add"))
+                        {
+                            errors.push(err);
+                        }
                     }
-                }
-                Op::Update(msg_id, update) => {
-                    if let Err(err) =
-                        apply(&tx, &table, &msg_id, &update).map_err(sql_err("update"))
-                    {
-                        errors.push(err);
+                    Op::Update(msg_id, update) => {
+                        if let Err(err) =
+                            apply(&tx, &table, binder, &msg_id, &update).map_err(sql_err("update"))
+                        {
+                            errors.push(err);
+                        }
                     }
-                }
-                Op::DropIds(ids) => {
-                    let sql = format!(
-                        "DELETE FROM {table} WHERE msg_id IN (SELECT value FROM json_each(?))"
-                    );
-                    let list = serde_json::Value::from(ids).to_string();
-                    if let Err(err) = tx.execute(&sql, [list]).map_err(sql_err("drop records")) {
-                        errors.push(err);
+                    Op::DropIds(ids) => {
+                        let sql = format!(
+                            "DELETE FROM {table} WHERE msg_id IN (SELECT value FROM json_each(?))"
+                        );
+                        let list = serde_json::Value::from(ids).to_string();
+                        if let Err(err) = tx.execute(&sql, [list]).map_err(sql_err("drop records"))
+                        {
+                            errors.push(err);
+                        }
                     }
+                    Op::DropMatching(query, reply) => {
+                        let result =
+                            delete_matching(&tx, &table, &query).map_err(sql_err("drop matching"));
+                        replies.push(Reply::Dropped(reply, result));
+                    }
+                    Op::Close(reply) => replies.push(Reply::Closed(reply)),
+                    Op::Folded => {}
                 }
-                Op::DropMatching(query, reply) => {
-                    let result =
-                        delete_matching(&tx, &table, &query).map_err(sql_err("drop matching"));
-                    replies.push(Reply::Dropped(reply, result));
-                }
-                Op::Close(reply) => replies.push(Reply::Closed(reply)),
             }
         }
         if let Err(source) = tx.commit() {
@@ -196,32 +229,43 @@ impl Writer {
 }
 
 /// Folds each update of a record added earlier in the same batch into that add, so the
-/// record is written once. Drops end the folding (an update after a drop must stay an
-/// update of whatever is left). Order among the remaining ops is kept.
-fn merge_updates_into_adds(ops: impl Iterator<Item = Op>) -> Vec<Op> {
-    let mut out: Vec<Op> = Vec::new();
-    let mut added: HashMap<String, usize> = HashMap::new();
-    for op in ops {
-        match op {
-            Op::Update(msg_id, update) => match added.get(&msg_id) {
-                Some(&at) => {
-                    if let Some(Op::Add(record)) = out.get_mut(at) {
-                        record.apply(*update);
+/// record is written once, by one `INSERT` with its final values. Drops end the folding (an
+/// update after a drop must stay an update of whatever is left). Order among the remaining
+/// ops is kept.
+fn merge_updates_into_adds(batch: &mut Vec<Op>) {
+    // Which add each foldable update goes into (found without copying any id).
+    let mut folds: Vec<(usize, usize)> = Vec::new();
+    {
+        let mut added: HashMap<&str, usize> = HashMap::new();
+        for (at, op) in batch.iter().enumerate() {
+            match op {
+                Op::Add(record) => {
+                    added.insert(record.msg_id.as_str(), at);
+                }
+                Op::Update(msg_id, _) => {
+                    if let Some(&into) = added.get(msg_id.as_str()) {
+                        folds.push((at, into));
                     }
                 }
-                None => out.push(Op::Update(msg_id, update)),
-            },
-            Op::Add(record) => {
-                added.insert(record.msg_id.clone(), out.len());
-                out.push(Op::Add(record));
-            }
-            other => {
-                added.clear();
-                out.push(other);
+                Op::Folded => {}
+                Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) => added.clear(),
             }
         }
     }
-    out
+    if folds.is_empty() {
+        return;
+    }
+    for (at, into) in folds {
+        let Some(slot) = batch.get_mut(at) else {
+            continue;
+        };
+        if let Op::Update(_, update) = std::mem::replace(slot, Op::Folded) {
+            if let Some(Op::Add(record)) = batch.get_mut(into) {
+                record.apply(*update);
+            }
+        }
+    }
+    batch.retain(|op| !matches!(op, Op::Folded));
 }
 
 /// Answers an op that could not run.
@@ -234,7 +278,7 @@ fn fail(op: Op, replies: &mut Vec<Reply>) {
             }),
         )),
         Op::Close(reply) => replies.push(Reply::Closed(reply)),
-        Op::Add(_) | Op::Update(..) | Op::DropIds(_) => {}
+        Op::Add(_) | Op::Update(..) | Op::DropIds(_) | Op::Folded => {}
     }
 }
 
@@ -256,75 +300,69 @@ fn insert_sql(table: &str) -> String {
     format!("INSERT INTO {table} ({}) VALUES ({marks})", all_columns())
 }
 
-fn insert(conn: &Connection, sql: &str, record: &TaskRecord) -> rusqlite::Result<()> {
-    let values = RecordKey::ALL.map(|key| to_sql(record, key));
-    conn.prepare_cached(sql)?
-        .execute(params_from_iter(values))?;
+/// Inserts `record` with the batch's insert statement, preparing it on first use.
+fn insert<'tx>(
+    tx: &'tx Transaction<'_>,
+    stmt: &mut Option<rusqlite::CachedStatement<'tx>>,
+    sql: &str,
+    binder: &mut Binder,
+    record: &TaskRecord,
+) -> rusqlite::Result<()> {
+    let stmt = match stmt {
+        Some(stmt) => stmt,
+        None => stmt.insert(tx.prepare_cached(sql)?),
+    };
+    // Every parameter is bound each time: bindings outlive a statement's reset.
+    binder.bind_record(stmt, record)?;
+    stmt.raw_execute()?;
     Ok(())
 }
 
+/// Changes the columns `update` gives of the record `msg_id`.
 fn apply(
     conn: &Connection,
     table: &str,
+    binder: &mut Binder,
     msg_id: &str,
     update: &RecordUpdate,
 ) -> rusqlite::Result<()> {
-    let mut sets: Vec<String> = Vec::new();
-    let mut values: Vec<Value> = Vec::new();
-    let mut set = |column: &str, value: Value| {
-        sets.push(format!("{column} = ?"));
-        values.push(value);
-    };
-    let text = |value: &Option<String>| value.clone().map(Value::Text);
-    let when = |value: &Option<ipp_core::protocol::Timestamp>| {
-        value
-            .as_ref()
-            .map(|d| Value::Text(crate::schema::format_date(d)))
-    };
-    let json = |value: &Option<ipp_core::protocol::JsonMap>| value.as_ref().map(json_text);
-    let fields: [(&str, Option<Value>); 20] = [
-        ("header", json(&update.header)),
-        ("metadata", json(&update.metadata)),
-        ("content", json(&update.content)),
-        ("buffers", update.buffers.as_deref().map(blob)),
-        ("submitted", when(&update.submitted)),
-        ("client_uuid", text(&update.client_uuid)),
-        ("engine_uuid", text(&update.engine_uuid)),
-        ("started", when(&update.started)),
-        ("completed", when(&update.completed)),
-        ("resubmitted", text(&update.resubmitted)),
-        ("received", when(&update.received)),
-        ("result_header", json(&update.result_header)),
-        ("result_metadata", json(&update.result_metadata)),
-        ("result_content", json(&update.result_content)),
-        ("result_buffers", update.result_buffers.as_deref().map(blob)),
-        ("queue", text(&update.queue)),
-        ("execute_input", text(&update.execute_input)),
-        ("execute_result", json(&update.execute_result)),
-        ("error", json(&update.error)),
-        ("label", text(&update.label)),
+    let appended = [
+        ("stdout", update.append_stdout.as_deref()),
+        ("stderr", update.append_stderr.as_deref()),
     ];
-    for (column, value) in fields {
-        if let Some(value) = value {
-            set(column, value);
+    let mut sql = format!("UPDATE {table} SET ");
+    let mut first = true;
+    let mut separator = |sql: &mut String| {
+        if !std::mem::take(&mut first) {
+            sql.push_str(", ");
+        }
+    };
+    for (key, _) in update_fields(update) {
+        separator(&mut sql);
+        let _ = write!(sql, "{} = ?", key.as_str());
+    }
+    for (column, text) in appended {
+        if text.is_some() {
+            separator(&mut sql);
+            let _ = write!(sql, "{column} = ifnull({column}, '') || ?");
         }
     }
-    for (column, appended) in [
-        ("stdout", &update.append_stdout),
-        ("stderr", &update.append_stderr),
-    ] {
-        if let Some(appended) = appended {
-            sets.push(format!("{column} = ifnull({column}, '') || ?"));
-            values.push(Value::Text(appended.clone()));
-        }
+    if first {
+        return Ok(()); // nothing to change
     }
-    if sets.is_empty() {
-        return Ok(());
+    sql.push_str(" WHERE msg_id = ?");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut index = 0;
+    for (_, field) in update_fields(update) {
+        index += 1;
+        binder.bind(&mut stmt, index, field)?;
     }
-    values.push(Value::Text(msg_id.to_owned()));
-    let sql = format!("UPDATE {table} SET {} WHERE msg_id = ?", sets.join(", "));
-    conn.prepare_cached(&sql)?
-        .execute(params_from_iter(values))?;
+    for text in appended.into_iter().filter_map(|(_, text)| text) {
+        index += 1;
+        binder.bind(&mut stmt, index, Field::Text(text))?;
+    }
+    binder.bind(&mut stmt, index + 1, Field::Text(msg_id))?;
+    stmt.raw_execute()?;
     Ok(())
 }
 
@@ -338,4 +376,221 @@ fn delete_matching(conn: &Connection, table: &str, query: &Query) -> rusqlite::R
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Batches written by a real writer on a real file, every op queued before it starts, so
+    //! that `batch_size` alone decides which ops share a batch (and so which updates fold).
+
+    use super::*;
+    use bytes::Bytes;
+    use ipp_core::protocol::date;
+    use ipp_core::store::{Condition, QueryValue, Store};
+    use serde_json::json;
+
+    use crate::{SqliteStore, DEFAULT_TABLE};
+
+    /// Runs `ops` through a writer in batches of `batch_size`; returns the error it kept.
+    fn write(path: &std::path::Path, batch_size: usize, ops: Vec<Op>) -> Option<Arc<Error>> {
+        let (conn, _reader, _known, checkpointer) =
+            crate::store::open_connections(path, DEFAULT_TABLE).unwrap();
+        let (sender, inbox) = mpsc::channel(ops.len() + 1);
+        for op in ops {
+            sender.try_send(op).unwrap();
+        }
+        let (close, _closed) = oneshot::channel();
+        sender.try_send(Op::Close(close)).unwrap();
+        let pending_error = PendingError::default();
+        let writer = Writer {
+            conn,
+            path: path.to_path_buf(),
+            table: DEFAULT_TABLE.to_owned(),
+            batch_size,
+            inbox,
+            done: watch::channel(0).0,
+            pending_error: Arc::clone(&pending_error),
+            checkpointer,
+        };
+        // `blocking_recv` refuses to run inside a runtime: a plain thread, as in the store.
+        std::thread::spawn(move || writer.run()).join().unwrap();
+        let kept = pending_error.lock().unwrap().take();
+        kept
+    }
+
+    fn when(micros: i64) -> Option<ipp_core::protocol::Timestamp> {
+        date::parse("2026-03-01T00:00:00Z").map(|d| d + chrono::TimeDelta::microseconds(micros))
+    }
+
+    fn obj(value: serde_json::Value) -> Option<ipp_core::protocol::JsonMap> {
+        value.as_object().cloned()
+    }
+
+    fn request(id: &str) -> TaskRecord {
+        TaskRecord {
+            msg_id: id.to_owned(),
+            header: obj(
+                json!({"msg_id": id, "msg_type": "apply_request", "date": "2026-03-01T00:00:00Z"}),
+            ),
+            metadata: obj(json!({"after": [], "targets": [0], "label": "ünï"})),
+            content: obj(json!({})),
+            buffers: vec![Bytes::from_static(b"\x80pickled"), Bytes::new()],
+            submitted: when(1),
+            client_uuid: Some("client".to_owned()),
+            queue: Some("task".to_owned()),
+            stdout: "early ".to_owned(),
+            ..TaskRecord::default()
+        }
+    }
+
+    fn result(engine: &str) -> RecordUpdate {
+        RecordUpdate {
+            engine_uuid: Some(engine.to_owned()),
+            started: when(2),
+            completed: when(3),
+            received: when(4),
+            result_header: obj(json!({"msg_type": "apply_reply"})),
+            result_metadata: obj(json!({"status": "ok", "engine": engine})),
+            result_content: obj(json!({"status": "ok"})),
+            result_buffers: Some(vec![Bytes::from_static(b"result \x00")]),
+            append_stdout: Some("printed".to_owned()),
+            ..RecordUpdate::default()
+        }
+    }
+
+    fn output() -> RecordUpdate {
+        RecordUpdate {
+            append_stdout: Some(" more".to_owned()),
+            append_stderr: Some("warned".to_owned()),
+            execute_result: obj(json!({"data": {"text/plain": "42"}})),
+            label: Some("relabelled".to_owned()),
+            ..RecordUpdate::default()
+        }
+    }
+
+    fn applied(mut record: TaskRecord, updates: &[RecordUpdate]) -> TaskRecord {
+        for update in updates {
+            record.apply(update.clone());
+        }
+        record
+    }
+
+    fn by_id(id: &str) -> Query {
+        Query::new().and(
+            RecordKey::MsgId,
+            Condition::Eq(QueryValue::Str(id.to_owned())),
+        )
+    }
+
+    /// The ops of a sequence with adds, updates and drops, and the records it must leave.
+    fn sequence() -> (Vec<Op>, Vec<TaskRecord>) {
+        let (drop_tx, _) = oneshot::channel();
+        let ops = vec![
+            // Two updates folded into (or applied after) their add.
+            Op::Add(Box::new(request("a"))),
+            Op::Update("a".to_owned(), Box::new(result("engine-1"))),
+            Op::Add(Box::new(request("b"))),
+            Op::Update("a".to_owned(), Box::new(output())),
+            Op::Update("b".to_owned(), Box::new(result("engine-2"))),
+            // An update after its record is dropped changes nothing.
+            Op::Add(Box::new(request("c"))),
+            Op::DropIds(vec!["c".to_owned()]),
+            Op::Update("c".to_owned(), Box::new(result("engine-3"))),
+            // Added again after a drop: the update goes to the new record only.
+            Op::Add(Box::new(request("d"))),
+            Op::DropMatching(by_id("d"), drop_tx),
+            Op::Add(Box::new(TaskRecord {
+                label: Some("second".to_owned()),
+                ..request("d")
+            })),
+            Op::Update("d".to_owned(), Box::new(output())),
+        ];
+        let want = vec![
+            applied(request("a"), &[result("engine-1"), output()]),
+            applied(request("b"), &[result("engine-2")]),
+            applied(
+                TaskRecord {
+                    label: Some("second".to_owned()),
+                    ..request("d")
+                },
+                &[output()],
+            ),
+        ];
+        (ops, want)
+    }
+
+    #[test]
+    fn folding_an_update_into_its_add_leaves_the_add_then_update_record() {
+        for batch_size in [1, 2, 3, 1000] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tasks.db");
+            let (ops, want) = sequence();
+            assert!(write(&path, batch_size, ops).is_none());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let got = rt.block_on(async {
+                let store = SqliteStore::open(&path).await.unwrap();
+                let got = store.find(&Query::all(), None).await.unwrap();
+                store.close().await.unwrap();
+                got
+            });
+            assert_eq!(got, want, "batch_size {batch_size}");
+        }
+    }
+
+    #[test]
+    fn folding_finds_each_update_its_add_and_stops_at_drops() {
+        let (ops, _) = sequence();
+        let mut batch = ops;
+        merge_updates_into_adds(&mut batch);
+        let shape: Vec<String> = batch
+            .iter()
+            .map(|op| match op {
+                Op::Add(record) => format!("add {}", record.msg_id),
+                Op::Update(id, _) => format!("update {id}"),
+                Op::DropIds(_) => "drop ids".to_owned(),
+                Op::DropMatching(..) => "drop matching".to_owned(),
+                Op::Close(_) => "close".to_owned(),
+                Op::Folded => "folded".to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                "add a",
+                "add b",
+                "add c",
+                "drop ids",
+                "update c",
+                "add d",
+                "drop matching",
+                "add d"
+            ]
+        );
+        let Some(Op::Add(a)) = batch.first() else {
+            panic!("first op is not an add")
+        };
+        assert_eq!(**a, applied(request("a"), &[result("engine-1"), output()]));
+    }
+
+    #[test]
+    fn dates_bind_as_the_stored_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let mut record = request("x");
+        record.submitted = date::parse("0999-12-31T23:59:59.123456Z");
+        record.completed = date::parse("2026-11-22T17:59:21Z");
+        assert!(write(&path, 10, vec![Op::Add(Box::new(record))]).is_none());
+        let conn = Connection::open(&path).unwrap();
+        let (submitted, completed): (String, String) = conn
+            .query_row(
+                "SELECT submitted, completed FROM \"ipython-tasks\"",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(submitted, "0999-12-31T23:59:59.123456+00:00");
+        assert_eq!(completed, "2026-11-22T17:59:21.000000+00:00");
+    }
 }
