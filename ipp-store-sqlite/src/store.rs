@@ -1,6 +1,5 @@
 //! [`SqliteStore`]: the [`Store`] over one SQLite table, writes batched on a writer thread.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -16,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::checkpoint::Checkpointer;
 use crate::config::SqliteConfig;
 use crate::error::{Error, Result};
+use crate::ids::{Fingerprints, KnownIds};
 use crate::query::{register_functions, translate, SUBMISSION_ORDER};
 use crate::schema::{ensure, quote, set_from_sql};
 use crate::writer::{Op, PendingError, Writer};
@@ -37,7 +37,9 @@ pub struct SqliteStore {
     sender: mpsc::Sender<Op>,
     /// Ids recorded or queued to be; locked together with queueing, so that the queue's
     /// order is the order in which ids were checked.
-    known: Mutex<HashSet<String>>,
+    known: Mutex<KnownIds>,
+    /// The keys of `known`'s fingerprints.
+    fingerprints: Fingerprints,
     /// Ops queued so far (changed under `known`'s lock, right after each send).
     enqueued: AtomicU64,
     /// Ops the writer has finished (published after each committed batch).
@@ -74,7 +76,7 @@ impl SqliteStore {
             batch_size,
             queue_capacity,
         } = config;
-        let (writer_conn, reader, known, checkpointer) = {
+        let (writer_conn, reader, (fingerprints, known), checkpointer) = {
             let (path, table) = (path.clone(), table.clone());
             tokio::task::spawn_blocking(move || open_connections(&path, &table))
                 .await
@@ -108,6 +110,7 @@ impl SqliteStore {
             queue_capacity,
             sender,
             known: Mutex::new(known),
+            fingerprints,
             enqueued: AtomicU64::new(0),
             done,
             high_water: AtomicUsize::new(0),
@@ -160,7 +163,7 @@ impl SqliteStore {
     pub async fn close(&self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         // With a check that accepts, only a stopped writer (or a poisoned lock) fails here.
-        self.enqueue(Op::Close(tx), |_| Ok(()))
+        self.enqueue(Op::Close(tx), |_, _| Ok(()))
             .await
             .map_err(|_| Error::WriterStopped)?;
         rx.await.map_err(|_| Error::WriterStopped)?;
@@ -210,7 +213,7 @@ impl SqliteStore {
     async fn enqueue(
         &self,
         op: Op,
-        check: impl FnOnce(&mut HashSet<String>) -> ipp_core::Result<()>,
+        check: impl FnOnce(&mut KnownIds, &Op) -> ipp_core::Result<()>,
     ) -> ipp_core::Result<()> {
         let permit = self
             .sender
@@ -219,7 +222,7 @@ impl SqliteStore {
             .map_err(|_| Error::WriterStopped)?;
         {
             let mut known = self.known.lock().map_err(|_| Error::Poisoned)?;
-            check(&mut known)?;
+            check(&mut known, &op)?;
             permit.send(op);
             self.enqueued.fetch_add(1, Ordering::SeqCst);
         }
@@ -260,7 +263,12 @@ impl SqliteStore {
 }
 
 /// The connections and state [`open_connections`] prepares.
-pub(crate) type Opened = (Connection, Connection, HashSet<String>, Checkpointer);
+pub(crate) type Opened = (
+    Connection,
+    Connection,
+    (Fingerprints, KnownIds),
+    Checkpointer,
+);
 
 /// Opens the writer's and the reader's connections, prepares the table, reads the
 /// recorded ids, and starts the checkpointer (hooked to the writer's connection).
@@ -290,17 +298,21 @@ pub(crate) fn open_connections(path: &Path, table: &str) -> Result<Opened> {
     register_functions(&writer).map_err(sql_err("register functions"))?;
     ensure(&writer, path, table)?;
 
-    let known = {
+    let fingerprints = Fingerprints::new();
+    let mut known = KnownIds::default();
+    {
         let mut stmt = writer
             .prepare(&format!("SELECT msg_id FROM {}", quote(table)))
             .map_err(sql_err("load ids"))?;
-        let ids = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(sql_err("load ids"))?
-            .collect::<rusqlite::Result<HashSet<_>>>()
-            .map_err(sql_err("load ids"))?;
-        ids
-    };
+        let mut rows = stmt.query([]).map_err(sql_err("load ids"))?;
+        while let Some(row) = rows.next().map_err(sql_err("load ids"))? {
+            let msg_id = row.get_ref(0).map_err(sql_err("load ids"))?;
+            let msg_id = msg_id
+                .as_str()
+                .map_err(|err| sql_err("load ids")(err.into()))?;
+            known.insert(fingerprints.of(msg_id));
+        }
+    }
 
     let reader = Connection::open_with_flags(
         path,
@@ -318,7 +330,7 @@ pub(crate) fn open_connections(path: &Path, table: &str) -> Result<Opened> {
     writer
         .wal_hook(Some(checkpointer.wal_hook()))
         .map_err(sql_err("install the WAL hook"))?;
-    Ok((writer, reader, known, checkpointer))
+    Ok((writer, reader, (fingerprints, known), checkpointer))
 }
 
 /// Reads rows of `msg_id` followed by `keys` into records.
@@ -370,21 +382,24 @@ impl Store for SqliteStore {
 
     async fn add(&self, record: TaskRecord) -> ipp_core::Result<()> {
         self.take_error()?;
-        let msg_id = record.msg_id.clone();
-        self.enqueue(Op::Add(Box::new(record)), move |known| {
-            if known.contains(&msg_id) {
-                return Err(ipp_core::Error::AlreadyExists { msg_id });
+        let id = self.fingerprints.of(&record.msg_id);
+        self.enqueue(Op::Add(Box::new(record)), move |known, op| {
+            if known.insert(id) {
+                Ok(())
+            } else {
+                Err(ipp_core::Error::AlreadyExists {
+                    msg_id: op.msg_id().to_owned(),
+                })
             }
-            known.insert(msg_id);
-            Ok(())
         })
         .await
     }
 
     async fn update(&self, msg_id: &str, update: RecordUpdate) -> ipp_core::Result<()> {
         self.take_error()?;
-        let known = |known: &mut HashSet<String>| {
-            if known.contains(msg_id) {
+        let id = self.fingerprints.of(msg_id);
+        let known = |known: &mut KnownIds, _: &Op| {
+            if known.contains(&id) {
                 Ok(())
             } else {
                 Err(ipp_core::Error::NotFound {
@@ -393,7 +408,8 @@ impl Store for SqliteStore {
             }
         };
         if update.is_empty() {
-            return known(&mut *self.known.lock().map_err(|_| Error::Poisoned)?);
+            let mut ids = self.known.lock().map_err(|_| Error::Poisoned)?;
+            return known(&mut ids, &Op::Folded);
         }
         self.enqueue(Op::Update(msg_id.to_owned(), Box::new(update)), known)
             .await
@@ -444,12 +460,12 @@ impl Store for SqliteStore {
     async fn drop_matching(&self, query: &Query) -> ipp_core::Result<usize> {
         self.take_error()?;
         let (tx, rx) = oneshot::channel();
-        self.enqueue(Op::DropMatching(query.clone(), tx), |_| Ok(()))
+        self.enqueue(Op::DropMatching(query.clone(), tx), |_, _| Ok(()))
             .await?;
         let ids = rx.await.map_err(|_| Error::WriterStopped)??;
         let mut known = self.known.lock().map_err(|_| Error::Poisoned)?;
         for id in &ids {
-            known.remove(id);
+            known.remove(&self.fingerprints.of(id));
         }
         Ok(ids.len())
     }
@@ -459,9 +475,9 @@ impl Store for SqliteStore {
         if msg_ids.is_empty() {
             return Ok(());
         }
-        self.enqueue(Op::DropIds(msg_ids.to_vec()), |known| {
+        self.enqueue(Op::DropIds(msg_ids.to_vec()), |known, _| {
             for id in msg_ids {
-                known.remove(id);
+                known.remove(&self.fingerprints.of(id));
             }
             Ok(())
         })

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::bind::{update_fields, Binder, Field};
 use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
+use crate::ids::BuildBatchHasher;
 use crate::query::translate;
 use crate::schema::{all_columns, quote};
 
@@ -40,6 +41,17 @@ pub(crate) enum Op {
     /// What is left of an update once folded into the add earlier in its batch (never
     /// queued; removed before the batch is written).
     Folded,
+}
+
+impl Op {
+    /// The record an add or update is about; empty for other ops.
+    pub(crate) fn msg_id(&self) -> &str {
+        match self {
+            Op::Add(record) => &record.msg_id,
+            Op::Update(msg_id, _) => msg_id,
+            Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) | Op::Folded => "",
+        }
+    }
 }
 
 /// The first write error not yet returned to a caller.
@@ -74,16 +86,10 @@ impl Writer {
         let mut failing = false;
         let mut batch = Vec::with_capacity(self.batch_size);
         loop {
-            // Blocking receive: this is a dedicated thread, not a runtime worker.
-            let Some(first) = self.inbox.blocking_recv() else {
+            // Blocking receive (a dedicated thread, not a runtime worker) of everything
+            // queued, up to a batch; the queue's permits come back in one go.
+            if self.inbox.blocking_recv_many(&mut batch, self.batch_size) == 0 {
                 break;
-            };
-            batch.push(first);
-            while batch.len() < self.batch_size {
-                match self.inbox.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
             }
             let count = batch.len() as u64;
             let (replies, errors) = self.commit(&mut batch, &insert_sql, &mut binder);
@@ -236,7 +242,8 @@ fn merge_updates_into_adds(batch: &mut Vec<Op>) {
     // Which add each foldable update goes into (found without copying any id).
     let mut folds: Vec<(usize, usize)> = Vec::new();
     {
-        let mut added: HashMap<&str, usize> = HashMap::new();
+        let mut added: HashMap<&str, usize, BuildBatchHasher> =
+            HashMap::with_capacity_and_hasher(batch.len(), BuildBatchHasher::default());
         for (at, op) in batch.iter().enumerate() {
             match op {
                 Op::Add(record) => {
