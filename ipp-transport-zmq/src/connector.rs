@@ -16,6 +16,7 @@ use ipp_core::transport::{Frames, SocketKind, SocketOptions};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::link::Link;
 use crate::raw::{Monitor, RawSocket, RecvHalf, SendHalf};
 use crate::session::{Driver, Mode, Outcome};
 
@@ -30,14 +31,18 @@ pub(crate) async fn run(mut driver: Driver, address: String, options: SocketOpti
         let kind = driver.kind;
         let attempt = tokio::select! {
             _ = &mut driver.ends.stop => return,
-            () = discard_if_pub(kind, &mut driver.ends.outgoing) => return,
+            () = discard_if_pub(kind, &mut driver.ends.outgoing, &driver.link) => return,
             attempt = connect_once(kind, &address, &driver.subscriptions, &options) => attempt,
         };
         match attempt {
             Ok((send, recv, monitor)) => {
                 tracing::info!("connected");
                 retry = FIRST_RETRY;
-                match driver.run(send, recv, Some(monitor), Mode::Connected).await {
+                let link = std::sync::Arc::clone(&driver.link);
+                link.connected(send).await;
+                let outcome = driver.run(recv, Some(monitor), Mode::Connected).await;
+                link.disconnected().await;
+                match outcome {
                     Outcome::Stopped => return,
                     Outcome::Disconnected => {
                         tracing::info!(retry_in = ?retry, "disconnected; reconnecting")
@@ -48,7 +53,7 @@ pub(crate) async fn run(mut driver: Driver, address: String, options: SocketOpti
         }
         tokio::select! {
             _ = &mut driver.ends.stop => return,
-            () = discard_if_pub(kind, &mut driver.ends.outgoing) => return,
+            () = discard_if_pub(kind, &mut driver.ends.outgoing, &driver.link) => return,
             () = tokio::time::sleep(retry) => {}
         }
         retry = (retry * 2).min(max_retry);
@@ -91,11 +96,12 @@ async fn connect_once(
 ///
 /// # Cancel safety
 /// Cancel-safe: it only discards messages.
-async fn discard_if_pub(kind: SocketKind, outgoing: &mut mpsc::Receiver<Frames>) {
+async fn discard_if_pub(kind: SocketKind, outgoing: &mut mpsc::Receiver<Frames>, link: &Link) {
     if kind != SocketKind::Pub {
         return future::pending().await;
     }
     while outgoing.recv().await.is_some() {
+        drop(link.taken());
         tracing::trace!("PUB not connected; message dropped");
     }
     // Every sender is gone; stay until the user drops the receiving half too.

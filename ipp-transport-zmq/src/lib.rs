@@ -4,17 +4,20 @@ mod address;
 mod connector;
 mod direct;
 mod error;
+mod link;
 mod raw;
 mod router;
 mod session;
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use ipp_core::transport::{Socket, SocketKind, SocketOptions, Transport};
 use tracing::Instrument;
 
 pub use crate::error::{Error, Result};
+use crate::link::Link;
 use crate::raw::RawSocket;
 use crate::session::{Driver, Mode};
 
@@ -65,11 +68,13 @@ impl Transport for ZmqTransport {
         };
         let (socket, ends) = Socket::new(kind, bound.clone(), options.queue_capacity);
         let (send, recv) = raw.split();
-        let mut driver = Driver::new(kind, ends, options.subscriptions);
+        let link = Arc::new(Link::default());
+        let mut driver = Driver::new(kind, ends, options.subscriptions, Arc::clone(&link));
         span.in_scope(|| tracing::info!("bound"));
         tokio::spawn(
             async move {
-                driver.run(send, recv, None, Mode::Bound).await;
+                link.connected(send).await;
+                driver.run(recv, None, Mode::Bound).await;
                 tracing::debug!("closed");
             }
             .instrument(span),
@@ -93,8 +98,15 @@ impl Transport for ZmqTransport {
         }
         // Fail now on options that would fail every attempt.
         raw::check_options(&options)?;
-        let (socket, ends) = Socket::new(kind, address.clone(), options.queue_capacity);
-        let driver = Driver::new(kind, ends, options.subscriptions.clone());
+        // Sends go straight to the live connection when they can (see `link`).
+        let link = Arc::new(Link::default());
+        let (socket, ends) = link::socket(
+            kind,
+            address.clone(),
+            options.queue_capacity,
+            Arc::clone(&link),
+        );
+        let driver = Driver::new(kind, ends, options.subscriptions.clone(), link);
         let span = tracing::info_span!("zmq_socket", socket = %kind, address = %address);
         tokio::spawn(
             async move {

@@ -4,6 +4,7 @@
 //! queue (a user not reading) never stops messages going out, and vice versa.
 
 use std::future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,8 +13,9 @@ use ipp_core::transport::{Frames, SocketKind, SocketTaskEnds};
 use tokio::sync::mpsc;
 use zeromq::{SocketEvent, ZmqError, ZmqMessage};
 
-use crate::raw::{Monitor, RecvHalf, SendHalf};
-use crate::router::{self, UnknownPeers};
+use crate::link::Link;
+use crate::raw::{Monitor, RecvHalf};
+use crate::router;
 
 /// How long a bound DEALER with no peer waits before offering a held message again.
 const NO_PEER_RETRY: Duration = Duration::from_millis(50);
@@ -40,27 +42,33 @@ pub(crate) struct Driver {
     pub(crate) kind: SocketKind,
     pub(crate) ends: SocketTaskEnds,
     pub(crate) subscriptions: Vec<Bytes>,
+    /// The live connection's sending half, shared with the user's direct sends.
+    pub(crate) link: Arc<Link>,
     /// A message taken from the user's queue that the last connection could not take.
     pending: Option<Frames>,
-    unknown_peers: UnknownPeers,
 }
 
 impl Driver {
-    pub(crate) fn new(kind: SocketKind, ends: SocketTaskEnds, subscriptions: Vec<Bytes>) -> Self {
+    pub(crate) fn new(
+        kind: SocketKind,
+        ends: SocketTaskEnds,
+        subscriptions: Vec<Bytes>,
+        link: Arc<Link>,
+    ) -> Self {
         Self {
             kind,
             ends,
             subscriptions,
+            link,
             pending: None,
-            unknown_peers: UnknownPeers::default(),
         }
     }
 
     /// Moves messages between the user's queues and the socket until the user drops the
-    /// socket or (when connected) the connection is lost.
+    /// socket or (when connected) the connection is lost. The connection's sending half is
+    /// in [`Driver::link`] (see [`Link::connected`]).
     pub(crate) async fn run(
         &mut self,
-        mut send: SendHalf,
         mut recv: RecvHalf,
         monitor: Option<Monitor>,
         mode: Mode,
@@ -69,15 +77,15 @@ impl Driver {
             kind,
             ends,
             subscriptions,
+            link,
             pending,
-            unknown_peers,
         } = self;
         let SocketTaskEnds {
             outgoing,
             incoming,
             stop,
         } = ends;
-        let sending = send_loop(*kind, mode, &mut send, outgoing, pending, unknown_peers);
+        let sending = send_loop(*kind, mode, link, outgoing, pending);
         let receiving = recv_loop(*kind, mode, &mut recv, incoming, subscriptions);
         // Every branch is cancel-safe up to one message in flight inside the crate when the
         // connection dies (which ZeroMQ itself would lose too); see each loop.
@@ -94,10 +102,9 @@ impl Driver {
 async fn send_loop(
     kind: SocketKind,
     mode: Mode,
-    send: &mut SendHalf,
+    link: &Link,
     outgoing: &mut mpsc::Receiver<Frames>,
     pending: &mut Option<Frames>,
-    unknown_peers: &UnknownPeers,
 ) -> Outcome {
     loop {
         let frames = match pending.take() {
@@ -109,17 +116,28 @@ async fn send_loop(
                 None => return future::pending().await,
             },
         };
+        // Counted off when this iteration ends, unless kept for the next connection.
+        let taken = link.taken();
         let Ok(message) = ZmqMessage::try_from(frames) else {
             tracing::warn!("dropped a message with no frames");
             continue;
         };
+        let mut half = link.lock().await;
+        let Some(send) = half.as_mut() else {
+            // The connection is being replaced: hold the message for the next one.
+            *pending = Some(message.into_vec());
+            taken.keep();
+            return Outcome::Disconnected;
+        };
         match kind {
-            SocketKind::Router => router::route(send, message, unknown_peers).await,
+            SocketKind::Router => router::route(send, message, &link.unknown_peers).await,
             SocketKind::Dealer => match send.send(message).await {
                 Ok(()) => {}
                 Err(ZmqError::ReturnToSender { message, .. }) => {
                     // No peer: keep the message for the next connection (or peer).
                     *pending = Some(message.into_vec());
+                    taken.keep();
+                    drop(half);
                     match mode {
                         Mode::Connected => return Outcome::Disconnected,
                         Mode::Bound => tokio::time::sleep(NO_PEER_RETRY).await,

@@ -1,0 +1,253 @@
+//! Connecting sockets that send without a hop through their driving task.
+//!
+//! A connecting socket keeps a driving task (it reconnects, and holds what is sent while
+//! the peer is away), but most sends do not need it: when the connection is up and nothing
+//! is waiting in the socket's queue, the user's task hands the message straight to the
+//! `zeromq` crate ([`Link::try_direct`]), saving a queue, a task wake-up and often a
+//! thread switch per message. Otherwise the message goes through the queue as before and
+//! the driving task sends it.
+//!
+//! Order is kept: a direct send happens only under the lock of the live sending half and
+//! only while the count of queued messages is zero; the driving task sends queued messages
+//! under the same lock and counts each one off only once the crate has taken it (or it is
+//! dropped). So a message never overtakes one queued before it.
+//!
+//! Receiving still goes through the driving task's queue (it must notice a lost connection
+//! while nobody reads).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use ipp_core::transport::{DirectRecv, DirectSend, Frames, Socket, SocketKind, SocketTaskEnds};
+use tokio::sync::{mpsc, oneshot};
+use zeromq::{ZmqError, ZmqMessage};
+
+use crate::raw::SendHalf;
+use crate::router::{self, UnknownPeers};
+
+/// The live connection's sending half, shared by the user's senders and the driving task.
+#[derive(Default)]
+pub(crate) struct Link {
+    /// `None` while disconnected. The driving task holds the lock across a send that has
+    /// to wait; the user's senders only ever `try_lock`.
+    half: tokio::sync::Mutex<Option<SendHalf>>,
+    /// Messages put in the socket's queue and not yet taken by the crate or dropped.
+    queued: AtomicUsize,
+    /// Peers a ROUTER already warned about.
+    pub(crate) unknown_peers: UnknownPeers,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("queued", &self.queued.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts one queued message off when dropped: when it is sent, dropped, or lost with its
+/// connection (never when it is kept for the next connection; see [`Taken::keep`]).
+pub(crate) struct Taken<'a>(&'a Link);
+
+impl Taken<'_> {
+    /// The message stays queued (held for the next connection): not counted off.
+    pub(crate) fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Link {
+    /// Installs the sending half of a new connection.
+    pub(crate) async fn connected(&self, half: SendHalf) {
+        *self.half.lock().await = Some(half);
+    }
+
+    /// Forgets the sending half of a lost connection.
+    pub(crate) async fn disconnected(&self) {
+        self.half.lock().await.take();
+    }
+
+    /// The sending half, for the driving task (waits while a user's direct send runs).
+    pub(crate) async fn lock(&self) -> tokio::sync::MutexGuard<'_, Option<SendHalf>> {
+        self.half.lock().await
+    }
+
+    /// The driving task took a queued message: it is counted off when the guard drops.
+    pub(crate) fn taken(&self) -> Taken<'_> {
+        Taken(self)
+    }
+
+    /// Sends `frames` now if the connection is up, nothing is queued and the crate takes
+    /// it without waiting; gives the frames back otherwise (to be queued).
+    fn try_direct(&self, kind: SocketKind, frames: Frames) -> Result<(), Frames> {
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Err(frames);
+        }
+        let Ok(mut half) = self.half.try_lock() else {
+            return Err(frames);
+        };
+        // Checked again under the lock: the driving task counts off under it.
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Err(frames);
+        }
+        let Some(send) = half.as_mut() else {
+            return Err(frames);
+        };
+        // A send the crate cannot finish now is dropped with its message: keep a copy
+        // (a reference count per frame) to queue instead.
+        let Ok(message) = ZmqMessage::try_from(frames.clone()) else {
+            tracing::warn!("dropped a message with no frames");
+            return Ok(());
+        };
+        match kind {
+            SocketKind::Router => {
+                match router::route(send, message, &self.unknown_peers).now_or_never() {
+                    Some(()) => Ok(()),
+                    None => Err(frames),
+                }
+            }
+            SocketKind::Dealer => match send.send(message).now_or_never() {
+                Some(Ok(())) => Ok(()),
+                // No peer (the connection just went): the driving task holds it.
+                Some(Err(ZmqError::ReturnToSender { .. })) | None => Err(frames),
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "DEALER send failed; message lost with its connection");
+                    Ok(())
+                }
+            },
+            SocketKind::Pub => {
+                // A PUB never waits: the crate drops what slow or absent subscribers miss.
+                if let Some(Err(error)) = send.send(message).now_or_never() {
+                    tracing::debug!(%error, "PUB send failed");
+                }
+                Ok(())
+            }
+            // `SocketSender` refuses sends on a SUB before they get here.
+            SocketKind::Sub => Ok(()),
+        }
+    }
+}
+
+/// Stops the driving task when both of the user's halves are dropped.
+#[derive(Debug)]
+struct StopGuard {
+    _stop: oneshot::Sender<()>,
+}
+
+/// Builds the user's socket for a connecting socket and the ends its driving task keeps.
+pub(crate) fn socket(
+    kind: SocketKind,
+    address: String,
+    queue_capacity: usize,
+    link: Arc<Link>,
+) -> (Socket, SocketTaskEnds) {
+    let capacity = queue_capacity.max(1);
+    let (out_tx, out_rx) = mpsc::channel(capacity);
+    let (in_tx, in_rx) = mpsc::channel(capacity);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let guard = Arc::new(StopGuard { _stop: stop_tx });
+    let label: Arc<str> = Arc::from(format!("{kind} {address}"));
+    let send = LinkSend {
+        kind,
+        link,
+        outgoing: out_tx,
+        label: Arc::clone(&label),
+        _guard: Arc::clone(&guard),
+    };
+    let recv = QueueRecv {
+        incoming: in_rx,
+        label,
+        _guard: guard,
+    };
+    let socket = Socket::direct(kind, address, Arc::new(send), Box::new(recv));
+    let ends = SocketTaskEnds {
+        outgoing: out_rx,
+        incoming: in_tx,
+        stop: stop_rx,
+    };
+    (socket, ends)
+}
+
+/// The sending side of a connecting socket.
+#[derive(Debug)]
+struct LinkSend {
+    kind: SocketKind,
+    link: Arc<Link>,
+    outgoing: mpsc::Sender<Frames>,
+    label: Arc<str>,
+    _guard: Arc<StopGuard>,
+}
+
+impl LinkSend {
+    fn closed(&self) -> ipp_core::Error {
+        ipp_core::Error::Closed {
+            what: self.label.to_string(),
+        }
+    }
+}
+
+#[async_trait]
+impl DirectSend for LinkSend {
+    async fn send(&self, frames: Frames) -> ipp_core::Result<()> {
+        let frames = match self.link.try_direct(self.kind, frames) {
+            Ok(()) => return Ok(()),
+            Err(frames) => frames,
+        };
+        // Cancel-safe: nothing is counted until the queue has room for the message.
+        let permit = self.outgoing.reserve().await.map_err(|_| self.closed())?;
+        self.link.queued.fetch_add(1, Ordering::AcqRel);
+        permit.send(frames);
+        Ok(())
+    }
+
+    fn try_send(&self, frames: Frames) -> ipp_core::Result<()> {
+        let frames = match self.link.try_direct(self.kind, frames) {
+            Ok(()) => return Ok(()),
+            Err(frames) => frames,
+        };
+        match self.outgoing.try_reserve() {
+            Ok(permit) => {
+                self.link.queued.fetch_add(1, Ordering::AcqRel);
+                permit.send(frames);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(ipp_core::Error::Timeout {
+                what: "room in the send queue",
+                after: std::time::Duration::ZERO,
+            }),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(self.closed()),
+        }
+    }
+}
+
+/// The receiving side of a connecting socket: the driving task's queue.
+#[derive(Debug)]
+struct QueueRecv {
+    incoming: mpsc::Receiver<Frames>,
+    label: Arc<str>,
+    _guard: Arc<StopGuard>,
+}
+
+#[async_trait]
+impl DirectRecv for QueueRecv {
+    async fn recv(&mut self) -> ipp_core::Result<Frames> {
+        self.incoming
+            .recv()
+            .await
+            .ok_or_else(|| ipp_core::Error::Closed {
+                what: self.label.to_string(),
+            })
+    }
+
+    fn try_recv(&mut self) -> Option<Frames> {
+        self.incoming.try_recv().ok()
+    }
+}
