@@ -9,7 +9,14 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::error::Result;
+use crate::protocol::session::to_json_bytes;
 use crate::protocol::{JsonMap, Message, RemoteError, Session};
+
+/// A request's header as JSON, the parent header of everything sent about it: serialized
+/// once per request and reused by its status messages, outputs and reply.
+pub(crate) fn parent_json(request: &Message) -> Bytes {
+    to_json_bytes(&request.header)
+}
 use crate::transport::SocketSender;
 
 /// What running one request produced.
@@ -130,28 +137,72 @@ pub(crate) struct Publisher {
     pub(crate) session: Arc<Session>,
     pub(crate) iopub: SocketSender,
     pub(crate) identity: Arc<EngineIdentity>,
+    /// [`Publisher::engine_metadata`] as JSON, serialized once.
+    engine_metadata_json: Bytes,
 }
 
 impl Publisher {
+    pub(crate) fn new(
+        session: Arc<Session>,
+        iopub: SocketSender,
+        identity: Arc<EngineIdentity>,
+    ) -> Self {
+        let mut md = JsonMap::new();
+        md.insert("engine".into(), json!(identity.uuid));
+        Self {
+            session,
+            iopub,
+            identity,
+            engine_metadata_json: to_json_bytes(&md),
+        }
+    }
+
     /// Sends one IOPub message with topic `engine.<id>.<topic>`; a closed socket (the
-    /// engine is stopping) is logged, not an error for the request.
+    /// engine is stopping) is logged, not an error for the request. `parent` is the
+    /// parent header as JSON (serialized once per request, see [`parent_json`]).
     pub(crate) async fn publish(
         &self,
         topic: &str,
         msg_type: &str,
-        parent: &JsonMap,
+        parent: &Bytes,
         content: Value,
         metadata: JsonMap,
     ) -> Result<()> {
-        let mut msg = self.session.message(msg_type, content);
-        msg.parent_header = parent.clone();
-        msg.metadata = metadata;
-        msg.idents = vec![Bytes::from(format!(
-            "engine.{}.{topic}",
-            self.identity.id()
-        ))];
-        let frames = self.session.serialize(&msg);
+        self.publish_json(
+            topic,
+            msg_type,
+            parent,
+            to_json_bytes(&content),
+            to_json_bytes(&metadata),
+        )
+        .await
+    }
+
+    /// [`Publisher::publish`] with content and metadata already serialized.
+    pub(crate) async fn publish_json(
+        &self,
+        topic: &str,
+        msg_type: &str,
+        parent: &Bytes,
+        content: Bytes,
+        metadata: Bytes,
+    ) -> Result<()> {
+        let topic = Bytes::from(format!("engine.{}.{topic}", self.identity.id()));
+        let header = to_json_bytes(&self.session.header(msg_type));
+        let frames = self.session.serialize_parts(
+            vec![topic],
+            header,
+            parent.clone(),
+            metadata,
+            content,
+            Vec::new(),
+        );
         self.iopub.send(frames).await
+    }
+
+    /// [`Publisher::engine_metadata`] as JSON.
+    pub(crate) fn engine_metadata_json(&self) -> Bytes {
+        self.engine_metadata_json.clone()
     }
 
     /// `{"engine": uuid}`: the metadata ipyparallel engines put on messages they send by type.
@@ -169,15 +220,16 @@ impl Publisher {
 #[derive(Clone, Debug)]
 pub struct Outputs {
     publisher: Publisher,
-    parent: Arc<JsonMap>,
+    /// The request's header as JSON: the parent header of what is published.
+    parent: Bytes,
     msg_id: Arc<str>,
 }
 
 impl Outputs {
-    pub(crate) fn new(publisher: Publisher, parent: &Message) -> Self {
+    pub(crate) fn new(publisher: Publisher, parent: &Message, parent_json: Bytes) -> Self {
         Self {
             publisher,
-            parent: Arc::new(parent.header.to_map()),
+            parent: parent_json,
             msg_id: Arc::from(parent.header.msg_id.as_str()),
         }
     }

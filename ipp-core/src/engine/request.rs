@@ -8,8 +8,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use super::executor::{EngineIdentity, Executor, Outcome, Outputs, Publisher};
-use crate::protocol::{date, JsonMap, Message, RemoteError, Session};
+use bytes::Bytes;
+
+use super::executor::{parent_json, EngineIdentity, Executor, Outcome, Outputs, Publisher};
+use crate::protocol::{date, to_json_bytes, JsonMap, Message, RemoteError, Session};
 use crate::transport::{Frames, SocketSender};
 
 /// A request waiting for its turn.
@@ -56,7 +58,8 @@ impl AbortHandle {
 pub(crate) struct Finished {
     pub(crate) reply: Frames,
     pub(crate) reply_to: SocketSender,
-    pub(crate) parent: JsonMap,
+    /// The request's header as JSON (see [`parent_json`]).
+    pub(crate) parent: Bytes,
     pub(crate) msg_id: String,
 }
 
@@ -77,15 +80,32 @@ pub(crate) fn reply_type(msg_type: &str) -> String {
     }
 }
 
-/// Publishes `status {execution_state}` for the request `parent`.
-pub(crate) async fn publish_status(publisher: &Publisher, parent: &JsonMap, state: &str) {
+/// An engine's execution state, as published in `status` messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    Busy,
+    Idle,
+}
+
+impl State {
+    /// The `status` content, serialized once for all messages.
+    fn content(self) -> Bytes {
+        Bytes::from_static(match self {
+            Self::Busy => br#"{"execution_state":"busy"}"#,
+            Self::Idle => br#"{"execution_state":"idle"}"#,
+        })
+    }
+}
+
+/// Publishes `status {execution_state}` for the request whose header is `parent` (JSON).
+pub(crate) async fn publish_status(publisher: &Publisher, parent: &Bytes, state: State) {
     let sent = publisher
-        .publish(
+        .publish_json(
             "status",
             "status",
             parent,
-            json!({"execution_state": state}),
-            publisher.engine_metadata(),
+            state.content(),
+            publisher.engine_metadata_json(),
         )
         .await;
     if let Err(err) = sent {
@@ -181,8 +201,8 @@ impl RequestEnv {
             reply_to,
             aborted,
         } = queued;
-        let parent = msg.header.to_map();
-        publish_status(&self.publisher, &parent, "busy").await;
+        let parent = parent_json(&msg);
+        publish_status(&self.publisher, &parent, State::Busy).await;
         let started = date::format(&date::now());
         let method = if msg.header.msg_type == "execute_request" {
             "execute"
@@ -192,7 +212,7 @@ impl RequestEnv {
         let outcome = if aborted {
             None
         } else {
-            let outputs = Outputs::new(self.publisher.clone(), &msg);
+            let outputs = Outputs::new(self.publisher.clone(), &msg, parent.clone());
             let work = async {
                 match msg.header.msg_type.as_str() {
                     "apply_request" => self.executor.apply(&msg, &outputs).await,
@@ -249,16 +269,17 @@ impl RequestEnv {
                 content = self.error_content(error, method, &mut metadata);
             }
         }
-        let mut reply = self.session.reply(
-            &msg.header,
-            &reply_type(&msg.header.msg_type),
-            Value::Object(content),
+        let header = self.session.header(&reply_type(&msg.header.msg_type));
+        let reply = self.session.serialize_parts(
+            msg.idents,
+            to_json_bytes(&header),
+            parent.clone(),
+            to_json_bytes(&metadata),
+            to_json_bytes(&content),
+            buffers,
         );
-        reply.metadata = metadata;
-        reply.buffers = buffers;
-        reply.idents = msg.idents;
         Finished {
-            reply: self.session.serialize(&reply),
+            reply,
             reply_to,
             parent,
             msg_id: msg.header.msg_id,
@@ -311,7 +332,7 @@ impl RequestEnv {
     }
 
     /// ipyparallel engines also publish failures on IOPub (topic `engine.<id>.error`).
-    async fn publish_error(&self, parent: &JsonMap, content: &JsonMap) {
+    async fn publish_error(&self, parent: &Bytes, content: &JsonMap) {
         let sent = self
             .publisher
             .publish(

@@ -17,10 +17,13 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::executor::parent_json;
 use super::executor::{EngineIdentity, Executor, Publisher};
 use super::heartbeat::{self, HeartLink, Loss};
 use super::registration::{self, address, Registered, RegistrationFailure};
-use super::request::{publish_status, reply_type, AbortHandle, Finished, Queued, RequestEnv};
+use super::request::{
+    publish_status, reply_type, AbortHandle, Finished, Queued, RequestEnv, State,
+};
 use super::EngineConfig;
 use crate::error::{Error, Result};
 use crate::protocol::{EngineConnectionInfo, JsonMap, Message, Session};
@@ -225,11 +228,7 @@ impl Runtime {
         );
         let mut background = JoinSet::new();
         background.spawn(heart_task);
-        let publisher = Publisher {
-            session: Arc::clone(&session),
-            iopub,
-            identity: Arc::clone(&identity),
-        };
+        let publisher = Publisher::new(Arc::clone(&session), iopub, Arc::clone(&identity));
         let env = RequestEnv {
             session: Arc::clone(&session),
             publisher,
@@ -428,7 +427,7 @@ impl Runtime {
             tracing::debug!(%msg_id, "reply held until the controller is back");
             self.held_replies.push_back((reply_to, reply));
         }
-        publish_status(&self.env.publisher, &parent, "idle").await;
+        publish_status(&self.env.publisher, &parent, State::Idle).await;
     }
 
     /// Handles one control message; `true` when the engine must stop (shutdown_request).
@@ -442,8 +441,8 @@ impl Runtime {
         };
         let msg_type = msg.header.msg_type.clone();
         tracing::debug!(msg_id = %msg.header.msg_id, msg_type = %msg_type, "control");
-        let parent = msg.header.to_map();
-        publish_status(&self.env.publisher, &parent, "busy").await;
+        let parent = parent_json(&msg);
+        publish_status(&self.env.publisher, &parent, State::Busy).await;
         let mut stop = false;
         let content = match msg_type.as_str() {
             "abort_request" => self.abort(msg.content_map()),
@@ -480,7 +479,7 @@ impl Runtime {
             }
         }
         self.reply_control(&msg, content).await;
-        publish_status(&self.env.publisher, &parent, "idle").await;
+        publish_status(&self.env.publisher, &parent, State::Idle).await;
         stop
     }
 
