@@ -17,6 +17,7 @@ controller, and of this client process, and prints:
     python benchmarks/bench_python_engine.py --controller target/release/examples/ipcontroller
     python benchmarks/bench_python_engine.py --engine-python /path/to/venv/bin/python \\
         --client ipyparallel --tasks 5000 --rounds 3
+    python benchmarks/bench_python_engine.py --controller-arg=--hwm=0 --controller-arg=--nodb
 
 The median round is printed last as ``RESULT {...}`` (JSON). Use a release controller and
 a release build of ipp_rs for numbers worth keeping. With ``--profile-engine FILE`` the
