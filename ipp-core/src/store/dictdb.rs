@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
@@ -99,10 +100,13 @@ impl DictDbConfig {
 ///
 /// Unlike ipyparallel, only **completed** records (with `completed` set) are ever culled: a
 /// pending task's record is still needed to record its result, so the limits can be
-/// exceeded while that many tasks are pending (logged once at `warn`). Culling is logged
-/// at `info` with the count and the reason, and the last 100,000 culled ids are
-/// remembered: `get` or `update` of one fails with [`Error::Culled`] instead of
-/// [`Error::NotFound`].
+/// exceeded while that many tasks are pending (logged once at `warn` until the store is back
+/// under its limits). Then completed records are culled in batches of at least
+/// `cull_fraction × record_limit` as they accumulate, not one per finished task, so the
+/// store holds at most that many completed records beyond the limit. Culling is logged at
+/// `info` with the count and the reason (at most one line every 10 s; each cull at `debug`),
+/// and the last 100,000 culled ids are remembered: `get` or `update` of one fails with
+/// [`Error::Culled`] instead of [`Error::NotFound`].
 #[derive(Debug)]
 pub struct DictDb {
     config: DictDbConfig,
@@ -127,9 +131,16 @@ struct Inner {
     culled: HashMap<String, &'static str>,
     /// The ids in `culled`, oldest first, to forget the oldest.
     culled_order: VecDeque<String>,
-    /// Whether we already warned that limits are exceeded by pending records alone.
+    /// Whether we already warned that limits are exceeded by pending records alone (reset
+    /// when the store is back under its limits).
     warned_uncullable: bool,
+    /// When culling was last logged at `info`, and how many culls were not logged since.
+    cull_log: Option<Instant>,
+    unlogged_culls: usize,
 }
+
+/// The least time between two `info` lines about culling.
+const CULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl DictDb {
     /// An empty store with the default limits.
@@ -254,12 +265,24 @@ impl Inner {
 
     /// Applies both limits (see [`DictDb`]'s culling rules).
     fn maybe_cull(&mut self, config: &DictDbConfig) {
+        if self.records.len() <= config.record_limit && self.buffer_bytes <= config.size_limit {
+            self.warned_uncullable = false;
+            return;
+        }
         if self.records.len() > config.record_limit {
-            // At least what brings us back to the limit, and at least one record.
-            let share = (config.cull_fraction * config.record_limit as f64) as usize;
-            let wanted = share.max(self.records.len() - config.record_limit).max(1);
+            // At least what brings us back to the limit, and at least one record; when
+            // pending records alone exceed the limit, wait for a whole share of completed
+            // ones (one cull per finished task would cost each task a scan and a log line).
+            let share = ((config.cull_fraction * config.record_limit as f64) as usize).max(1);
+            let wanted = share.max(self.records.len() - config.record_limit);
+            let available = self.completed.len();
+            let batch = if available >= share {
+                wanted.min(available)
+            } else {
+                0
+            };
             let mut culled = 0;
-            for msg_id in self.cull_candidates(wanted) {
+            for msg_id in self.cull_candidates(batch) {
                 self.remove(&msg_id);
                 self.remember_culled(msg_id, "record limit exceeded");
                 culled += 1;
@@ -281,18 +304,27 @@ impl Inner {
         }
     }
 
-    /// Logs a cull, or (once until a cull succeeds) that nothing could be culled.
+    /// Logs a cull (at `info` at most every [`CULL_LOG_INTERVAL`]), or (once until the store
+    /// is back under its limits) that not enough could be culled.
     fn report(&mut self, culled: usize, limit: &'static str, value: u64) {
         if culled > 0 {
-            self.warned_uncullable = false;
-            tracing::info!(
-                culled,
-                reason = limit,
-                limit = value,
-                records = self.records.len(),
-                buffer_bytes = self.buffer_bytes,
-                "culled the oldest completed task records"
-            );
+            tracing::debug!(culled, reason = limit, "culled task records");
+            self.unlogged_culls += culled;
+            if self
+                .cull_log
+                .is_none_or(|last| last.elapsed() >= CULL_LOG_INTERVAL)
+            {
+                tracing::info!(
+                    culled = self.unlogged_culls,
+                    reason = limit,
+                    limit = value,
+                    records = self.records.len(),
+                    buffer_bytes = self.buffer_bytes,
+                    "culled the oldest completed task records"
+                );
+                self.cull_log = Some(Instant::now());
+                self.unlogged_culls = 0;
+            }
         } else if !self.warned_uncullable {
             self.warned_uncullable = true;
             tracing::warn!(
@@ -300,7 +332,8 @@ impl Inner {
                 limit = value,
                 records = self.records.len(),
                 buffer_bytes = self.buffer_bytes,
-                "task database is over its limit but holds no completed record to cull"
+                "task database is over its limit while its records are mostly of pending tasks; \
+                 completed ones are culled in batches as tasks finish"
             );
         }
     }
@@ -587,6 +620,39 @@ mod tests {
                 && line.contains("record_limit")),
             "{logs:?}"
         );
+    }
+
+    #[test]
+    fn many_pending_tasks_are_culled_in_batches_with_few_log_lines() {
+        // limit 100, share 10: 300 tasks in flight, then they finish one by one.
+        let db = DictDb::with_config(DictDbConfig::default().with_record_limit(100)).unwrap();
+        let mut most_held = 0;
+        let logs = capture_logs(|| {
+            futures::executor::block_on(async {
+                for n in 0..300 {
+                    db.add(record(n, false, 0)).await.unwrap();
+                }
+                for n in 0..300 {
+                    let mut done = RecordUpdate::new();
+                    done.completed = Some(at(n + 1));
+                    db.update(&format!("m{n}"), done).await.unwrap();
+                    let pending = 300 - (n as usize + 1);
+                    let held = db.len().unwrap();
+                    // Never more than a share of completed records beyond the limit.
+                    assert!(
+                        held <= 100.max(pending) + 10,
+                        "{held} held, {pending} pending"
+                    );
+                    most_held = most_held.max(held - pending);
+                }
+            });
+        });
+        assert_eq!(db.len().unwrap(), 100);
+        assert!(most_held >= 10, "culls waited for a share: {most_held}");
+        let warns = logs.iter().filter(|l| l.starts_with("WARN")).count();
+        let infos = logs.iter().filter(|l| l.starts_with("INFO")).count();
+        assert_eq!(warns, 1, "{logs:?}");
+        assert_eq!(infos, 1, "one info line per 10 s: {logs:?}");
     }
 
     #[tokio::test]
