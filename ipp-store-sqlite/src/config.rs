@@ -30,6 +30,12 @@ pub struct SqliteConfig {
     /// Capacity of the queue between callers and the writer thread; a caller waits when it
     /// is full. Default: 10,000.
     pub queue_capacity: usize,
+    /// Milliseconds a transaction that was not full waits before the next one begins, so
+    /// that under moderate load writes are committed together rather than one per
+    /// transaction; a read, a `drop_matching`, `close`, or a queue holding a full batch
+    /// ends the wait at once. 0 commits whatever is queued as soon as the last commit
+    /// ends. Default: 10.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for SqliteConfig {
@@ -39,6 +45,7 @@ impl Default for SqliteConfig {
             table: DEFAULT_TABLE.to_owned(),
             batch_size: 1000,
             queue_capacity: 10_000,
+            commit_interval_ms: 10,
         }
     }
 }
@@ -77,6 +84,13 @@ impl SqliteConfig {
     #[must_use]
     pub fn with_queue_capacity(mut self, queue_capacity: usize) -> Self {
         self.queue_capacity = queue_capacity;
+        self
+    }
+
+    /// Sets [`SqliteConfig::commit_interval_ms`].
+    #[must_use]
+    pub fn with_commit_interval_ms(mut self, commit_interval_ms: u64) -> Self {
+        self.commit_interval_ms = commit_interval_ms;
         self
     }
 

@@ -50,6 +50,10 @@ pub struct SqliteStore {
     pending_error: PendingError,
     reader: Arc<Mutex<Connection>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The writer thread, to wake from its wait between transactions ([`Writer::linger`]).
+    writer: std::thread::Thread,
+    /// Queued writes that make a full batch (`batch_size`, or the whole queue if smaller).
+    full_batch: usize,
     capabilities: StoreCapabilities,
 }
 
@@ -75,6 +79,7 @@ impl SqliteStore {
             table,
             batch_size,
             queue_capacity,
+            commit_interval_ms,
         } = config;
         let (writer_conn, reader, (fingerprints, known), checkpointer) = {
             let (path, table) = (path.clone(), table.clone());
@@ -95,6 +100,8 @@ impl SqliteStore {
             path: path.clone(),
             table: table.clone(),
             batch_size,
+            full_batch: batch_size.min(queue_capacity),
+            commit_interval: Duration::from_millis(commit_interval_ms),
             inbox,
             done: done_tx,
             pending_error: Arc::clone(&pending_error),
@@ -104,6 +111,7 @@ impl SqliteStore {
             .name("ipp-sqlite-writer".to_owned())
             .spawn(move || writer.run())
             .map_err(Error::Thread)?;
+        let writer_thread = handle.thread().clone();
         Ok(Self {
             path,
             table,
@@ -118,6 +126,8 @@ impl SqliteStore {
             pending_error,
             reader: Arc::new(Mutex::new(reader)),
             writer_thread: Mutex::new(Some(handle)),
+            writer: writer_thread,
+            full_batch: batch_size.min(queue_capacity),
             capabilities: StoreCapabilities::RECORDS_EVERYTHING,
         })
     }
@@ -146,6 +156,8 @@ impl SqliteStore {
         if *self.done.borrow() >= target {
             return Ok(());
         }
+        // Someone waits for these writes: no point in the writer waiting for more.
+        self.writer.unpark();
         let mut done = self.done.clone();
         done.wait_for(|finished| *finished >= target)
             .await
@@ -166,6 +178,7 @@ impl SqliteStore {
         self.enqueue(Op::Close(tx), |_, _| Ok(()))
             .await
             .map_err(|_| Error::WriterStopped)?;
+        self.writer.unpark();
         rx.await.map_err(|_| Error::WriterStopped)?;
         self.closed.store(true, Ordering::SeqCst);
         let handle = self
@@ -228,6 +241,11 @@ impl SqliteStore {
         }
         let depth = self.queue_capacity - self.sender.capacity();
         self.high_water.fetch_max(depth, Ordering::Relaxed);
+        if depth >= self.full_batch {
+            // A full batch is waiting: the writer need not wait for more. (Cheap when it
+            // is not parked: an atomic swap.)
+            self.writer.unpark();
+        }
         Ok(())
     }
 
@@ -462,6 +480,8 @@ impl Store for SqliteStore {
         let (tx, rx) = oneshot::channel();
         self.enqueue(Op::DropMatching(query.clone(), tx), |_, _| Ok(()))
             .await?;
+        self.writer.unpark(); // the caller waits for the answer
+
         let ids = rx.await.map_err(|_| Error::WriterStopped)??;
         let mut known = self.known.lock().map_err(|_| Error::Poisoned)?;
         for id in &ids {

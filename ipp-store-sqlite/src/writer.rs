@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ipp_core::store::{Query, RecordKey, RecordUpdate, TaskRecord};
 use rusqlite::{params_from_iter, Connection, Transaction};
@@ -63,6 +64,10 @@ pub(crate) struct Writer {
     pub(crate) path: PathBuf,
     pub(crate) table: String,
     pub(crate) batch_size: usize,
+    /// Writes that make a full batch: `batch_size`, or the queue's capacity if smaller.
+    pub(crate) full_batch: usize,
+    /// How long a transaction that was not full waits before the next one begins.
+    pub(crate) commit_interval: Duration,
     pub(crate) inbox: mpsc::Receiver<Op>,
     /// How many ops are finished (committed or failed), published after each batch.
     pub(crate) done: watch::Sender<u64>,
@@ -91,6 +96,8 @@ impl Writer {
             if self.inbox.blocking_recv_many(&mut batch, self.batch_size) == 0 {
                 break;
             }
+            let started = Instant::now();
+            let full = batch.len() >= self.full_batch;
             let count = batch.len() as u64;
             let (replies, errors) = self.commit(&mut batch, &insert_sql, &mut binder);
             finished += count;
@@ -128,6 +135,9 @@ impl Writer {
             if closing {
                 break;
             }
+            if !full {
+                self.linger(started);
+            }
         }
         let Writer {
             conn,
@@ -141,6 +151,20 @@ impl Writer {
         }
         checkpointer.stop();
         tracing::debug!(path = %path.display(), "sqlite writer stopped");
+    }
+
+    /// After a transaction that was not full (begun at `started`), waits until
+    /// `commit_interval` has passed so that the next one holds more writes: under moderate
+    /// load this turns one small transaction per write into one per interval. The store
+    /// unparks the thread when someone waits for the writes (a read's flush, a
+    /// `drop_matching`, `close`) or a full batch is queued; an unpark that came during the
+    /// transaction ends the wait at once.
+    fn linger(&self, started: Instant) {
+        let deadline = started + self.commit_interval;
+        let now = Instant::now();
+        if now < deadline {
+            std::thread::park_timeout(deadline - now);
+        }
     }
 
     /// Keeps `err` for the store to return, unless an earlier one is still waiting.
@@ -234,28 +258,30 @@ impl Writer {
     }
 }
 
-/// Folds each update of a record added earlier in the same batch into that add, so the
-/// record is written once, by one `INSERT` with its final values. Drops end the folding (an
-/// update after a drop must stay an update of whatever is left). Order among the remaining
-/// ops is kept.
+/// Folds each update into an earlier op of the same batch about the same record: into the
+/// record's add (one `INSERT` with its final values), or into the record's first update
+/// (one `UPDATE` with every change). Drops end the folding (an update after a drop must
+/// stay an update of whatever is left). Order among the remaining ops is kept; an update
+/// folded into an earlier op only moves past ops about other records.
 fn merge_updates_into_adds(batch: &mut Vec<Op>) {
-    // Which add each foldable update goes into (found without copying any id).
+    // Which earlier op each foldable update goes into (found without copying any id).
     let mut folds: Vec<(usize, usize)> = Vec::new();
     {
-        let mut added: HashMap<&str, usize, BuildBatchHasher> =
+        let mut first: HashMap<&str, usize, BuildBatchHasher> =
             HashMap::with_capacity_and_hasher(batch.len(), BuildBatchHasher::default());
         for (at, op) in batch.iter().enumerate() {
             match op {
                 Op::Add(record) => {
-                    added.insert(record.msg_id.as_str(), at);
+                    first.insert(record.msg_id.as_str(), at);
                 }
-                Op::Update(msg_id, _) => {
-                    if let Some(&into) = added.get(msg_id.as_str()) {
-                        folds.push((at, into));
+                Op::Update(msg_id, _) => match first.get(msg_id.as_str()) {
+                    Some(&into) => folds.push((at, into)),
+                    None => {
+                        first.insert(msg_id.as_str(), at);
                     }
-                }
+                },
                 Op::Folded => {}
-                Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) => added.clear(),
+                Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) => first.clear(),
             }
         }
     }
@@ -266,13 +292,80 @@ fn merge_updates_into_adds(batch: &mut Vec<Op>) {
         let Some(slot) = batch.get_mut(at) else {
             continue;
         };
-        if let Op::Update(_, update) = std::mem::replace(slot, Op::Folded) {
-            if let Some(Op::Add(record)) = batch.get_mut(into) {
-                record.apply(*update);
-            }
+        let Op::Update(_, update) = std::mem::replace(slot, Op::Folded) else {
+            continue;
+        };
+        match batch.get_mut(into) {
+            Some(Op::Add(record)) => record.apply(*update),
+            Some(Op::Update(_, earlier)) => merge_update(earlier, *update),
+            _ => {}
         }
     }
     batch.retain(|op| !matches!(op, Op::Folded));
+}
+
+/// Makes `into` the update that applying `into` then `later` makes: `later`'s fields
+/// replace `into`'s, appended output is appended in order.
+fn merge_update(into: &mut RecordUpdate, later: RecordUpdate) {
+    fn set<T>(field: &mut Option<T>, value: Option<T>) {
+        if value.is_some() {
+            *field = value;
+        }
+    }
+    fn append(field: &mut Option<String>, value: Option<String>) {
+        match (field.as_mut(), value) {
+            (Some(text), Some(more)) => text.push_str(&more),
+            (None, more) => *field = more,
+            (Some(_), None) => {}
+        }
+    }
+    // Every field by name, so that a new field cannot be forgotten here.
+    let RecordUpdate {
+        header,
+        metadata,
+        content,
+        buffers,
+        submitted,
+        client_uuid,
+        engine_uuid,
+        started,
+        completed,
+        resubmitted,
+        received,
+        result_header,
+        result_metadata,
+        result_content,
+        result_buffers,
+        queue,
+        execute_input,
+        execute_result,
+        error,
+        append_stdout,
+        append_stderr,
+        label,
+    } = later;
+    set(&mut into.header, header);
+    set(&mut into.metadata, metadata);
+    set(&mut into.content, content);
+    set(&mut into.buffers, buffers);
+    set(&mut into.submitted, submitted);
+    set(&mut into.client_uuid, client_uuid);
+    set(&mut into.engine_uuid, engine_uuid);
+    set(&mut into.started, started);
+    set(&mut into.completed, completed);
+    set(&mut into.resubmitted, resubmitted);
+    set(&mut into.received, received);
+    set(&mut into.result_header, result_header);
+    set(&mut into.result_metadata, result_metadata);
+    set(&mut into.result_content, result_content);
+    set(&mut into.result_buffers, result_buffers);
+    set(&mut into.queue, queue);
+    set(&mut into.execute_input, execute_input);
+    set(&mut into.execute_result, execute_result);
+    set(&mut into.error, error);
+    append(&mut into.append_stdout, append_stdout);
+    append(&mut into.append_stderr, append_stderr);
+    set(&mut into.label, label);
 }
 
 /// Answers an op that could not run.
@@ -414,6 +507,8 @@ mod tests {
             path: path.to_path_buf(),
             table: DEFAULT_TABLE.to_owned(),
             batch_size,
+            full_batch: batch_size,
+            commit_interval: Duration::ZERO,
             inbox,
             done: watch::channel(0).0,
             pending_error: Arc::clone(&pending_error),
@@ -511,6 +606,11 @@ mod tests {
                 ..request("d")
             })),
             Op::Update("d".to_owned(), Box::new(output())),
+            // Two updates of a record added in an earlier batch: one UPDATE with both.
+            Op::Update("old".to_owned(), Box::new(result("engine-4"))),
+            Op::Add(Box::new(request("e"))),
+            Op::Update("old".to_owned(), Box::new(output())),
+            Op::Update("old".to_owned(), Box::new(output())),
         ];
         let want = vec![
             applied(request("a"), &[result("engine-1"), output()]),
@@ -522,6 +622,14 @@ mod tests {
                 },
                 &[output()],
             ),
+            request("e"),
+            applied(
+                TaskRecord {
+                    submitted: when(9),
+                    ..request("old")
+                },
+                &[result("engine-4"), output(), output()],
+            ),
         ];
         (ops, want)
     }
@@ -532,6 +640,12 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("tasks.db");
             let (ops, want) = sequence();
+            // "old" was added by an earlier writer (a previous controller, say).
+            let old = TaskRecord {
+                submitted: when(9),
+                ..request("old")
+            };
+            assert!(write(&path, 1, vec![Op::Add(Box::new(old))]).is_none());
             assert!(write(&path, batch_size, ops).is_none());
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
@@ -572,13 +686,24 @@ mod tests {
                 "update c",
                 "add d",
                 "drop matching",
-                "add d"
+                "add d",
+                "update old",
+                "add e"
             ]
         );
         let Some(Op::Add(a)) = batch.first() else {
             panic!("first op is not an add")
         };
         assert_eq!(**a, applied(request("a"), &[result("engine-1"), output()]));
+        let Some(Op::Update(_, old)) = batch.get(8) else {
+            panic!("ninth op is not an update")
+        };
+        let mut want = result("engine-4");
+        want.append_stdout = Some("printed more more".to_owned());
+        want.append_stderr = Some("warnedwarned".to_owned());
+        want.execute_result = output().execute_result;
+        want.label = output().label;
+        assert_eq!(**old, want);
     }
 
     #[test]

@@ -270,3 +270,32 @@ async fn closing_leaves_every_record_in_the_file_and_an_empty_log() {
         .unwrap();
     assert_eq!(count, 1500);
 }
+
+/// With a commit interval far longer than any test, whoever waits for the writes wakes the
+/// writer from its wait: reads, `drop_matching`, a full queue, and `close` all return.
+/// (The timeout only guards against a hang; nothing here measures speed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_writes_ends_the_writers_wait_between_transactions() {
+    let run = async {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SqliteConfig::new(dir.path().join("tasks.db"))
+            .with_batch_size(10)
+            .with_queue_capacity(10)
+            .with_commit_interval_ms(3_600_000);
+        let store = SqliteStore::open_with(config).await.unwrap();
+        store.add(task("first", 0)).await.unwrap();
+        assert_eq!(store.history().await.unwrap(), ["first"]);
+        // More writes than the queue holds: a full queue wakes the writer.
+        for i in 1..=35 {
+            store.add(task(&format!("t{i:02}"), i)).await.unwrap();
+        }
+        let all = Query::all();
+        assert_eq!(store.find(&all, None).await.unwrap().len(), 36);
+        assert_eq!(store.drop_matching(&all).await.unwrap(), 36);
+        store.add(task("last", 99)).await.unwrap();
+        store.close().await.unwrap();
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("a wait for the writer's commit interval was not ended");
+}
