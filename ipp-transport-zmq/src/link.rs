@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use ipp_core::transport::{DirectRecv, DirectSend, Frames, Socket, SocketKind, SocketTaskEnds};
+use ipp_core::transport::{
+    DirectRecv, DirectSend, Frames, Refused, Socket, SocketKind, SocketTaskEnds,
+};
 use tokio::sync::{mpsc, oneshot};
 use zeromq::{ZmqError, ZmqMessage};
 
@@ -225,6 +227,31 @@ impl DirectSend for LinkSend {
             }),
             Err(mpsc::error::TrySendError::Closed(())) => Err(self.closed()),
         }
+    }
+
+    fn offer(&self, frames: Frames) -> Result<(), Refused> {
+        let frames = match self.link.try_direct(self.kind, frames) {
+            Ok(()) => return Ok(()),
+            Err(frames) => frames,
+        };
+        match self.outgoing.try_reserve() {
+            Ok(permit) => {
+                self.link.queued.fetch_add(1, Ordering::AcqRel);
+                permit.send(frames);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(())) => Err(Refused::Full(frames)),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(Refused::Closed),
+        }
+    }
+
+    async fn ready(&self) -> ipp_core::Result<()> {
+        // Room in the queue; the permit is given back at once (we are waiting, not sending).
+        self.outgoing
+            .reserve()
+            .await
+            .map(drop)
+            .map_err(|_| self.closed())
     }
 }
 

@@ -1,13 +1,13 @@
 //! The client's IO task: it owns the receiving halves of every socket, matches replies to
 //! requests by parent `msg_id`, keeps the engine map from notifications, and watches the
-//! Hub's liveness. Sends go through one writer task per outgoing socket.
+//! Hub's liveness. It offers each message to its socket itself, without waiting.
 //!
 //! Why the IO task never awaits a send: a controller relay that cannot deliver a reply to
 //! us stops reading our requests, so an IO task blocked on a full send queue (and therefore
-//! not reading replies) could deadlock with it. Sends are handed to writer tasks with
-//! `try_send`; when a writer's queue is full the IO task keeps the message in an ordered
-//! backlog, stops taking new commands (that is the back-pressure submitters feel), and goes
-//! on reading replies until the writer has room.
+//! not reading replies) could deadlock with it. Sends are offered to the sockets
+//! ([`SocketSender::offer`]); when a socket is full the IO task keeps the message in an
+//! ordered backlog, stops taking new commands (that is the back-pressure submitters feel),
+//! and goes on reading replies until the socket has room ([`SocketSender::ready`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -17,7 +17,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -26,7 +25,7 @@ use super::raw::{RawReply, RawShared};
 use super::result::{Outcome, ResultShared};
 use super::{ClientConfig, ConnectionState, EngineMap};
 use crate::protocol::{date, Message, Session, WireMessage};
-use crate::transport::{Frames, SocketReceiver, SocketSender};
+use crate::transport::{Frames, Refused, SocketReceiver, SocketSender};
 
 /// How many messages one socket's branch takes per wake-up before the loop looks elsewhere.
 const RECV_BATCH: usize = 256;
@@ -179,7 +178,7 @@ struct ParentRef<'a> {
 struct Io {
     config: ClientConfig,
     session: Arc<Session>,
-    writers: [mpsc::Sender<Frames>; 5],
+    writers: [SocketSender; 5],
     backlog: VecDeque<(Channel, Frames)>,
     routes: HashMap<String, Entry>,
     /// Finished routes kept for late output, oldest first.
@@ -220,22 +219,9 @@ pub(crate) async fn run(parts: IoParts) {
         mut notification,
         mut iopub,
     } = receivers;
-    let mut writer_tasks = JoinSet::new();
-    let writers = senders.map(|socket| {
-        let (tx, mut rx) = mpsc::channel::<Frames>(config.queue_capacity.max(1));
-        writer_tasks.spawn(async move {
-            let mut batch = Vec::with_capacity(RECV_BATCH);
-            while rx.recv_many(&mut batch, RECV_BATCH).await > 0 {
-                for frames in batch.drain(..) {
-                    if let Err(err) = socket.send(frames).await {
-                        tracing::debug!(error = %err, "client socket closed");
-                        return;
-                    }
-                }
-            }
-        });
-        tx
-    });
+    // The IO task offers each message to its socket itself (never waiting: see the module
+    // docs); a writer task per socket only moved messages from one queue to another.
+    let writers = senders;
     let uuids = engines
         .borrow()
         .iter()
@@ -279,15 +265,10 @@ pub(crate) async fn run(parts: IoParts) {
                 Some(Command::Send(batch)) => io.send_batch(batch),
                 None => break,
             },
-            permit = async { blocked?.reserve_owned().await.ok() }, if blocked.is_some() => {
-                match permit {
-                    Some(permit) => {
-                        if let Some((_, frames)) = io.backlog.pop_front() {
-                            permit.send(frames);
-                        }
-                        io.flush_backlog();
-                    }
-                    None => break, // a writer stopped: its socket is gone
+            ready = async { blocked?.ready().await.ok() }, if blocked.is_some() => {
+                match ready {
+                    Some(()) => io.flush_backlog(),
+                    None => break, // a socket is gone
                 }
             }
             frames = query.recv() => {
@@ -348,9 +329,7 @@ pub(crate) async fn run(parts: IoParts) {
             }
         }
     }
-    // Dropping the writer channels ends the writers; abort any stuck on a dead socket.
     drop(io);
-    writer_tasks.shutdown().await;
     tracing::debug!("client IO task stopped");
 }
 
@@ -392,33 +371,32 @@ impl Io {
         }
     }
 
-    /// Hands a message to its writer, or to the backlog if the writer (or the backlog) is full.
+    /// Hands a message to its socket, or to the backlog if the socket (or the backlog) is
+    /// full.
     fn send(&mut self, channel: Channel, frames: Frames) {
         if !self.backlog.is_empty() {
             self.backlog.push_back((channel, frames));
             return;
         }
-        match self.writers[channel.index()].try_send(frames) {
+        match self.writers[channel.index()].offer(frames) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(frames)) => {
-                self.backlog.push_back((channel, frames));
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::debug!(?channel, "client writer stopped; message dropped");
+            Err(Refused::Full(frames)) => self.backlog.push_back((channel, frames)),
+            Err(Refused::Closed) => {
+                tracing::debug!(?channel, "client socket closed; message dropped");
             }
         }
     }
 
-    /// Moves backlog messages to writers until one is full again.
+    /// Moves backlog messages to their sockets until one is full again.
     fn flush_backlog(&mut self) {
         while let Some((channel, frames)) = self.backlog.pop_front() {
-            match self.writers[channel.index()].try_send(frames) {
+            match self.writers[channel.index()].offer(frames) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(frames)) => {
+                Err(Refused::Full(frames)) => {
                     self.backlog.push_front((channel, frames));
                     return;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(Refused::Closed) => {}
             }
         }
     }

@@ -181,6 +181,41 @@ pub trait DirectSend: fmt::Debug + Send + Sync + 'static {
     /// [`Error::Timeout`] (with a zero duration) when it has no room; [`Error::Closed`] when
     /// the socket is closed.
     fn try_send(&self, frames: Frames) -> Result<()>;
+
+    /// As [`DirectSend::try_send`], but a message the transport has no room for is given
+    /// back. The default keeps a copy (one reference count per frame) around `try_send`.
+    ///
+    /// # Errors
+    /// [`Refused::Full`] with the message when there is no room now; [`Refused::Closed`]
+    /// when the socket is closed.
+    fn offer(&self, frames: Frames) -> std::result::Result<(), Refused> {
+        let copy = frames.clone();
+        match self.try_send(frames) {
+            Ok(()) => Ok(()),
+            Err(Error::Timeout { .. }) => Err(Refused::Full(copy)),
+            Err(_) => Err(Refused::Closed),
+        }
+    }
+
+    /// Waits until the transport has room for a message (an [`DirectSend::offer`] by the
+    /// only sender then succeeds). The default waits a millisecond: implementations that
+    /// can wait for room should.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the socket is closed.
+    async fn ready(&self) -> Result<()> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok(())
+    }
+}
+
+/// Why [`SocketSender::offer`] did not take a message.
+#[derive(Debug)]
+pub enum Refused {
+    /// No room now: the message, given back.
+    Full(Frames),
+    /// The socket is closed (or cannot send); the message is dropped.
+    Closed,
 }
 
 /// The receiving side of a socket that a transport drives without a task of its own.
@@ -384,6 +419,44 @@ impl SocketSender {
     }
 }
 
+impl SocketSender {
+    /// Hands one message over if there is room now, else gives it back: for a task that
+    /// must never wait on a send (it keeps its own backlog and waits with
+    /// [`SocketSender::ready`]).
+    ///
+    /// # Errors
+    /// [`Refused::Full`] with the message when there is no room now; [`Refused::Closed`]
+    /// when the socket is closed or is a `Sub`.
+    pub fn offer(&self, frames: Frames) -> std::result::Result<(), Refused> {
+        if self.kind == SocketKind::Sub {
+            return Err(Refused::Closed);
+        }
+        match &self.path {
+            SendPath::Queue(queue) => queue.try_send(frames).map_err(|err| match err {
+                mpsc::error::TrySendError::Full(frames) => Refused::Full(frames),
+                mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+            }),
+            SendPath::Direct(direct) => direct.offer(frames),
+        }
+    }
+
+    /// Waits until there is room for one message (see [`SocketSender::offer`]).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it takes nothing.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the socket is closed.
+    pub async fn ready(&self) -> Result<()> {
+        match &self.path {
+            SendPath::Queue(queue) => queue.reserve().await.map(drop).map_err(|_| Error::Closed {
+                what: self.label.to_string(),
+            }),
+            SendPath::Direct(direct) => direct.ready().await,
+        }
+    }
+}
+
 /// Where a [`SocketReceiver`] takes messages from.
 #[derive(Debug)]
 enum RecvPath {
@@ -431,5 +504,37 @@ impl SocketReceiver {
                 None => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn offer_gives_back_what_a_full_queue_cannot_take_and_ready_waits_for_room() {
+        let (socket, mut ends) = Socket::new(SocketKind::Dealer, "test".into(), 1);
+        let (sender, _receiver) = socket.split();
+        let one = vec![Bytes::from_static(b"one")];
+        let two = vec![Bytes::from_static(b"two")];
+        assert!(sender.offer(one.clone()).is_ok());
+        match sender.offer(two.clone()) {
+            Err(Refused::Full(back)) => assert_eq!(back, two),
+            other => panic!("expected the message back, got {other:?}"),
+        }
+        assert!(sender.ready().now_or_never().is_none(), "the queue is full");
+        assert_eq!(ends.outgoing.recv().await, Some(one));
+        sender.ready().await.expect("room again");
+        assert!(sender.offer(two.clone()).is_ok());
+        assert_eq!(ends.outgoing.recv().await, Some(two));
+
+        drop(ends);
+        assert!(matches!(
+            sender.offer(vec![Bytes::new()]),
+            Err(Refused::Closed)
+        ));
+        assert!(sender.ready().await.is_err());
     }
 }
