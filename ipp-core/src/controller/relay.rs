@@ -178,7 +178,20 @@ async fn forward_swapped(
     }
 }
 
-/// Relays what engines publish to every client, unchanged, and shows it to the Hub.
+/// Whether the Hub does anything with an IOPub message (see `Hub::record_iopub`): not with
+/// `status`, two of which every task publishes, so those are only relayed (no copy, no
+/// event, no parse on the Hub's side).
+fn hub_records(wire: &WireMessage) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(borrow)]
+        msg_type: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Kind<'_>>(&wire.header).map_or(true, |kind| kind.msg_type != "status")
+}
+
+/// Relays what engines publish to every client, unchanged, and shows the Hub what it
+/// records.
 ///
 /// Messages that are malformed, badly signed or replayed are dropped here: an engine never
 /// sends them, and forwarding them would only make every client's IOPub handler choke.
@@ -206,12 +219,47 @@ pub(crate) async fn run_iopub_relay(
                     tracing::debug!(error = %err, "dropped an IOPub message");
                     continue;
                 }
-                let frames = wire.clone().into_frames();
-                let _ = hub.send(HubEvent::Iopub(wire)).await;
+                let frames = if hub_records(&wire) {
+                    let frames = wire.clone().into_frames();
+                    let _ = hub.send(HubEvent::Iopub(wire)).await;
+                    frames
+                } else {
+                    wire.into_frames()
+                };
                 if client_tx.send(frames).await.is_err() {
                     break;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_header(header: &'static [u8]) -> WireMessage {
+        WireMessage {
+            idents: Vec::new(),
+            signature: Bytes::new(),
+            header: Bytes::from_static(header),
+            parent_header: Bytes::from_static(b"{}"),
+            metadata: Bytes::from_static(b"{}"),
+            content: Bytes::from_static(b"{}"),
+            buffers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_hub_is_shown_everything_but_status() {
+        assert!(!hub_records(&with_header(
+            br#"{"msg_id": "a", "msg_type": "status"}"#
+        )));
+        assert!(hub_records(&with_header(br#"{"msg_type":"stream"}"#)));
+        assert!(hub_records(&with_header(
+            br#"{"msg_type":"shutdown_reply"}"#
+        )));
+        // Unreadable headers go to the Hub, which decides (as before).
+        assert!(hub_records(&with_header(b"{}")));
     }
 }
