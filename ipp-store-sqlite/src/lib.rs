@@ -4,6 +4,7 @@ mod bind;
 mod checkpoint;
 mod config;
 mod error;
+mod graveyard;
 mod ids;
 mod query;
 mod schema;

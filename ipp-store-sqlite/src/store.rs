@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::checkpoint::Checkpointer;
 use crate::config::SqliteConfig;
 use crate::error::{Error, Result};
+use crate::graveyard::Graveyard;
 use crate::ids::{Fingerprints, KnownIds};
 use crate::query::{register_functions, translate, SUBMISSION_ORDER};
 use crate::schema::{ensure, quote, set_from_sql};
@@ -52,6 +53,8 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The writer thread, to wake from its wait between transactions ([`Writer::linger`]).
     writer: std::thread::Thread,
+    /// Committed writes waiting to be freed on the callers' thread.
+    graveyard: Arc<Graveyard>,
     /// Queued writes that make a full batch (`batch_size`, or the whole queue if smaller).
     full_batch: usize,
     capabilities: StoreCapabilities,
@@ -95,6 +98,7 @@ impl SqliteStore {
         let (sender, inbox) = mpsc::channel(queue_capacity);
         let (done_tx, done) = watch::channel(0);
         let pending_error = PendingError::default();
+        let graveyard = Arc::new(Graveyard::default());
         let writer = Writer {
             conn: writer_conn,
             path: path.clone(),
@@ -106,6 +110,7 @@ impl SqliteStore {
             done: done_tx,
             pending_error: Arc::clone(&pending_error),
             checkpointer,
+            graveyard: Arc::clone(&graveyard),
         };
         let handle = std::thread::Builder::new()
             .name("ipp-sqlite-writer".to_owned())
@@ -127,6 +132,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             writer_thread: Mutex::new(Some(handle)),
             writer: writer_thread,
+            graveyard,
             full_batch: batch_size.min(queue_capacity),
             capabilities: StoreCapabilities::RECORDS_EVERYTHING,
         })
@@ -239,6 +245,7 @@ impl SqliteStore {
             permit.send(op);
             self.enqueued.fetch_add(1, Ordering::SeqCst);
         }
+        self.graveyard.free_some();
         let depth = self.queue_capacity - self.sender.capacity();
         self.high_water.fetch_max(depth, Ordering::Relaxed);
         if depth >= self.full_batch {

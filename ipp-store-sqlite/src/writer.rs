@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::bind::{update_fields, Binder, Field};
 use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
+use crate::graveyard::Graveyard;
 use crate::ids::BuildBatchHasher;
 use crate::query::translate;
 use crate::schema::{all_columns, quote};
@@ -74,6 +75,8 @@ pub(crate) struct Writer {
     pub(crate) pending_error: PendingError,
     /// Checkpoints the WAL off this thread; stopped when the writer stops.
     pub(crate) checkpointer: Checkpointer,
+    /// Where committed writes go to be freed by the callers' thread.
+    pub(crate) graveyard: Arc<Graveyard>,
 }
 
 /// What a batch owes callers once it is committed.
@@ -203,7 +206,8 @@ impl Writer {
                 return (replies, errors);
             }
         };
-        merge_updates_into_adds(batch);
+        let mut dead = Vec::with_capacity(batch.len());
+        merge_updates_into_adds(batch, &mut dead);
         {
             // Prepared once per batch (from the connection's cache), bound per record.
             let mut insert_stmt = None;
@@ -215,6 +219,7 @@ impl Writer {
                         {
                             errors.push(err);
                         }
+                        dead.push(Op::Add(record));
                     }
                     Op::Update(msg_id, update) => {
                         if let Err(err) =
@@ -222,6 +227,7 @@ impl Writer {
                         {
                             errors.push(err);
                         }
+                        dead.push(Op::Update(msg_id, update));
                     }
                     Op::DropIds(ids) => {
                         let sql = format!(
@@ -243,7 +249,9 @@ impl Writer {
                 }
             }
         }
-        if let Err(source) = tx.commit() {
+        let committed = tx.commit();
+        self.graveyard.bury(&mut dead);
+        if let Err(source) = committed {
             errors.push(sql_err("commit")(source));
             // Nothing in the batch was kept: the drops answered above did not happen.
             for reply in &mut replies {
@@ -263,7 +271,9 @@ impl Writer {
 /// (one `UPDATE` with every change). Drops end the folding (an update after a drop must
 /// stay an update of whatever is left). Order among the remaining ops is kept; an update
 /// folded into an earlier op only moves past ops about other records.
-fn merge_updates_into_adds(batch: &mut Vec<Op>) {
+///
+/// The emptied updates go to `dead`, to be freed by the callers' thread.
+fn merge_updates_into_adds(batch: &mut Vec<Op>, dead: &mut Vec<Op>) {
     // Which earlier op each foldable update goes into (found without copying any id).
     let mut folds: Vec<(usize, usize)> = Vec::new();
     {
@@ -292,14 +302,16 @@ fn merge_updates_into_adds(batch: &mut Vec<Op>) {
         let Some(slot) = batch.get_mut(at) else {
             continue;
         };
-        let Op::Update(_, update) = std::mem::replace(slot, Op::Folded) else {
+        let Op::Update(msg_id, mut update) = std::mem::replace(slot, Op::Folded) else {
             continue;
         };
+        let changes = std::mem::take(&mut *update);
         match batch.get_mut(into) {
-            Some(Op::Add(record)) => record.apply(*update),
-            Some(Op::Update(_, earlier)) => merge_update(earlier, *update),
+            Some(Op::Add(record)) => record.apply(changes),
+            Some(Op::Update(_, earlier)) => merge_update(earlier, changes),
             _ => {}
         }
+        dead.push(Op::Update(msg_id, update));
     }
     batch.retain(|op| !matches!(op, Op::Folded));
 }
@@ -513,6 +525,7 @@ mod tests {
             done: watch::channel(0).0,
             pending_error: Arc::clone(&pending_error),
             checkpointer,
+            graveyard: Arc::default(),
         };
         // `blocking_recv` refuses to run inside a runtime: a plain thread, as in the store.
         std::thread::spawn(move || writer.run()).join().unwrap();
@@ -664,7 +677,9 @@ mod tests {
     fn folding_finds_each_update_its_add_and_stops_at_drops() {
         let (ops, _) = sequence();
         let mut batch = ops;
-        merge_updates_into_adds(&mut batch);
+        let mut dead = Vec::new();
+        merge_updates_into_adds(&mut batch, &mut dead);
+        assert_eq!(dead.len(), 6, "one emptied update per fold");
         let shape: Vec<String> = batch
             .iter()
             .map(|op| match op {
