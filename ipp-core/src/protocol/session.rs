@@ -134,10 +134,37 @@ impl Signature {
     }
 }
 
+/// Hashes remembered signatures without SipHash: they are HMAC outputs of messages that
+/// passed verification, so nobody without the key can choose them (no collision flooding),
+/// and their bits are already uniform. A `u128` prefix is folded to 64 bits; other bytes
+/// (only in unusual setups) go through FNV-1a.
+#[derive(Clone, Copy, Debug, Default)]
+struct SignatureHasher(u64);
+
+impl std::hash::Hasher for SignatureHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut hash = self.0 ^ 0xcbf2_9ce4_8422_2325;
+        for &byte in bytes {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+        }
+        self.0 = hash;
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        // Truncation intended: both halves are uniform; mix them.
+        self.0 ^= (value as u64) ^ ((value >> 64) as u64).rotate_left(29);
+    }
+}
+
 /// The signatures a session has accepted, to reject replayed messages.
 #[derive(Debug, Default)]
 struct DigestHistory {
-    seen: HashSet<Signature>,
+    seen: HashSet<Signature, std::hash::BuildHasherDefault<SignatureHasher>>,
 }
 
 impl DigestHistory {
