@@ -274,7 +274,8 @@ impl Cluster {
         };
         let controller = ControllerProcess::start(&setup, dir).await?;
         let executor = RustExecutor::new();
-        executor.register_infallible("noop", |(): ()| ());
+        // A no-op returns in nanoseconds: run it on the engine's task, not the blocking pool.
+        executor.register_inline_infallible("noop", |(): ()| ());
         let executor = Arc::new(executor);
         let mut running = Vec::new();
         for _ in 0..engines {

@@ -79,7 +79,8 @@ fn log_filter(level: &str) -> Result<&'static str> {
 fn example_functions() -> RustExecutor {
     let executor = RustExecutor::new();
     executor
-        .register_infallible("square", |n: i64| n.wrapping_mul(n))
+        // Functions that return in microseconds run inline on the engine's task.
+        .register_inline_infallible("square", |n: i64| n.wrapping_mul(n))
         .register("fib", fib)
         .register_infallible("sum", |values: Vec<f64>| values.iter().sum::<f64>())
         .register("sleep", |seconds: f64| {
@@ -99,7 +100,7 @@ fn example_functions() -> RustExecutor {
                 message.unwrap_or_else(|| "panic always panics".to_owned())
             )
         })
-        .register_infallible("echo", |value: serde_json::Value| value)
+        .register_inline_infallible("echo", |value: serde_json::Value| value)
         .register_infallible("pi_sample", |(samples, seed): (u64, u64)| {
             pi_sample(samples, seed)
         })
