@@ -320,6 +320,13 @@ pub(crate) fn open_connections(path: &Path, table: &str) -> Result<Opened> {
         .pragma_update(None, "synchronous", "NORMAL")
         .map_err(sql_err("set synchronous"))?;
     writer.set_prepared_statement_cache_capacity(64);
+    // 16 MiB of page cache (SQLite's default is 2 MiB): updates land on rows added a while
+    // ago (a map's requests are recorded long before their results), and the msg_id
+    // index is written at random places; with the default cache those pages were read
+    // back from the OS on every batch. Measured: ~10% less controller CPU per task.
+    writer
+        .pragma_update(None, "cache_size", -16384)
+        .map_err(sql_err("set cache_size"))?;
     register_functions(&writer).map_err(sql_err("register functions"))?;
     ensure(&writer, path, table)?;
 
