@@ -33,6 +33,7 @@ step "cargo test" cargo test --workspace --all-features
 step "example: embedded_controller" cargo run -q --example embedded_controller
 step "example: quickstart" cargo run -q --example quickstart -- --digits 500 --tasks 2000
 step "example: bench" cargo run -q --example bench -- --quick --stores nodb,sqlite
+step "example: bench (schemes)" cargo run -q --example bench -- --quick --schemes-only --deps 0,10
 step "example tests" cargo test -q --examples
 step "pytest" "$PY" -m pytest "$ROOT/tests/python" -v "$@"
 
