@@ -469,3 +469,63 @@ async fn aborting_a_queued_task_answers_it_at_once() {
     assert_eq!(reply.parent_msg_id(), Some(queued_id.as_str()));
     assert_eq!(reply.content, json!({"status": "aborted"}));
 }
+
+#[tokio::test(start_paused = true)]
+async fn output_that_overtakes_its_request_is_kept_in_the_request_record() {
+    let h = Harness::start(config()).await;
+    let client = h.controller.client_info().clone();
+    let mut notifications = h
+        .connect(
+            SocketKind::Sub,
+            client.notification,
+            SocketOptions::default().with_subscription(Bytes::new()),
+        )
+        .await;
+    let mut engine = register_engine(&h, "engine-a").await;
+    h.recv(&mut notifications).await; // registered: its requests are recorded
+    let iopub = h
+        .connect(
+            SocketKind::Pub,
+            h.controller.engine_info().iopub,
+            SocketOptions::default(),
+        )
+        .await;
+    let mut request = h.session.message("apply_request", json!({}));
+    request.metadata.insert("label".into(), json!("early"));
+    let msg_id = request.header.msg_id.clone();
+    // The engine's stdout for the request reaches the Hub first: the Hub makes a stub.
+    let stream = h.session.reply(
+        &request.header,
+        "stream",
+        json!({"name": "stdout", "text": "early output\n"}),
+    );
+    h.send(&iopub, vec![Bytes::from("engine.0.stream")], stream)
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut mux = h
+        .connect(SocketKind::Dealer, client.mux, SocketOptions::default())
+        .await;
+    h.send(&mux, vec![Bytes::from("engine-a")], request).await;
+    serve_one(&h, &mut engine.mux, &engine.uuid).await;
+    h.recv(&mut mux).await;
+
+    let mut hub = h
+        .connect(
+            SocketKind::Dealer,
+            client.registration,
+            SocketOptions::default(),
+        )
+        .await;
+    let found = query(
+        &h,
+        &mut hub,
+        "db_request",
+        json!({"query": {"msg_id": msg_id}, "keys": ["stdout", "label", "queue", "result_content"]}),
+    )
+    .await;
+    let record = &found.content["records"][0];
+    assert_eq!(record["stdout"], "early output\n", "{record}");
+    assert_eq!(record["label"], "early", "{record}");
+    assert_eq!(record["queue"], "mux", "{record}");
+    assert_eq!(record["result_content"]["status"], "ok", "{record}");
+}

@@ -61,6 +61,9 @@ pub(crate) struct Hub {
     unassigned: OrderedIds,
     /// Requests whose result the Hub has seen recently (older ones are in the store).
     completed: RecentSet,
+    /// Ids whose record the Hub created as a stub, before their request was seen (IOPub
+    /// output can overtake its request): the request then updates the stub.
+    stubbed: RecentSet,
     /// Whether the store records anything (false for NoDb: then requests are not parsed).
     recording: bool,
     warned: WarnOnce,
@@ -104,6 +107,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
         pending: HashSet::new(),
         unassigned: OrderedIds::new(),
         completed: RecentSet::default(),
+        stubbed: RecentSet::default(),
         recording: store_records,
         warned: WarnOnce::default(),
         warned_store: false,

@@ -28,27 +28,32 @@ fn detached(buffers: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
         .collect()
 }
 
-pub(super) fn as_object(value: &Value) -> JsonMap {
-    value.as_object().cloned().unwrap_or_default()
+/// The object a message's content is (an empty one if it is not an object), moved out.
+fn into_object(value: Value) -> JsonMap {
+    match value {
+        Value::Object(map) => map,
+        _ => JsonMap::new(),
+    }
 }
 
-/// The record of a request as first seen.
-fn request_record(msg: &Message, queue: &str, engine_uuid: Option<String>) -> TaskRecord {
+/// The record of a request as first seen (the message's maps are moved, not copied).
+fn request_record(msg: Message, queue: &str, engine_uuid: Option<String>) -> TaskRecord {
+    let label = msg
+        .metadata
+        .get("label")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     TaskRecord {
-        msg_id: msg.header.msg_id.clone(),
         header: Some(msg.header.to_map()),
-        metadata: Some(msg.metadata.clone()),
-        content: Some(as_object(&msg.content)),
-        buffers: detached(&msg.buffers),
         submitted: msg.header.date(),
-        client_uuid: Some(msg.header.session.clone()),
+        buffers: detached(&msg.buffers),
+        content: Some(into_object(msg.content)),
+        metadata: Some(msg.metadata),
+        client_uuid: Some(msg.header.session),
+        msg_id: msg.header.msg_id,
         engine_uuid,
         queue: Some(queue.to_owned()),
-        label: msg
-            .metadata
-            .get("label")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        label,
         ..TaskRecord::default()
     }
 }
@@ -69,25 +74,20 @@ fn request_update(record: TaskRecord) -> RecordUpdate {
     }
 }
 
-/// The result fields of a reply.
-fn result_update(msg: &Message) -> RecordUpdate {
+/// The result fields of a reply (the message's maps are moved, not copied).
+fn result_update(msg: Message) -> RecordUpdate {
+    let text = |key: &str| msg.metadata.get(key).and_then(Value::as_str);
+    let started = text("started").and_then(date::parse);
+    let engine_uuid = text("engine").map(str::to_owned);
     RecordUpdate {
         result_header: Some(msg.header.to_map()),
-        result_metadata: Some(msg.metadata.clone()),
-        result_content: Some(as_object(&msg.content)),
-        result_buffers: Some(detached(&msg.buffers)),
-        started: msg
-            .metadata
-            .get("started")
-            .and_then(Value::as_str)
-            .and_then(date::parse),
         completed: msg.header.date(),
+        result_buffers: Some(detached(&msg.buffers)),
+        result_content: Some(into_object(msg.content)),
+        result_metadata: Some(msg.metadata),
+        started,
         received: Some(date::now()),
-        engine_uuid: msg
-            .metadata
-            .get("engine")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        engine_uuid,
         ..RecordUpdate::default()
     }
 }
@@ -106,40 +106,61 @@ impl Hub {
         }
     }
 
-    /// Adds a request's record, merging into a stub that early IOPub output created.
+    /// Adds a request's record, or merges it into the stub that early IOPub output created.
+    ///
+    /// The record is moved into the store, not copied (this runs once per task): only a
+    /// stub the Hub made itself is known to exist already.
     async fn save_request(&mut self, record: TaskRecord) {
+        if self.stubbed.contains(&record.msg_id) {
+            let msg_id = record.msg_id.clone();
+            if let Err(err) = self.store.update(&msg_id, request_update(record)).await {
+                self.note_store_error("update", &msg_id, &err);
+            }
+            return;
+        }
         let msg_id = record.msg_id.clone();
-        match self.store.add(record.clone()).await {
+        match self.store.add(record).await {
             Ok(()) => {}
             Err(Error::AlreadyExists { .. }) => {
-                if let Err(err) = self.store.update(&msg_id, request_update(record)).await {
-                    self.note_store_error("update", &msg_id, &err);
-                }
+                // Only a client reusing a msg_id (or one recorded by an earlier run of a
+                // reused database) gets here: the earlier record is kept.
+                tracing::warn!(
+                    msg_id,
+                    "a request reused a msg_id the task database already holds; \
+                     the earlier record is kept"
+                );
             }
             Err(err) => self.note_store_error("add", &msg_id, &err),
         }
     }
 
-    /// Updates a record, creating a stub first when the request has not been seen.
+    /// Whether this Hub recorded the request of `msg_id` (or a stub for it) recently.
+    fn has_record(&self, msg_id: &str) -> bool {
+        self.pending.contains(msg_id)
+            || self.completed.contains(msg_id)
+            || self.stubbed.contains(msg_id)
+    }
+
+    /// Updates a record, creating a stub first when the request has not been recorded.
+    ///
+    /// The update is moved into the store, not copied: whether a record exists is known
+    /// beforehand for every request this Hub saw.
     async fn update_record(&mut self, msg_id: &str, update: RecordUpdate) {
-        match self.store.update(msg_id, update.clone()).await {
-            Ok(()) => {}
-            Err(Error::NotFound { .. }) => {
-                let stub = TaskRecord {
-                    msg_id: msg_id.to_owned(),
-                    ..TaskRecord::default()
-                };
-                let result = match self.store.add(stub).await {
-                    Ok(()) | Err(Error::AlreadyExists { .. }) => {
-                        self.store.update(msg_id, update).await
-                    }
-                    Err(err) => Err(err),
-                };
-                if let Err(err) = result {
-                    self.note_store_error("update", msg_id, &err);
-                }
+        if !self.has_record(msg_id) {
+            // Output that overtook its request, or a result of a request older than the
+            // Hub's memory (or of an earlier run): make sure a record exists.
+            let stub = TaskRecord {
+                msg_id: msg_id.to_owned(),
+                ..TaskRecord::default()
+            };
+            match self.store.add(stub).await {
+                Ok(()) => self.stubbed.insert(msg_id),
+                Err(Error::AlreadyExists { .. }) => {}
+                Err(err) => return self.note_store_error("add", msg_id, &err),
             }
-            Err(err) => self.note_store_error("update", msg_id, &err),
+        }
+        if let Err(err) = self.store.update(msg_id, update).await {
+            self.note_store_error("update", msg_id, &err);
         }
     }
 
@@ -164,7 +185,7 @@ impl Hub {
         }
         if self.recording {
             let Ok(msg) = wire.parse() else { return };
-            self.save_request(request_record(&msg, "mux", Some(uuid)))
+            self.save_request(request_record(msg, "mux", Some(uuid)))
                 .await;
         }
     }
@@ -192,7 +213,7 @@ impl Hub {
         }
         if self.recording {
             let Ok(msg) = wire.parse() else { return };
-            self.update_record(&msg_id, result_update(&msg)).await;
+            self.update_record(&msg_id, result_update(msg)).await;
         }
     }
 
@@ -204,7 +225,7 @@ impl Hub {
         self.unassigned.insert(msg_id);
         if self.recording {
             let Ok(msg) = wire.parse() else { return };
-            self.save_request(request_record(&msg, "task", None)).await;
+            self.save_request(request_record(msg, "task", None)).await;
         }
     }
 
@@ -256,7 +277,7 @@ impl Hub {
         }
         if self.recording {
             let Ok(msg) = wire.parse() else { return };
-            self.update_record(&msg_id, result_update(&msg)).await;
+            self.update_record(&msg_id, result_update(msg)).await;
         }
     }
 
