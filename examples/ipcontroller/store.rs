@@ -20,7 +20,8 @@ pub(crate) enum StoreConfig {
     /// `db = "nodb"`: records nothing.
     NoDb(NoDbConfig),
     /// `db = "sqlite"`: `path` (relative to the profile directory), `table`, `batch_size`,
-    /// `queue_capacity`.
+    /// `queue_capacity`, `commit_interval_ms` (how long the writer may wait to fill a batch;
+    /// reads never wait for it).
     #[serde(alias = "sqlitedb")]
     Sqlite(SqliteConfig),
     /// `db = "mongodb"`: `url`, `database`, `collection`.
