@@ -1,6 +1,8 @@
 //! A set of ids kept in insertion order, with O(log n) insert and remove.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 /// A set of ids in insertion order. Unlike `IndexSet::shift_remove` (O(n): it moves every
 /// later entry), removing from anywhere costs O(log n), so a queue of 100,000 waiting tasks

@@ -1,8 +1,10 @@
 //! A bounded set of recently seen ids.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
+
+use foldhash::HashSet;
 
 /// A bounded set of recent ids: membership in O(1), the oldest forgotten first.
 ///
@@ -42,7 +44,7 @@ impl RecentSet {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         Self {
             capacity: capacity.max(1),
-            members: HashSet::new(),
+            members: HashSet::default(),
             order: VecDeque::new(),
         }
     }

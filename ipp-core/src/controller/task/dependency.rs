@@ -1,6 +1,7 @@
 //! Graph dependencies (`after`, `follow`) as ipyparallel encodes them in task metadata.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 
 use serde_json::Value;
 
@@ -9,7 +10,7 @@ pub(crate) trait IdSet {
     fn has(&self, id: &str) -> bool;
 }
 
-impl IdSet for HashSet<String> {
+impl<S: BuildHasher> IdSet for HashSet<String, S> {
     fn has(&self, id: &str) -> bool {
         self.contains(id)
     }

@@ -5,12 +5,13 @@ mod dependency;
 mod lookup;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::ordered::OrderedIds;
 use bytes::Bytes;
+use foldhash::{HashMap, HashSet};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -185,21 +186,21 @@ pub(crate) async fn run_task_scheduler(parts: TaskSchedulerParts) {
         hub,
         store_records: store.capabilities().records,
         store,
-        parked: HashSet::new(),
+        parked: HashSet::default(),
         lookups: JoinSet::new(),
-        lookup_jobs: HashMap::new(),
+        lookup_jobs: HashMap::default(),
         engines: Vec::new(),
-        jobs: HashMap::new(),
+        jobs: HashMap::default(),
         ready: VecDeque::new(),
         blocked: OrderedIds::new(),
-        dependents: HashMap::new(),
+        dependents: HashMap::default(),
         newly_finished: Vec::new(),
-        running: HashMap::new(),
+        running: HashMap::default(),
         submitted: RecentSet::with_capacity(HISTORY_WINDOW),
         completed: RecentSet::with_capacity(HISTORY_WINDOW),
         failed: RecentSet::with_capacity(HISTORY_WINDOW),
-        engine_completed: HashMap::new(),
-        engine_failed: HashMap::new(),
+        engine_completed: HashMap::default(),
+        engine_failed: HashMap::default(),
         timeouts: BinaryHeap::new(),
         warned: WarnOnce::default(),
         max_message_bytes,
@@ -389,7 +390,7 @@ impl TaskScheduler {
             after: Dependency::from_metadata(metadata.after.as_ref()),
             follow: Dependency::from_metadata(metadata.follow.as_ref()),
             retries: metadata.retries.unwrap_or(0),
-            blacklist: HashSet::new(),
+            blacklist: HashSet::default(),
             timeout,
             deadline: None,
             wire: WireMessage {
@@ -520,7 +521,7 @@ impl TaskScheduler {
     /// Holds a job until its `after` is met, indexed under every id it depends on.
     fn block(&mut self, msg_id: String) {
         if let Some(job) = self.jobs.get(&msg_id) {
-            let mut seen = HashSet::new();
+            let mut seen = HashSet::default();
             for id in job.after.ids.iter().chain(&job.follow.ids) {
                 if seen.insert(id) {
                     self.dependents
@@ -633,7 +634,7 @@ impl TaskScheduler {
     }
 
     fn follow_met_on(&self, follow: &Dependency, uuid: &str) -> bool {
-        let empty = HashSet::new();
+        let empty = HashSet::default();
         match (
             self.engine_completed.get(uuid),
             self.engine_failed.get(uuid),
