@@ -31,6 +31,7 @@ use ipp::core::engine::{Engine, RunningEngine, RustExecutor};
 use ipp::core::protocol::{ClientConnectionInfo, EngineConnectionInfo};
 use ipp::core::serialize::Payload;
 use ipp::core::store::{DictDb, DictDbConfig, NoDb, Store};
+use ipp::store_mongo::{MongoConfig, MongoStore};
 use ipp::store_sqlite::SqliteStore;
 use ipp::transport_zmq::ZmqTransport;
 
@@ -49,7 +50,8 @@ struct Args {
     /// Megabytes pushed and pulled.
     #[arg(long, default_value_t = 100)]
     megabytes: usize,
-    /// Task databases to run the throughput test with (nodb, dictdb, dictdb-culled, sqlite).
+    /// Task databases to run the throughput test with (nodb, dictdb, dictdb-culled, sqlite,
+    /// mongodb: needs a MongoDB-wire server at `--mongo-url`).
     #[arg(long, value_delimiter = ',', default_value = "nodb,dictdb,sqlite")]
     stores: Vec<String>,
     /// No-op tasks the controller-memory test runs, in windows of `--window` tasks.
@@ -97,6 +99,10 @@ struct Args {
     /// Internal (with `--serve-controller`): the load-balancing scheme.
     #[arg(long, hide = true, default_value = "leastload")]
     scheme: String,
+    /// The MongoDB-wire server of the `mongodb` store (e.g. one started with
+    /// `nx-27017 --db memory --host 127.0.0.1 -p 27017`).
+    #[arg(long, default_value = "mongodb://127.0.0.1:27017")]
+    mongo_url: String,
     /// Internal (with `--serve-controller`): where the SQLite file goes.
     #[arg(long, hide = true)]
     store_dir: Option<PathBuf>,
@@ -121,7 +127,7 @@ async fn serve_controller(args: &Args) -> Result<()> {
     config.scheme.clone_from(&args.scheme);
     let controller = Controller::builder(config)
         .with_transport(Arc::new(ZmqTransport::new()))
-        .with_store(store(&args.store, &dir).await?)
+        .with_store(store(&args.store, &dir, &args.mongo_url).await?)
         .start()
         .await?;
     let info = ChildInfo {
@@ -182,6 +188,7 @@ struct ControllerSetup<'a> {
     hwm: usize,
     scheme: &'a str,
     runtime: &'a str,
+    mongo_url: &'a str,
 }
 
 /// The controller child process, seen from the parent.
@@ -204,6 +211,8 @@ impl ControllerProcess {
                 setup.scheme,
                 "--controller-runtime",
                 setup.runtime,
+                "--mongo-url",
+                setup.mongo_url,
             ])
             .arg("--store-dir")
             .arg(dir)
@@ -271,6 +280,7 @@ impl Cluster {
             hwm,
             scheme,
             runtime: &args.controller_runtime,
+            mongo_url: &args.mongo_url,
         };
         let controller = ControllerProcess::start(&setup, dir).await?;
         let executor = RustExecutor::new();
@@ -428,7 +438,7 @@ async fn latency_and_bandwidth(args: &Args) -> Result<Vec<(String, String)>> {
     Ok(rows)
 }
 
-async fn store(name: &str, dir: &Path) -> Result<Arc<dyn Store>> {
+async fn store(name: &str, dir: &Path, mongo_url: &str) -> Result<Arc<dyn Store>> {
     Ok(match name {
         "nodb" => Arc::new(NoDb),
         "dictdb" => Arc::new(DictDb::with_config(
@@ -437,7 +447,14 @@ async fn store(name: &str, dir: &Path) -> Result<Arc<dyn Store>> {
         )?),
         "dictdb-culled" => Arc::new(DictDb::with_config(DictDbConfig::default())?),
         "sqlite" => Arc::new(SqliteStore::open(dir.join("tasks.db")).await?),
-        other => bail!("unknown store {other:?}: use nodb, dictdb, dictdb-culled or sqlite"),
+        "mongodb" => Arc::new(
+            MongoStore::connect(MongoConfig::default().with_url(mongo_url))
+                .await
+                .with_context(|| format!("connecting to the MongoDB-wire server {mongo_url}"))?,
+        ),
+        other => {
+            bail!("unknown store {other:?}: use nodb, dictdb, dictdb-culled, sqlite or mongodb")
+        }
     })
 }
 

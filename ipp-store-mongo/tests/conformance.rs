@@ -69,8 +69,11 @@ fn start_server() -> Server {
         .and_then(|l| l.local_addr())
         .expect("no free port")
         .port();
-    let log = std::env::temp_dir().join(format!("ipp-nx27017-{}.log", std::process::id()));
+    let stem = std::env::temp_dir().join(format!("ipp-nx27017-{}", std::process::id()));
+    let log = stem.with_extension("log");
     let log_file = std::fs::File::create(&log).expect("cannot create the server log");
+    // nx-27017 refuses to start while another instance's pid file (by default the
+    // machine-wide /tmp/nx_27017.pid) names a live process: give this one its own files.
     let child = Command::new(&exe)
         .args([
             "--db",
@@ -80,6 +83,10 @@ fn start_server() -> Server {
             "-p",
             &port.to_string(),
         ])
+        .arg("--pid-file")
+        .arg(stem.with_extension("pid"))
+        .arg("--log-file")
+        .arg(stem.with_extension("server.log"))
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().expect("log handle"))
         .stderr(log_file)

@@ -58,7 +58,11 @@ class MongoServer:
         exe = os.environ.get("IPP_TEST_NX27017") or venv_tool("nx-27017")
         self._log_handle = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [exe, "--db", "memory", "--host", "127.0.0.1", "-p", str(self.port)],
+            # nx-27017 refuses to start while another instance's pid file (by default the
+            # machine-wide /tmp/nx_27017.pid) names a live process: give this one its own.
+            [exe, "--db", "memory", "--host", "127.0.0.1", "-p", str(self.port),
+             "--pid-file", str(tmp_path / "nx-27017.pid"),
+             "--log-file", str(tmp_path / "nx-27017.server.log")],
             stdin=subprocess.DEVNULL,
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
