@@ -546,8 +546,18 @@ impl Client {
         }
     }
 
+    /// [`ClientError::ControllerShutdown`] or [`ClientError::Closed`] once the client is
+    /// closed, even while its IO task is still winding down.
+    pub(crate) fn ensure_open(&self) -> ClientResult<()> {
+        match self.connection_state() {
+            ConnectionState::Shutdown | ConnectionState::Closed => Err(self.closed_error()),
+            ConnectionState::Connected | ConnectionState::Unreachable => Ok(()),
+        }
+    }
+
     /// Hands a batch to the IO task (waiting while its queue is full).
     pub(crate) async fn submit(&self, batch: Vec<Outgoing>) -> ClientResult<()> {
+        self.ensure_open()?;
         self.inner
             .commands
             .send(Command::Send(batch))

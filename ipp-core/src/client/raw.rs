@@ -1051,6 +1051,9 @@ impl Client {
     }
 
     fn prepare_raw(&self, requests: Vec<RawRequest>) -> ClientResult<Prepared> {
+        // The IO task may still be winding down after a shutdown notification or `close`:
+        // refuse now rather than hand it requests it can only fail one by one.
+        self.ensure_open()?;
         let mut prepared = Prepared {
             outgoing: Vec::with_capacity(requests.len()),
             records: Vec::with_capacity(if requests.iter().any(|r| r.track) {
