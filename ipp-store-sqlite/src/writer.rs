@@ -308,76 +308,12 @@ fn merge_updates_into_adds(batch: &mut Vec<Op>, dead: &mut Vec<Op>) {
         let changes = std::mem::take(&mut *update);
         match batch.get_mut(into) {
             Some(Op::Add(record)) => record.apply(changes),
-            Some(Op::Update(_, earlier)) => merge_update(earlier, changes),
+            Some(Op::Update(_, earlier)) => earlier.merge(changes),
             _ => {}
         }
         dead.push(Op::Update(msg_id, update));
     }
     batch.retain(|op| !matches!(op, Op::Folded));
-}
-
-/// Makes `into` the update that applying `into` then `later` makes: `later`'s fields
-/// replace `into`'s, appended output is appended in order.
-fn merge_update(into: &mut RecordUpdate, later: RecordUpdate) {
-    fn set<T>(field: &mut Option<T>, value: Option<T>) {
-        if value.is_some() {
-            *field = value;
-        }
-    }
-    fn append(field: &mut Option<String>, value: Option<String>) {
-        match (field.as_mut(), value) {
-            (Some(text), Some(more)) => text.push_str(&more),
-            (None, more) => *field = more,
-            (Some(_), None) => {}
-        }
-    }
-    // Every field by name, so that a new field cannot be forgotten here.
-    let RecordUpdate {
-        header,
-        metadata,
-        content,
-        buffers,
-        submitted,
-        client_uuid,
-        engine_uuid,
-        started,
-        completed,
-        resubmitted,
-        received,
-        result_header,
-        result_metadata,
-        result_content,
-        result_buffers,
-        queue,
-        execute_input,
-        execute_result,
-        error,
-        append_stdout,
-        append_stderr,
-        label,
-    } = later;
-    set(&mut into.header, header);
-    set(&mut into.metadata, metadata);
-    set(&mut into.content, content);
-    set(&mut into.buffers, buffers);
-    set(&mut into.submitted, submitted);
-    set(&mut into.client_uuid, client_uuid);
-    set(&mut into.engine_uuid, engine_uuid);
-    set(&mut into.started, started);
-    set(&mut into.completed, completed);
-    set(&mut into.resubmitted, resubmitted);
-    set(&mut into.received, received);
-    set(&mut into.result_header, result_header);
-    set(&mut into.result_metadata, result_metadata);
-    set(&mut into.result_content, result_content);
-    set(&mut into.result_buffers, result_buffers);
-    set(&mut into.queue, queue);
-    set(&mut into.execute_input, execute_input);
-    set(&mut into.execute_result, execute_result);
-    set(&mut into.error, error);
-    append(&mut into.append_stdout, append_stdout);
-    append(&mut into.append_stderr, append_stderr);
-    set(&mut into.label, label);
 }
 
 /// Answers an op that could not run.

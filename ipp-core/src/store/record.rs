@@ -450,6 +450,71 @@ impl TaskRecord {
 }
 
 impl RecordUpdate {
+    /// Makes `self` the update that applying `self` then `later` makes: `later`'s fields
+    /// replace `self`'s, appended output is appended in order (the companion of
+    /// [`TaskRecord::apply`]: a store that folds queued updates uses it).
+    pub fn merge(&mut self, later: RecordUpdate) {
+        fn set<T>(field: &mut Option<T>, value: Option<T>) {
+            if value.is_some() {
+                *field = value;
+            }
+        }
+        fn append(field: &mut Option<String>, value: Option<String>) {
+            match (field.as_mut(), value) {
+                (Some(text), Some(more)) => text.push_str(&more),
+                (None, more) => *field = more,
+                (Some(_), None) => {}
+            }
+        }
+        // Every field by name, so that a new field cannot be forgotten here.
+        let RecordUpdate {
+            header,
+            metadata,
+            content,
+            buffers,
+            submitted,
+            client_uuid,
+            engine_uuid,
+            started,
+            completed,
+            resubmitted,
+            received,
+            result_header,
+            result_metadata,
+            result_content,
+            result_buffers,
+            queue,
+            execute_input,
+            execute_result,
+            error,
+            append_stdout,
+            append_stderr,
+            label,
+        } = later;
+        set(&mut self.header, header);
+        set(&mut self.metadata, metadata);
+        set(&mut self.content, content);
+        set(&mut self.buffers, buffers);
+        set(&mut self.submitted, submitted);
+        set(&mut self.client_uuid, client_uuid);
+        set(&mut self.engine_uuid, engine_uuid);
+        set(&mut self.started, started);
+        set(&mut self.completed, completed);
+        set(&mut self.resubmitted, resubmitted);
+        set(&mut self.received, received);
+        set(&mut self.result_header, result_header);
+        set(&mut self.result_metadata, result_metadata);
+        set(&mut self.result_content, result_content);
+        set(&mut self.result_buffers, result_buffers);
+        set(&mut self.queue, queue);
+        set(&mut self.execute_input, execute_input);
+        set(&mut self.execute_result, execute_result);
+        set(&mut self.error, error);
+        append(&mut self.append_stdout, append_stdout);
+        append(&mut self.append_stderr, append_stderr);
+        set(&mut self.label, label);
+    }
+
     /// An update that changes nothing; set fields on it with struct update syntax or the
     /// field directly.
     pub fn new() -> Self {
@@ -466,6 +531,32 @@ impl RecordUpdate {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_merged_update_applies_as_the_two_in_order() {
+        let first = RecordUpdate {
+            engine_uuid: Some("a".into()),
+            append_stdout: Some("one ".into()),
+            label: Some("old".into()),
+            ..RecordUpdate::default()
+        };
+        let second = RecordUpdate {
+            engine_uuid: Some("b".into()),
+            append_stdout: Some("two".into()),
+            queue: Some("task".into()),
+            ..RecordUpdate::default()
+        };
+        let mut in_order = TaskRecord::new("m");
+        in_order.apply(first.clone());
+        in_order.apply(second.clone());
+        let mut merged = first;
+        merged.merge(second);
+        let mut folded = TaskRecord::new("m");
+        folded.apply(merged);
+        assert_eq!(folded, in_order);
+        assert_eq!(folded.stdout, "one two");
+        assert_eq!(folded.label.as_deref(), Some("old"));
+    }
 
     fn date(text: &str) -> Timestamp {
         date::parse(text).unwrap()
