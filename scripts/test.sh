@@ -11,6 +11,10 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# CI builds once from a fresh clone: incremental caches only cost disk there.
+if [[ "${CI:-}" == true ]]; then export CARGO_INCREMENTAL=0; fi
+echo "==> disk free where the build goes: $(df -h --output=avail "$ROOT" | tail -1 | tr -d ' ')" >&2
+
 PY="$(scripts/setup-test-env.sh)" || { echo "test.sh: test environment setup failed" >&2; exit 1; }
 export IPP_TEST_PYTHON="$PY"
 export IPP_TEST_CONTROLLER="${IPP_TEST_CONTROLLER:-ours}"
