@@ -12,6 +12,8 @@ controller, and of this client process, and prints:
   in clock ticks, is printed beside it), split into the Python main thread and the Rust
   (tokio) threads;
 * controller and client CPU µs per task;
+* sleeps (voluntary context switches, i.e. wake-ups) per task of the engines, the
+  controller and this client: unlike CPU time, they barely move with the machine's load;
 * end-to-end tasks/s (wall time of the round).
 
     python benchmarks/bench_python_engine.py --controller target/release/examples/ipcontroller
@@ -42,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TICKS = os.sysconf("SC_CLK_TCK")
+VOLUNTARY = ("voluntary_ctxt_switches",)
 
 
 def noop() -> None:
@@ -69,13 +72,16 @@ def thread_cpu_ns(pid: int) -> dict[str, int]:
     return out
 
 
-def context_switches(pid: int) -> int:
-    """Voluntary + involuntary context switches over every thread of `pid`."""
+def context_switches(pid: int, kinds: tuple[str, ...] = (
+        "voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")) -> int:
+    """Context switches over every thread of `pid`: voluntary + involuntary by default;
+    ``kinds=("voluntary_ctxt_switches",)`` counts only the sleeps (each one a wake-up
+    later), which, unlike preemptions, do not grow with the machine's load."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             for line in (task / "status").read_text().splitlines():
-                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                if line.startswith(kinds):
                     total += int(line.split()[1])
         except OSError:
             continue
@@ -188,6 +194,9 @@ def snapshot(cluster: Cluster) -> dict:
         "engines_stat": [stat_cpu_s(e.pid) for e in cluster.engines],
         "engines_threads": [thread_cpu_ns(e.pid) for e in cluster.engines],
         "engines_cs": [context_switches(e.pid) for e in cluster.engines],
+        "engines_sleeps": [context_switches(e.pid, VOLUNTARY) for e in cluster.engines],
+        "controller_sleeps": context_switches(cluster.controller.pid, VOLUNTARY),
+        "client_sleeps": context_switches(os.getpid(), VOLUNTARY),
     }
 
 
@@ -216,7 +225,13 @@ def one_round(view, n: int, cluster: Cluster) -> dict:
         "engine_stat_us": round(stat_s * 1e6 / n, 1),
         "engine_ctx_switches_per_task": round(cs / n, 2),
         "controller_us": round((after["controller"] - before["controller"]) * 1e6 / n, 1),
+        "engine_sleeps_per_task": round(
+            sum(a - b for a, b in zip(after["engines_sleeps"], before["engines_sleeps"])) / n, 2),
+        "controller_sleeps_per_task": round(
+            (after["controller_sleeps"] - before["controller_sleeps"]) / n, 2),
         "client_us": round((after["client"] - before["client"]) * 1e6 / n, 1),
+        "client_sleeps_per_task": round(
+            (after["client_sleeps"] - before["client_sleeps"]) / n, 2),
     }
 
 

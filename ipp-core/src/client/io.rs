@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::error::{engine_died, ClientError, ClientResult, Failure};
-use super::raw::{RawReply, RawShared};
+use super::raw::{is_idle_status, RawReply, RawShared};
 use super::result::{Outcome, ResultShared};
 use super::{ClientConfig, ConnectionState, EngineMap};
 use crate::protocol::{date, Message, Session, WireMessage};
@@ -661,14 +661,21 @@ impl Io {
         // Raw requests keep every IOPub message (and count `status: idle`).
         let raw = self.raw.is_tracking();
         // Cheap filter on the topic frame: only stream output is collected otherwise.
+        let mut status = false;
         if let Some(topic) = frames.first() {
-            if !raw && (topic.ends_with(b".status") || topic.ends_with(b"execute_input")) {
+            status = topic.ends_with(b".status");
+            if !raw && (status || topic.ends_with(b"execute_input")) {
                 return;
             }
         }
         let Ok(wire) = WireMessage::split(frames) else {
             return;
         };
+        // Raw requests count only `status: idle`: every other status (a `busy` per request)
+        // is dropped before its parent is parsed or its signature checked.
+        if status && !is_idle_status(&wire.content) {
+            return;
+        }
         let Ok(parent) = serde_json::from_slice::<ParentRef<'_>>(&wire.parent_header) else {
             return;
         };

@@ -501,6 +501,13 @@ struct ExecutionState<'a> {
     execution_state: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// Whether a packed `status` content says `execution_state: idle` (read without building
+/// the content).
+pub(crate) fn is_idle_status(content: &[u8]) -> bool {
+    serde_json::from_slice::<ExecutionState<'_>>(content)
+        .is_ok_and(|c| c.execution_state.as_deref() == Some("idle"))
+}
+
 /// The state the IO task and the client handles share.
 #[derive(Debug, Default)]
 pub(crate) struct RawShared {
@@ -578,9 +585,7 @@ impl RawShared {
     pub(crate) fn on_iopub(&self, parent_id: &str, msg_type: String, wire: WireMessage) {
         let idle = if msg_type == "status" {
             // Half of all IOPub traffic: read the one field without building the content.
-            let idle = serde_json::from_slice::<ExecutionState<'_>>(&wire.content)
-                .is_ok_and(|c| c.execution_state.as_deref() == Some("idle"));
-            if !idle {
+            if !is_idle_status(&wire.content) {
                 return;
             }
             true

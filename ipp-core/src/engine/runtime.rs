@@ -404,13 +404,14 @@ impl Runtime {
     }
 
     /// Sends a finished request's reply (or holds it while the controller is away), then
-    /// publishes `status idle`.
+    /// publishes `status busy` (unless it is out already) and `status idle`.
     async fn deliver(&mut self, finished: Finished) {
         let Finished {
             reply,
             reply_to,
             parent,
             msg_id,
+            busy,
         } = finished;
         self.running_request = None;
         if self.link == Link::Up {
@@ -427,6 +428,7 @@ impl Runtime {
             tracing::debug!(%msg_id, "reply held until the controller is back");
             self.held_replies.push_back((reply_to, reply));
         }
+        busy.publish().await;
         publish_status(&self.env.publisher, &parent, State::Idle).await;
     }
 
