@@ -12,6 +12,7 @@
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime};
 use ipp_core::protocol::{date, JsonMap, Timestamp};
+use ipp_core::store::JsonObject;
 use ipp_core::store::{RecordKey, TaskRecord};
 use mongodb::bson::{self, doc, spec::BinarySubtype, Binary, Bson, Document};
 
@@ -67,10 +68,10 @@ pub(crate) fn field(record: &TaskRecord, key: RecordKey) -> Result<Bson> {
             Bson::DateTime(bson::DateTime::from_millis(d.timestamp_millis()))
         })
     };
-    let json = |value: &Option<JsonMap>| -> Result<Bson> {
+    let json = |value: &Option<JsonObject>| -> Result<Bson> {
         match value {
             None => Ok(Bson::Null),
-            Some(map) => bson::to_bson(map).map_err(|err| Error::Encode {
+            Some(document) => bson::to_bson(document.map()).map_err(|err| Error::Encode {
                 msg_id: record.msg_id.clone(),
                 field: key.as_str(),
                 reason: err.to_string(),
@@ -160,11 +161,11 @@ fn set(
             other => Err(bad(format!("expected a string, found {other:?}"))),
         }
     };
-    let json = |value: &Bson| -> Result<Option<JsonMap>> {
+    let json = |value: &Bson| -> Result<Option<JsonObject>> {
         match value {
             Bson::Null | Bson::Undefined => Ok(None),
             Bson::Document(d) => bson::from_document::<JsonMap>(d.clone())
-                .map(Some)
+                .map(|map| Some(map.into()))
                 .map_err(|err| bad(err.to_string())),
             other => Err(bad(format!("expected a document, found {other:?}"))),
         }
@@ -258,7 +259,8 @@ mod tests {
         rec.submitted = date::parse("2026-01-01T00:00:00.123456Z");
         rec.header = serde_json::json!({"x": [1, 2.5, null, {"y": true}]})
             .as_object()
-            .cloned();
+            .cloned()
+            .map(Into::into);
         rec.buffers = vec![Bytes::new(), Bytes::from_static(b"\x00\xff")];
         rec.stdout = "out".to_owned();
         let back = decode(&encode(&rec).unwrap()).unwrap();

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use ipp_core::protocol::date;
-use ipp_core::store::{RecordUpdate, Store, TaskRecord};
+use ipp_core::store::{JsonObject, RecordUpdate, Store, TaskRecord};
 use ipp_store_sqlite::{SqliteConfig, SqliteStore};
 use serde_json::json;
 
@@ -27,16 +27,19 @@ fn msg_id(i: usize) -> String {
     format!("{SESSION}_4242_{i}")
 }
 
+/// An object as the Hub records it: the JSON text a sender wrote, kept as received.
+fn received(value: serde_json::Value) -> Option<JsonObject> {
+    Some(JsonObject::from_json(Bytes::from(value.to_string())).unwrap())
+}
+
 fn request(i: usize) -> TaskRecord {
     let now = date::now();
     let header = json!({"msg_id": msg_id(i), "msg_type": "apply_request",
         "session": SESSION, "username": "bench", "date": date::format(&now), "version": "5.4"});
     let mut rec = TaskRecord::new(msg_id(i));
-    rec.header = header.as_object().cloned();
-    rec.metadata = json!({"after": [], "follow": [], "targets": [], "retries": 0})
-        .as_object()
-        .cloned();
-    rec.content = Some(Default::default());
+    rec.header = received(header);
+    rec.metadata = received(json!({"after": [], "follow": [], "targets": [], "retries": 0}));
+    rec.content = received(json!({}));
     rec.buffers = vec![
         Bytes::from_static(&[0x80; 64]),
         Bytes::from_static(&[1; 32]),
@@ -54,13 +57,9 @@ fn result() -> RecordUpdate {
         started: Some(now),
         completed: Some(now),
         received: Some(now),
-        result_header: json!({"msg_type": "apply_reply", "date": date::format(&now)})
-            .as_object()
-            .cloned(),
-        result_metadata: json!({"status": "ok", "engine": "engine-0"})
-            .as_object()
-            .cloned(),
-        result_content: json!({"status": "ok"}).as_object().cloned(),
+        result_header: received(json!({"msg_type": "apply_reply", "date": date::format(&now)})),
+        result_metadata: received(json!({"status": "ok", "engine": "engine-0"})),
+        result_content: received(json!({"status": "ok"})),
         result_buffers: Some(vec![Bytes::from_static(&[0x80; 48])]),
         ..RecordUpdate::default()
     }

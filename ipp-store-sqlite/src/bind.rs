@@ -6,8 +6,8 @@
 //! every bound value (`SQLITE_TRANSIENT`), so the scratch buffer can be reused at once.
 
 use bytes::Bytes;
-use ipp_core::protocol::{JsonMap, Timestamp};
-use ipp_core::store::{RecordKey, RecordUpdate, TaskRecord};
+use ipp_core::protocol::Timestamp;
+use ipp_core::store::{JsonObject, RecordKey, RecordUpdate, TaskRecord};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Statement;
 
@@ -22,8 +22,8 @@ pub(crate) enum Field<'a> {
     Text(&'a str),
     /// A date, stored as fixed-width ISO text.
     Date(&'a Timestamp),
-    /// A JSON object, stored as its JSON text.
-    Json(&'a JsonMap),
+    /// A JSON object, stored as its JSON text (received text is bound as it came).
+    Json(&'a JsonObject),
     /// Buffers, stored as our blob encoding (NULL when there are none).
     Buffers(&'a [Bytes]),
 }
@@ -37,7 +37,7 @@ impl<'a> Field<'a> {
         value.as_ref().map_or(Field::Null, Field::Date)
     }
 
-    fn json(value: &'a Option<JsonMap>) -> Self {
+    fn json(value: &'a Option<JsonObject>) -> Self {
         value.as_ref().map_or(Field::Null, Field::Json)
     }
 }
@@ -197,11 +197,14 @@ impl Binder {
             Field::Null => stmt.raw_bind_parameter(index, ToSqlOutput::Borrowed(ValueRef::Null)),
             Field::Text(text) => stmt.raw_bind_parameter(index, text),
             Field::Date(date) => stmt.raw_bind_parameter(index, DateText::new(date).as_str()),
-            Field::Json(map) => {
+            Field::Json(document) => {
+                if let Some(text) = document.received_text() {
+                    return stmt.raw_bind_parameter(index, text);
+                }
                 self.scratch.clear();
                 // Writing a map of JSON values into a Vec cannot fail (string keys, no
                 // foreign types, no I/O); keep `{}` rather than a partial text if it did.
-                if serde_json::to_writer(&mut self.scratch, map).is_err() {
+                if serde_json::to_writer(&mut self.scratch, document.map()).is_err() {
                     self.scratch.clear();
                     self.scratch.extend_from_slice(b"{}");
                 }

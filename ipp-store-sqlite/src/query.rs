@@ -176,7 +176,7 @@ mod tests {
 
     fn records() -> Vec<TaskRecord> {
         let d = |text: &str| date::parse(text).unwrap();
-        let obj = |v: Json| v.as_object().unwrap().clone();
+        let obj = |v: Json| ipp_core::store::JsonObject::from(v.as_object().unwrap().clone());
         let mut out = Vec::new();
         for i in 0..6 {
             let mut rec = TaskRecord::new(format!("m{i}"));

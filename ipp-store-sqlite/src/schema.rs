@@ -12,8 +12,8 @@
 use std::path::Path;
 
 use bytes::Bytes;
-use ipp_core::protocol::{date, JsonMap, Timestamp};
-use ipp_core::store::{RecordKey, TaskRecord};
+use ipp_core::protocol::{date, Timestamp};
+use ipp_core::store::{JsonObject, RecordKey, TaskRecord};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
@@ -308,10 +308,11 @@ pub(crate) fn set_from_sql(
             other => Err(bad(format!("expected text, found {:?}", other.data_type()))),
         }
     };
-    let json = |value: ValueRef<'_>| -> Result<Option<JsonMap>> {
+    // Checked now, parsed only when read.
+    let json = |value: ValueRef<'_>| -> Result<Option<JsonObject>> {
         text(value)?
             .map(|text| {
-                serde_json::from_str::<JsonMap>(&text)
+                JsonObject::from_json(Bytes::from(text))
                     .map_err(|err| bad(format!("not a JSON object: {err}")))
             })
             .transpose()

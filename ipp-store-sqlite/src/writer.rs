@@ -473,8 +473,9 @@ mod tests {
         date::parse("2026-03-01T00:00:00Z").map(|d| d + chrono::TimeDelta::microseconds(micros))
     }
 
-    fn obj(value: serde_json::Value) -> Option<ipp_core::protocol::JsonMap> {
-        value.as_object().cloned()
+    /// An object as the Hub records it: JSON text kept as received.
+    fn obj(value: serde_json::Value) -> Option<ipp_core::store::JsonObject> {
+        ipp_core::store::JsonObject::from_json(value.to_string().into()).ok()
     }
 
     fn request(id: &str) -> TaskRecord {

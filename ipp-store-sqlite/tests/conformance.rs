@@ -191,7 +191,8 @@ async fn adds_updates_drops_and_reads_interleaved_answer_as_dictdb_does() {
                 .map(|d| d + chrono::TimeDelta::seconds(n)),
             result_content: serde_json::json!({"status": "ok", "n": n})
                 .as_object()
-                .cloned(),
+                .cloned()
+                .map(Into::into),
             result_buffers: Some(vec![Bytes::from(vec![n as u8; 3])]),
             append_stdout: Some(format!("out {n};")),
             ..RecordUpdate::default()

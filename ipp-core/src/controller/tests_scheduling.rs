@@ -735,7 +735,8 @@ fn finished_record(msg_id: &str, engine: &str, status: Option<&str>) -> TaskReco
     record.submitted = Some(crate::protocol::date::now());
     record.engine_uuid = Some(engine.to_owned());
     record.queue = Some("task".to_owned());
-    record.result_content = status.and_then(|s| json!({"status": s}).as_object().cloned());
+    record.result_content =
+        status.and_then(|s| json!({"status": s}).as_object().cloned().map(Into::into));
     record
 }
 

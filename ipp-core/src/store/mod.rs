@@ -6,6 +6,7 @@
 //! `ipp_core::testing::store`.
 
 mod dictdb;
+mod json_object;
 mod nodb;
 mod query;
 mod record;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use crate::error::Result;
 
 pub use dictdb::{DictDb, DictDbConfig};
+pub use json_object::JsonObject;
 pub use nodb::NoDb;
 pub use query::{Condition, Query, QueryValue};
 pub use record::{RecordKey, RecordUpdate, RecordValue, TaskRecord};

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::JsonObject;
 use crate::error::{Error, Result};
 use crate::protocol::{date, JsonMap, Timestamp};
 
@@ -15,11 +16,11 @@ pub struct TaskRecord {
     /// The request's `msg_id`.
     pub msg_id: String,
     /// The request header.
-    pub header: Option<JsonMap>,
+    pub header: Option<JsonObject>,
     /// The request metadata.
-    pub metadata: Option<JsonMap>,
+    pub metadata: Option<JsonObject>,
     /// The request content.
-    pub content: Option<JsonMap>,
+    pub content: Option<JsonObject>,
     /// The request buffers.
     pub buffers: Vec<Bytes>,
     /// When the client sent it (the request header's date).
@@ -37,11 +38,11 @@ pub struct TaskRecord {
     /// When the result reached the Hub.
     pub received: Option<Timestamp>,
     /// The reply header.
-    pub result_header: Option<JsonMap>,
+    pub result_header: Option<JsonObject>,
     /// The reply metadata.
-    pub result_metadata: Option<JsonMap>,
+    pub result_metadata: Option<JsonObject>,
     /// The reply content.
-    pub result_content: Option<JsonMap>,
+    pub result_content: Option<JsonObject>,
     /// The reply buffers.
     pub result_buffers: Vec<Bytes>,
     /// `mux` or `task`.
@@ -49,9 +50,9 @@ pub struct TaskRecord {
     /// Code of an `execute_input` seen on IOPub.
     pub execute_input: Option<String>,
     /// Content of an `execute_result` seen on IOPub.
-    pub execute_result: Option<JsonMap>,
+    pub execute_result: Option<JsonObject>,
     /// Content of an `error` seen on IOPub.
-    pub error: Option<JsonMap>,
+    pub error: Option<JsonObject>,
     /// Concatenated stdout stream text.
     pub stdout: String,
     /// Concatenated stderr stream text.
@@ -130,11 +131,11 @@ pub enum RecordValue {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RecordUpdate {
     /// New request header.
-    pub header: Option<JsonMap>,
+    pub header: Option<JsonObject>,
     /// New request metadata.
-    pub metadata: Option<JsonMap>,
+    pub metadata: Option<JsonObject>,
     /// New request content.
-    pub content: Option<JsonMap>,
+    pub content: Option<JsonObject>,
     /// New request buffers.
     pub buffers: Option<Vec<Bytes>>,
     /// New `submitted`.
@@ -152,11 +153,11 @@ pub struct RecordUpdate {
     /// New `received`.
     pub received: Option<Timestamp>,
     /// New reply header.
-    pub result_header: Option<JsonMap>,
+    pub result_header: Option<JsonObject>,
     /// New reply metadata.
-    pub result_metadata: Option<JsonMap>,
+    pub result_metadata: Option<JsonObject>,
     /// New reply content.
-    pub result_content: Option<JsonMap>,
+    pub result_content: Option<JsonObject>,
     /// New reply buffers.
     pub result_buffers: Option<Vec<Bytes>>,
     /// New `queue`.
@@ -164,9 +165,9 @@ pub struct RecordUpdate {
     /// New `execute_input`.
     pub execute_input: Option<String>,
     /// New `execute_result`.
-    pub execute_result: Option<JsonMap>,
+    pub execute_result: Option<JsonObject>,
     /// New `error`.
-    pub error: Option<JsonMap>,
+    pub error: Option<JsonObject>,
     /// Text appended to `stdout`.
     pub append_stdout: Option<String>,
     /// Text appended to `stderr`.
@@ -280,10 +281,10 @@ impl TaskRecord {
         fn date_or_null(value: &Option<Timestamp>) -> RecordValue {
             value.map_or(RecordValue::Null, RecordValue::Date)
         }
-        fn json_or_null(value: &Option<JsonMap>) -> RecordValue {
-            value.clone().map_or(RecordValue::Null, |map| {
-                RecordValue::Json(Value::Object(map))
-            })
+        fn json_or_null(value: &Option<JsonObject>) -> RecordValue {
+            value
+                .as_ref()
+                .map_or(RecordValue::Null, |doc| RecordValue::Json(doc.to_value()))
         }
         match key {
             RecordKey::MsgId => RecordValue::Str(self.msg_id.clone()),
@@ -582,7 +583,7 @@ mod tests {
         let mut rec = TaskRecord::new("a");
         rec.submitted = Some(date("2026-01-01T00:00:00Z"));
         rec.engine_uuid = Some("e".into());
-        rec.header = Some(json!({"x": 1}).as_object().unwrap().clone());
+        rec.header = Some(json!({"x": 1}).as_object().unwrap().clone().into());
         assert_eq!(rec.value(RecordKey::MsgId), RecordValue::Str("a".into()));
         assert_eq!(
             rec.value(RecordKey::Submitted),

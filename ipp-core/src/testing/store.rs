@@ -35,8 +35,10 @@ use chrono::TimeDelta;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::protocol::{date, JsonMap, Timestamp};
-use crate::store::{Condition, Query, QueryValue, RecordKey, RecordUpdate, Store, TaskRecord};
+use crate::protocol::{date, Timestamp};
+use crate::store::{
+    Condition, JsonObject, Query, QueryValue, RecordKey, RecordUpdate, Store, TaskRecord,
+};
 
 /// The name of every check, in the order [`run_all`] runs them.
 pub const CHECKS: &[&str] = &[
@@ -107,11 +109,11 @@ fn at(secs: i64) -> Timestamp {
     origin + TimeDelta::seconds(secs)
 }
 
-/// A JSON object literal as a map (non-objects give an empty map).
-fn obj(value: Value) -> JsonMap {
+/// A JSON object literal as a record document (non-objects give an empty one).
+fn obj(value: Value) -> JsonObject {
     match value {
-        Value::Object(map) => map,
-        _ => JsonMap::new(),
+        Value::Object(map) => map.into(),
+        _ => JsonObject::default(),
     }
 }
 
@@ -244,6 +246,27 @@ type DatasetRow = (Option<i64>, Option<&'static str>, Option<i64>, Option<&'stat
 /// | task-2 | t20 | engine-c | – | task | beta |
 /// | task-3 | t30 | – | – | task | gamma |
 /// | task-4 | – | – | – | – | – |
+/// A record whose objects are kept as received text, as the Hub records a request and its
+/// reply: spacing, escapes and key order as a sender wrote them.
+fn received_record(msg_id: &str) -> TaskRecord {
+    let text = |json: String| {
+        JsonObject::from_json(Bytes::from(json)).unwrap_or_else(|err| panic!("test JSON: {err}"))
+    };
+    TaskRecord {
+        msg_id: msg_id.to_owned(),
+        header: Some(text(format!(
+            r#"{{ "msg_id" : "{msg_id}", "msg_type": "apply_request", "session": "s\u00e9" }}"#
+        ))),
+        metadata: Some(text(
+            r#"{"z": [1, 2.5, null], "a": {"b": "\"quoted\""}}"#.to_owned(),
+        )),
+        content: Some(text("{}".to_owned())),
+        result_content: Some(text(r#"{"status":"ok","note":"☃"}"#.to_owned())),
+        submitted: Some(at(7)),
+        ..TaskRecord::default()
+    }
+}
+
 async fn add_dataset(store: &dyn Store) {
     #[rustfmt::skip]
     let rows: [DatasetRow; 5] = [
@@ -277,10 +300,16 @@ pub async fn add_then_get_round_trips_every_field(store: &dyn Store) {
     }
     let full = full_record("full");
     let sparse = TaskRecord::new("sparse");
+    let received = received_record("received");
     ok(store, "add full record", store.add(full.clone()).await);
     ok(store, "add sparse record", store.add(sparse.clone()).await);
+    ok(
+        store,
+        "add received record",
+        store.add(received.clone()).await,
+    );
 
-    for want in [&full, &sparse] {
+    for want in [&full, &sparse, &received] {
         let got = ok(store, "get", store.get(&want.msg_id).await);
         assert_same_record(store, "get after add", &got, want);
 

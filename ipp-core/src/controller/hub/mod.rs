@@ -3,6 +3,7 @@
 mod engines;
 mod queries;
 mod records;
+mod wire_fields;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use super::Hub;
 use crate::controller::events::TaskCommand;
 use crate::error::Error;
 use crate::protocol::{date, error_content, key_error_value, to_json_bytes, JsonMap, Message};
-use crate::store::{Condition, Query, QueryValue, RecordKey, TaskRecord};
+use crate::store::{Condition, JsonObject, Query, QueryValue, RecordKey, TaskRecord};
 
 /// A store error as the error dict a client sees.
 fn store_error(err: &Error) -> Value {
@@ -53,8 +53,8 @@ fn date_value(value: Option<crate::protocol::Timestamp>) -> Value {
     value.map_or(Value::Null, |d| Value::String(date::format(&d)))
 }
 
-fn map_value(value: Option<&JsonMap>) -> Value {
-    value.map_or(Value::Null, |m| Value::Object(m.clone()))
+fn map_value(value: Option<&JsonObject>) -> Value {
+    value.map_or(Value::Null, JsonObject::to_value)
 }
 
 impl Hub {
@@ -399,7 +399,7 @@ impl Hub {
         }
         let mut resubmitted = JsonMap::new();
         for record in records {
-            let Some(mut header) = record.header.clone() else {
+            let Some(mut header) = record.header.clone().map(JsonObject::into_map) else {
                 let error = error_content(
                     "KeyError",
                     &key_error_value(&format!("no request recorded for {}", record.msg_id)),
@@ -409,7 +409,7 @@ impl Hub {
             let new_id = self.session.new_msg_id();
             header.insert("msg_id".into(), json!(new_id));
             header.insert("date".into(), json!(date::format(&date::now())));
-            let content = Value::Object(record.content.clone().unwrap_or_default());
+            let content = Value::Object(record.content.clone().unwrap_or_default().into_map());
             let header_bytes = to_json_bytes(&header);
             let frames = self.session.serialize_parts(
                 Vec::new(),

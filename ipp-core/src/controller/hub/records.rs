@@ -2,11 +2,12 @@
 
 use serde_json::{json, Value};
 
+use super::wire_fields::{documents, fields, HeaderFields, MetadataFields};
 use super::Hub;
 use crate::error::Error;
 use crate::protocol::message::msg_id_of;
-use crate::protocol::{date, error_content, JsonMap, Message, WireMessage};
-use crate::store::{RecordUpdate, TaskRecord};
+use crate::protocol::{date, error_content, WireMessage};
+use crate::store::{JsonObject, RecordUpdate, TaskRecord};
 
 /// Buffers smaller than this are copied into the record rather than shared.
 const SHARE_BUFFERS_FROM: usize = 64 * 1024;
@@ -28,34 +29,32 @@ fn detached(buffers: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
         .collect()
 }
 
-/// The object a message's content is (an empty one if it is not an object), moved out.
-fn into_object(value: Value) -> JsonMap {
-    match value {
-        Value::Object(map) => map,
-        _ => JsonMap::new(),
-    }
-}
-
-/// The record of a request as first seen (the message's maps are moved, not copied).
-fn request_record(msg: Message, queue: &str, engine_uuid: Option<String>) -> TaskRecord {
-    let label = msg
-        .metadata
-        .get("label")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    TaskRecord {
-        header: Some(msg.header.to_map()),
-        submitted: msg.header.date(),
-        buffers: detached(&msg.buffers),
-        content: Some(into_object(msg.content)),
-        metadata: Some(msg.metadata),
-        client_uuid: Some(msg.header.session),
-        msg_id: msg.header.msg_id,
+/// The record of a request as first seen: its parts kept as received text.
+///
+/// # Errors
+/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
+fn request_record(
+    wire: &WireMessage,
+    msg_id: String,
+    queue: &str,
+    engine_uuid: Option<String>,
+) -> crate::Result<TaskRecord> {
+    let header: HeaderFields<'_> = fields(&wire.header, "header")?;
+    let metadata: MetadataFields<'_> = fields(&wire.metadata, "metadata")?;
+    let [header_doc, metadata_doc, content_doc] = documents(wire)?;
+    Ok(TaskRecord {
+        submitted: header.date.date(),
+        client_uuid: header.session.owned(),
+        label: metadata.label.owned(),
+        header: Some(header_doc),
+        metadata: Some(metadata_doc),
+        content: Some(content_doc),
+        buffers: detached(&wire.buffers),
+        msg_id,
         engine_uuid,
         queue: Some(queue.to_owned()),
-        label,
         ..TaskRecord::default()
-    }
+    })
 }
 
 /// The same fields as an update, for a record that already exists (made by early IOPub).
@@ -74,22 +73,25 @@ fn request_update(record: TaskRecord) -> RecordUpdate {
     }
 }
 
-/// The result fields of a reply (the message's maps are moved, not copied).
-fn result_update(msg: Message) -> RecordUpdate {
-    let text = |key: &str| msg.metadata.get(key).and_then(Value::as_str);
-    let started = text("started").and_then(date::parse);
-    let engine_uuid = text("engine").map(str::to_owned);
-    RecordUpdate {
-        result_header: Some(msg.header.to_map()),
-        completed: msg.header.date(),
-        result_buffers: Some(detached(&msg.buffers)),
-        result_content: Some(into_object(msg.content)),
-        result_metadata: Some(msg.metadata),
-        started,
+/// The result fields of a reply: its parts kept as received text.
+///
+/// # Errors
+/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
+fn result_update(wire: &WireMessage) -> crate::Result<RecordUpdate> {
+    let header: HeaderFields<'_> = fields(&wire.header, "header")?;
+    let metadata: MetadataFields<'_> = fields(&wire.metadata, "metadata")?;
+    let [header_doc, metadata_doc, content_doc] = documents(wire)?;
+    Ok(RecordUpdate {
+        completed: header.date.date(),
+        started: metadata.started.date(),
+        engine_uuid: metadata.engine.owned(),
+        result_header: Some(header_doc),
+        result_metadata: Some(metadata_doc),
+        result_content: Some(content_doc),
+        result_buffers: Some(detached(&wire.buffers)),
         received: Some(date::now()),
-        engine_uuid,
         ..RecordUpdate::default()
-    }
+    })
 }
 
 impl Hub {
@@ -181,12 +183,13 @@ impl Hub {
         };
         self.pending.insert(msg_id.clone());
         if let Some(engine) = self.engines.by_uuid_mut(&uuid) {
-            engine.queue.insert(msg_id);
+            engine.queue.insert(msg_id.clone());
         }
         if self.recording {
-            let Ok(msg) = wire.parse() else { return };
-            self.save_request(request_record(msg, "mux", Some(uuid)))
-                .await;
+            let Ok(record) = request_record(&wire, msg_id, "mux", Some(uuid)) else {
+                return;
+            };
+            self.save_request(record).await;
         }
     }
 
@@ -212,8 +215,10 @@ impl Hub {
             return; // a reply to nothing we recorded
         }
         if self.recording {
-            let Ok(msg) = wire.parse() else { return };
-            self.update_record(&msg_id, result_update(msg)).await;
+            let Ok(update) = result_update(&wire) else {
+                return;
+            };
+            self.update_record(&msg_id, update).await;
         }
     }
 
@@ -222,10 +227,12 @@ impl Hub {
             return;
         };
         self.pending.insert(msg_id.clone());
-        self.unassigned.insert(msg_id);
+        self.unassigned.insert(msg_id.clone());
         if self.recording {
-            let Ok(msg) = wire.parse() else { return };
-            self.save_request(request_record(msg, "task", None)).await;
+            let Ok(record) = request_record(&wire, msg_id, "task", None) else {
+                return;
+            };
+            self.save_request(record).await;
         }
     }
 
@@ -276,8 +283,10 @@ impl Hub {
             }
         }
         if self.recording {
-            let Ok(msg) = wire.parse() else { return };
-            self.update_record(&msg_id, result_update(msg)).await;
+            let Ok(update) = result_update(&wire) else {
+                return;
+            };
+            self.update_record(&msg_id, update).await;
         }
     }
 
@@ -321,11 +330,11 @@ impl Hub {
                 ..RecordUpdate::default()
             },
             "execute_result" => RecordUpdate {
-                execute_result: Some(content.clone()),
+                execute_result: Some(content.clone().into()),
                 ..RecordUpdate::default()
             },
             "error" => RecordUpdate {
-                error: Some(content.clone()),
+                error: Some(content.clone().into()),
                 ..RecordUpdate::default()
             },
             _ => return, // status, display_data, data_message, comms: not recorded
@@ -347,8 +356,9 @@ impl Hub {
         let update = RecordUpdate {
             result_header: json!({"engine": uuid, "date": date::format(&now)})
                 .as_object()
-                .cloned(),
-            result_content: error.as_object().cloned(),
+                .cloned()
+                .map(JsonObject::from),
+            result_content: error.as_object().cloned().map(JsonObject::from),
             result_buffers: Some(Vec::new()),
             completed: Some(now),
             received: Some(now),

@@ -78,7 +78,8 @@ mod tests {
         let mut record = TaskRecord::new(msg_id);
         record.engine_uuid = Some("engine-a".into());
         record.submitted = Some(crate::protocol::date::now());
-        record.result_content = status.and_then(|s| json!({"status": s}).as_object().cloned());
+        record.result_content =
+            status.and_then(|s| json!({"status": s}).as_object().cloned().map(Into::into));
         record
     }
 

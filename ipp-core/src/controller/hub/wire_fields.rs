@@ -1,0 +1,187 @@
+//! The few values a task record takes out of a message's packed parts, read in one pass
+//! each without building the parts (the record keeps the parts as received text).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::protocol::{date, Timestamp, WireMessage};
+use crate::store::JsonObject;
+
+/// A value kept only when it is a string: anything else (null, a number, an object) reads
+/// as `None` rather than failing the whole part.
+#[derive(Default)]
+pub(super) struct Text<'a>(pub(super) Option<Cow<'a, str>>);
+
+impl<'a> Text<'a> {
+    pub(super) fn owned(self) -> Option<String> {
+        self.0.map(Cow::into_owned)
+    }
+
+    pub(super) fn date(&self) -> Option<Timestamp> {
+        self.0.as_deref().and_then(date::parse)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(
+                self,
+                v: &'de str,
+            ) -> std::result::Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Self::Value, E> {
+                Ok(Text(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_none<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+                Ok(Text(None))
+            }
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Self::Value, D::Error> {
+                d.deserialize_any(self)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+        }
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+/// What a record takes from a header: the sender's session and the send date.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub(super) struct HeaderFields<'a> {
+    #[serde(borrow)]
+    pub(super) session: Text<'a>,
+    #[serde(borrow)]
+    pub(super) date: Text<'a>,
+}
+
+/// What a record takes from metadata: a request's label, a reply's engine and start time.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub(super) struct MetadataFields<'a> {
+    #[serde(borrow)]
+    pub(super) label: Text<'a>,
+    #[serde(borrow)]
+    pub(super) engine: Text<'a>,
+    #[serde(borrow)]
+    pub(super) started: Text<'a>,
+}
+
+/// The fields of `part` (a header or metadata object).
+///
+/// # Errors
+/// [`Error::InvalidMessage`] when the part is not a JSON object.
+pub(super) fn fields<'a, T: Deserialize<'a>>(part: &'a [u8], what: &str) -> Result<T> {
+    serde_json::from_slice(part).map_err(|err| Error::invalid_message(format!("bad {what}: {err}")))
+}
+
+/// A message's header, metadata and content as documents, copied out of the received
+/// frames into one allocation (a record must not keep the transport's read buffer alive).
+/// Content that is not a JSON object is recorded as an empty object, as the Hub always did.
+///
+/// # Errors
+/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
+pub(super) fn documents(wire: &WireMessage) -> Result<[JsonObject; 3]> {
+    let parts = [&wire.header, &wire.metadata, &wire.content];
+    let mut joined = BytesMut::with_capacity(parts.iter().map(|part| part.len()).sum());
+    for part in parts {
+        joined.extend_from_slice(part);
+    }
+    let mut joined: Bytes = joined.freeze();
+    let header = joined.split_to(wire.header.len());
+    let metadata = joined.split_to(wire.metadata.len());
+    Ok([
+        JsonObject::from_json(header)?,
+        JsonObject::from_json(metadata)?,
+        JsonObject::from_json(joined).unwrap_or_default(),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_keep_strings_and_skip_other_values() {
+        let header: HeaderFields<'_> = fields(
+            br#"{"session": "s\u00e9", "date": 5, "x": {"y": [1]}}"#,
+            "header",
+        )
+        .unwrap();
+        assert_eq!(header.session.owned().as_deref(), Some("s\u{e9}"));
+        assert!(header.date.0.is_none());
+        let metadata: MetadataFields<'_> = fields(
+            br#"{"label": null, "started": "2026-11-27T20:00:00.000001Z"}"#,
+            "metadata",
+        )
+        .unwrap();
+        assert!(metadata.label.0.is_none());
+        assert!(metadata.started.date().is_some());
+    }
+
+    #[test]
+    fn documents_are_the_three_parts_and_content_falls_back_to_empty() {
+        let frames = [
+            &b"x"[..],
+            b"<IDS|MSG>",
+            b"",
+            br#"{"msg_id": "a"}"#,
+            b"{}",
+            br#"{"l": 1}"#,
+            b"[1]",
+        ]
+        .map(Bytes::copy_from_slice)
+        .to_vec();
+        let wire = WireMessage::split(frames).unwrap();
+        let [header, metadata, content] = documents(&wire).unwrap();
+        assert_eq!(header.json_text(), r#"{"msg_id": "a"}"#);
+        assert_eq!(metadata.json_text(), r#"{"l": 1}"#);
+        assert!(content.is_empty());
+    }
+}
