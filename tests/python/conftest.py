@@ -3,6 +3,7 @@ with real ipengine processes, driven by the real ipyparallel client."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +12,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ippcluster import Cluster, controller_under_test  # noqa: E402
+
+
+def pytest_configure(config):
+    # A shell starts background jobs with SIGINT ignored, and Python then never installs
+    # its KeyboardInterrupt handler: the Ctrl-C tests need it whatever started pytest.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header(config):
