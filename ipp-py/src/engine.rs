@@ -226,7 +226,7 @@ impl PyEngine {
             });
             match next {
                 Ok(Some(job)) => {
-                    backup.begin(job.events());
+                    backup.begin();
                     *finished = self.run_job(py, kernel, job);
                     backup.end();
                 }
@@ -334,9 +334,6 @@ struct Backup {
     last_started: AtomicU64,
     /// Notified when a request ends and when serving ends.
     changed: tokio::sync::Notify,
-    /// Where the running request's events go: told [`Event::Busy`] when the thread takes
-    /// over (the request runs long), so its `status busy` goes out then.
-    running: Mutex<Option<mpsc::Sender<Event>>>,
     finished: AtomicBool,
     /// The thread sleeps until a request begins (`idle` is locked meanwhile but in its wait).
     asleep: AtomicBool,
@@ -351,7 +348,6 @@ impl Backup {
             started: AtomicU64::new(0),
             last_started: AtomicU64::new(0),
             changed: tokio::sync::Notify::new(),
-            running: Mutex::new(None),
             finished: AtomicBool::new(false),
             asleep: AtomicBool::new(false),
             idle: Mutex::new(()),
@@ -364,10 +360,8 @@ impl Backup {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// The Python thread starts a request (it no longer drives the runtime); `events`
-    /// is where the request's events go.
-    fn begin(&self, events: Option<&mpsc::Sender<Event>>) {
-        *self.lock_running() = events.cloned();
+    /// The Python thread starts a request (it no longer drives the runtime).
+    fn begin(&self) {
         let now = self.now().max(1);
         self.started.store(now, Ordering::SeqCst);
         self.last_started.store(now, Ordering::SeqCst);
@@ -379,12 +373,7 @@ impl Backup {
     /// The request has ended: stop driving the runtime for it.
     fn end(&self) {
         self.started.store(0, Ordering::SeqCst);
-        *self.lock_running() = None;
         self.changed.notify_waiters();
-    }
-
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, Option<mpsc::Sender<Event>>> {
-        self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Serving ends: the thread returns.
@@ -417,16 +406,7 @@ impl Backup {
                 continue;
             }
             tracing::trace!("driving the engine while a request runs Python code");
-            // A request that ends meanwhile has cleared the slot (a new one may have filled
-            // it: it runs too, so its busy is true).
-            let running = self.lock_running().take();
             rt.block_on(async {
-                if let Some(events) = running {
-                    // The request runs long: its `status busy` goes out now.
-                    if events.try_send(Event::Busy).is_err() {
-                        tracing::debug!("busy not announced: the request's queue is full");
-                    }
-                }
                 loop {
                     // Created before the check, so an end() in between is not missed.
                     let changed = self.changed.notified();
@@ -580,7 +560,7 @@ mod tests {
             // The "Python thread" drives the runtime while it waits for a job...
             rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
             // ...then runs a long job, driving nothing: the backup takes over.
-            backup.begin(None);
+            backup.begin();
             let before = ticks.load(Ordering::SeqCst);
             std::thread::sleep(TAKEOVER * 6);
             let during = ticks.load(Ordering::SeqCst) - before;
@@ -609,7 +589,7 @@ mod tests {
                 );
                 std::thread::sleep(TAKEOVER);
             }
-            backup.begin(None);
+            backup.begin();
             let before = ticks.load(Ordering::SeqCst);
             std::thread::sleep(TAKEOVER * 6);
             let during = ticks.load(Ordering::SeqCst) - before;

@@ -48,16 +48,6 @@ pub(crate) enum Job {
     Clear,
 }
 
-impl Job {
-    /// Where the job sends its events (`None` for a clear).
-    pub(crate) fn events(&self) -> Option<&mpsc::Sender<Event>> {
-        match self {
-            Self::Apply { events, .. } | Self::Execute { events, .. } => Some(events),
-            Self::Clear => None,
-        }
-    }
-}
-
 /// What a job sends back while it runs, in order; [`Event::Done`] comes last. Large
 /// payloads are boxed: each request's channel allocates room for 32 events at once.
 #[derive(Debug)]
@@ -73,8 +63,6 @@ pub(crate) enum Event {
     },
     ExecuteResult(Box<Display>),
     DisplayData(Box<Display>),
-    /// The job has run long: publish `status busy` now (see [`Executor::announces_busy`]).
-    Busy,
     Done(Box<Outcome>),
 }
 
@@ -263,10 +251,6 @@ async fn forward(mut events: mpsc::Receiver<Event>, outputs: &Outputs) -> Outcom
             Event::DisplayData(display) => {
                 outputs.display_data(display.data, display.metadata).await
             }
-            Event::Busy => {
-                outputs.busy().await;
-                Ok(())
-            }
         };
         if let Err(err) = published {
             tracing::debug!(error = %err, "output not published: the engine is stopping");
@@ -306,12 +290,6 @@ impl Executor for PythonExecutor {
             events: tx,
         };
         self.run(job, rx, outputs).await
-    }
-
-    /// The engine's backup thread sends [`Event::Busy`] when it takes over driving the
-    /// runtime from a long request (`engine.rs`): no timer per request.
-    fn announces_busy(&self) -> bool {
-        true
     }
 
     fn clear(&self) {

@@ -17,7 +17,6 @@ use crate::protocol::{JsonMap, Message, RemoteError, Session};
 pub(crate) fn parent_json(request: &Message) -> Bytes {
     to_json_bytes(&request.header)
 }
-use super::request::Busy;
 use crate::transport::SocketSender;
 
 /// What running one request produced.
@@ -84,14 +83,6 @@ pub trait Executor: fmt::Debug + Send + Sync + 'static {
     /// [`crate::Error::Unsupported`] when this executor cannot deliver that signal; the
     /// client gets an error reply.
     fn signal(&self, signal: i32) -> Result<()>;
-
-    /// Whether this executor publishes `status busy` itself ([`Outputs::busy`]) for a
-    /// request that runs long. When `false` (the default) the engine publishes it once a
-    /// request has run for a millisecond, which costs a timer per request. Either way busy
-    /// goes out before the request's first output and before its reply.
-    fn announces_busy(&self) -> bool {
-        false
-    }
 }
 
 #[async_trait]
@@ -111,10 +102,6 @@ impl<T: Executor + ?Sized> Executor for Arc<T> {
 
     fn signal(&self, signal: i32) -> Result<()> {
         (**self).signal(signal)
-    }
-
-    fn announces_busy(&self) -> bool {
-        (**self).announces_busy()
     }
 }
 
@@ -236,43 +223,15 @@ pub struct Outputs {
     /// The request's header as JSON: the parent header of what is published.
     parent: Bytes,
     msg_id: Arc<str>,
-    /// The request's `status busy`, published before its first output.
-    busy: Arc<Busy>,
 }
 
 impl Outputs {
-    pub(crate) fn new(
-        publisher: Publisher,
-        parent: &Message,
-        parent_json: Bytes,
-        busy: Arc<Busy>,
-    ) -> Self {
+    pub(crate) fn new(publisher: Publisher, parent: &Message, parent_json: Bytes) -> Self {
         Self {
             publisher,
             parent: parent_json,
             msg_id: Arc::from(parent.header.msg_id.as_str()),
-            busy,
         }
-    }
-
-    /// Publishes the request's `status busy` unless it is out already (for executors that
-    /// announce busy themselves, see [`Executor::announces_busy`]).
-    pub async fn busy(&self) {
-        self.busy.publish().await;
-    }
-
-    /// Publishes an output message, after the request's `status busy` if that is not out yet.
-    async fn publish(
-        &self,
-        topic: &str,
-        msg_type: &str,
-        content: Value,
-        metadata: JsonMap,
-    ) -> Result<()> {
-        self.busy.publish().await;
-        self.publisher
-            .publish(topic, msg_type, &self.parent, content, metadata)
-            .await
     }
 
     /// The engine's id (as the controller assigned it).
@@ -296,13 +255,15 @@ impl Outputs {
     /// # Errors
     /// [`crate::Error::Closed`] when the engine is stopping.
     pub async fn stream(&self, name: &str, text: &str) -> Result<()> {
-        self.publish(
-            name,
-            "stream",
-            json!({"name": name, "text": text}),
-            JsonMap::new(),
-        )
-        .await
+        self.publisher
+            .publish(
+                name,
+                "stream",
+                &self.parent,
+                json!({"name": name, "text": text}),
+                JsonMap::new(),
+            )
+            .await
     }
 
     /// Publishes `text` on stdout.
@@ -327,13 +288,15 @@ impl Outputs {
     /// # Errors
     /// As [`Outputs::stream`].
     pub async fn execute_input(&self, code: &str, execution_count: u64) -> Result<()> {
-        self.publish(
-            "execute_input",
-            "execute_input",
-            json!({"code": code, "execution_count": execution_count}),
-            self.publisher.engine_metadata(),
-        )
-        .await
+        self.publisher
+            .publish(
+                "execute_input",
+                "execute_input",
+                &self.parent,
+                json!({"code": code, "execution_count": execution_count}),
+                self.publisher.engine_metadata(),
+            )
+            .await
     }
 
     /// Publishes `execute_result {data, metadata, execution_count}` (topic
@@ -347,13 +310,15 @@ impl Outputs {
         metadata: JsonMap,
         execution_count: u64,
     ) -> Result<()> {
-        self.publish(
-            "execute_result",
-            "execute_result",
-            json!({"data": data, "metadata": metadata, "execution_count": execution_count}),
-            JsonMap::new(),
-        )
-        .await
+        self.publisher
+            .publish(
+                "execute_result",
+                "execute_result",
+                &self.parent,
+                json!({"data": data, "metadata": metadata, "execution_count": execution_count}),
+                JsonMap::new(),
+            )
+            .await
     }
 
     /// Publishes a `display_data` message (`data` maps MIME types to representations, e.g.
@@ -362,12 +327,14 @@ impl Outputs {
     /// # Errors
     /// As [`Outputs::stream`].
     pub async fn display_data(&self, data: JsonMap, metadata: JsonMap) -> Result<()> {
-        self.publish(
-            "displaypub",
-            "display_data",
-            json!({"data": data, "metadata": metadata, "transient": {}}),
-            JsonMap::new(),
-        )
-        .await
+        self.publisher
+            .publish(
+                "displaypub",
+                "display_data",
+                &self.parent,
+                json!({"data": data, "metadata": metadata, "transient": {}}),
+                JsonMap::new(),
+            )
+            .await
     }
 }

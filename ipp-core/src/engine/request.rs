@@ -1,12 +1,5 @@
 //! Running one shell request: status busy, the executor, the reply with ipyparallel's
 //! metadata, status idle.
-//!
-//! `status busy` is published when the request has run for [`BUSY_DELAY`] (or when the
-//! executor says it runs long, see [`Executor::announces_busy`]), before its first output,
-//! or just after its reply, whichever comes first: a short request's reply, busy and idle
-//! then leave the engine together (busy and idle in one write, after the reply so the
-//! controller reads the reply first), and the controller and the client read them in one
-//! wake-up instead of being woken once more while it runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,9 +61,6 @@ pub(crate) struct Finished {
     /// The request's header as JSON (see [`parent_json`]).
     pub(crate) parent: Bytes,
     pub(crate) msg_id: String,
-    /// The request's `status busy`, if not out yet: published after the reply is sent (so
-    /// the reply reaches the controller first) and before `status idle`.
-    pub(crate) busy: Arc<Busy>,
 }
 
 /// What the request tasks share.
@@ -105,48 +95,6 @@ impl State {
             Self::Idle => br#"{"execution_state":"idle"}"#,
         })
     }
-}
-
-/// How long a request runs before its `status busy` is published (see the module guide).
-const BUSY_DELAY: Duration = Duration::from_millis(1);
-
-/// One request's `status busy`, published at most once: by whichever of the request's
-/// first output, [`BUSY_DELAY`] (or the executor's [`Outputs::busy`]) or its end comes
-/// first.
-#[derive(Debug)]
-pub(crate) struct Busy {
-    publisher: Publisher,
-    parent: Bytes,
-    sent: AtomicBool,
-}
-
-impl Busy {
-    pub(crate) fn new(publisher: Publisher, parent: Bytes) -> Self {
-        Self {
-            publisher,
-            parent,
-            sent: AtomicBool::new(false),
-        }
-    }
-
-    /// Publishes `status busy` unless it was published already.
-    pub(crate) async fn publish(&self) {
-        if !self.sent.swap(true, Ordering::SeqCst) {
-            publish_status(&self.publisher, &self.parent, State::Busy).await;
-        }
-    }
-}
-
-/// Runs `work`; publishes `busy` if it is still running after [`BUSY_DELAY`].
-async fn announce_when_slow<T>(work: impl std::future::Future<Output = T>, busy: &Busy) -> T {
-    tokio::pin!(work);
-    tokio::select! {
-        biased;
-        outcome = &mut work => return outcome,
-        () = tokio::time::sleep(BUSY_DELAY) => {}
-    }
-    busy.publish().await;
-    work.await
 }
 
 /// Publishes `status {execution_state}` for the request whose header is `parent` (JSON).
@@ -246,8 +194,7 @@ impl RequestEnv {
     }
 
     /// Runs one request (or answers it as aborted) and returns its reply. Status busy is
-    /// published here if the request runs long or has output (see [`Busy`]), else by the
-    /// caller after the reply, just before status idle.
+    /// published here; status idle by the caller once the reply is sent.
     pub(crate) async fn run(self, queued: Queued, abort: Arc<AbortHandle>) -> Finished {
         let Queued {
             msg,
@@ -255,7 +202,7 @@ impl RequestEnv {
             aborted,
         } = queued;
         let parent = parent_json(&msg);
-        let busy = Arc::new(Busy::new(self.publisher.clone(), parent.clone()));
+        publish_status(&self.publisher, &parent, State::Busy).await;
         let started = date::format(&date::now());
         let method = if msg.header.msg_type == "execute_request" {
             "execute"
@@ -265,12 +212,7 @@ impl RequestEnv {
         let outcome = if aborted {
             None
         } else {
-            let outputs = Outputs::new(
-                self.publisher.clone(),
-                &msg,
-                parent.clone(),
-                Arc::clone(&busy),
-            );
+            let outputs = Outputs::new(self.publisher.clone(), &msg, parent.clone());
             let work = async {
                 match msg.header.msg_type.as_str() {
                     "apply_request" => self.executor.apply(&msg, &outputs).await,
@@ -287,13 +229,9 @@ impl RequestEnv {
                     Some(limit) => self.run_limited(work, limit).await,
                 }
             };
-            let work = self.run_abortable(limited, &abort);
-            if self.executor.announces_busy() {
-                work.await
-            } else {
-                announce_when_slow(work, &busy).await
-            }
+            self.run_abortable(limited, &abort).await
         };
+
         let mut metadata = self.reply_metadata(&msg, started);
         let mut content = JsonMap::new();
         let mut buffers = Vec::new();
@@ -318,8 +256,6 @@ impl RequestEnv {
             }
             Some(Outcome::Error(error)) => {
                 content = self.error_content(error, method, &mut metadata);
-                // Output: busy goes first.
-                busy.publish().await;
                 self.publish_error(&parent, &content).await;
             }
             Some(Outcome::UnmetDependency) => {
@@ -347,7 +283,6 @@ impl RequestEnv {
             reply_to,
             parent,
             msg_id: msg.header.msg_id,
-            busy,
         }
     }
 

@@ -404,14 +404,13 @@ impl Runtime {
     }
 
     /// Sends a finished request's reply (or holds it while the controller is away), then
-    /// publishes `status busy` (unless it is out already) and `status idle`.
+    /// publishes `status idle`.
     async fn deliver(&mut self, finished: Finished) {
         let Finished {
             reply,
             reply_to,
             parent,
             msg_id,
-            busy,
         } = finished;
         self.running_request = None;
         if self.link == Link::Up {
@@ -428,7 +427,6 @@ impl Runtime {
             tracing::debug!(%msg_id, "reply held until the controller is back");
             self.held_replies.push_back((reply_to, reply));
         }
-        busy.publish().await;
         publish_status(&self.env.publisher, &parent, State::Idle).await;
     }
 
