@@ -1,9 +1,8 @@
-//! What the `zeromq` crate lacks for connecting sockets: reconnecting with backoff.
+//! Connecting sockets: reconnecting with backoff.
 //!
-//! The crate's DEALER, ROUTER and PUB never reconnect once a connection drops (its SUB
-//! does, with a fixed 30 s cap). So a connecting socket here is a loop: build a fresh
-//! `zeromq` socket, connect it (one attempt bounded by `connect_timeout`), drive it until
-//! the crate reports the peer disconnected, then wait and start over. Waits double from
+//! A connecting socket here is a loop: build a fresh
+//! ZMTP socket, connect it (one attempt bounded by `connect_timeout`), drive it until
+//! the connection closes, then wait and start over. Waits double from
 //! [`FIRST_RETRY`] up to `max_reconnect_interval` and reset after a successful connection.
 //! Meanwhile the user's messages wait in the socket's bounded send queue (a PUB's are
 //! dropped, as ZeroMQ drops what no subscriber takes).
@@ -19,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::raw::{Monitor, RawSocket, RecvHalf, SendHalf};
 use crate::session::{Driver, Mode, Outcome};
+use crate::zmtp::ConnError;
 
 /// The first pause before reconnecting.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -60,35 +60,29 @@ pub(crate) async fn run(mut driver: Driver, address: String, options: SocketOpti
     }
 }
 
-/// One connection attempt with a fresh socket, bounded by `connect_timeout`.
+/// One connection attempt with a fresh socket (TCP connect and handshake), bounded by
+/// `connect_timeout`.
 async fn connect_once(
     kind: SocketKind,
     address: &str,
     subscriptions: &[Bytes],
     options: &SocketOptions,
 ) -> Result<(SendHalf, RecvHalf, Monitor)> {
-    let attempt = async {
-        let mut socket = RawSocket::new(kind, options)?;
-        // Subscriptions first: the crate sends remembered ones to every new peer.
-        socket.subscribe(subscriptions).await?;
-        let monitor = socket.monitor();
-        socket
-            .connect(address)
-            .await
-            .map_err(|source| Error::Connect {
-                address: address.to_owned(),
-                source,
-            })?;
-        let (send, recv) = socket.split();
-        Ok((send, recv, monitor))
-    };
-    match tokio::time::timeout(options.connect_timeout, attempt).await {
+    let mut socket = RawSocket::new(kind, options)?;
+    // Subscriptions first: they are sent to every peer as it connects.
+    socket.subscribe(subscriptions);
+    let monitor = socket.monitor();
+    let timeout = options.connect_timeout;
+    let connected = match tokio::time::timeout(timeout, socket.connect(address, timeout)).await {
         Ok(result) => result,
-        Err(_) => Err(Error::Connect {
-            address: address.to_owned(),
-            source: zeromq::ZmqError::ConnectTimeout(options.connect_timeout),
-        }),
-    }
+        Err(_) => Err(ConnError::Timeout(timeout)),
+    };
+    connected.map_err(|source| Error::Connect {
+        address: address.to_owned(),
+        source,
+    })?;
+    let (send, recv) = socket.split();
+    Ok((send, recv, monitor))
 }
 
 /// While a PUB is disconnected, drops what the user publishes (ZeroMQ's PUB semantics)

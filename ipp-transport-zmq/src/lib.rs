@@ -8,6 +8,7 @@ mod link;
 mod raw;
 mod router;
 mod session;
+pub mod zmtp;
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use crate::link::Link;
 use crate::raw::RawSocket;
 use crate::session::{Driver, Mode};
 
-/// ZeroMQ transport on the pure-Rust `zeromq` crate, wire-compatible with pyzmq/libzmq.
+/// ZeroMQ transport: our own ZMTP 3.1 on tokio TCP, wire-compatible with pyzmq/libzmq.
 ///
 /// Stateless: clones and separate instances are interchangeable; each socket is driven by
 /// its own task on the current tokio runtime.
@@ -51,12 +52,11 @@ impl Transport for ZmqTransport {
     ) -> ipp_core::Result<Socket> {
         let address = address::parse(address)?;
         let mut raw = RawSocket::new(kind, &options)?;
-        let endpoint = raw.bind(&address).await.map_err(|source| Error::Bind {
+        let bound = raw.bind(&address).await.map_err(|source| Error::Bind {
             address: address.clone(),
             source,
         })?;
-        raw.subscribe(&options.subscriptions).await?;
-        let bound = endpoint.to_string();
+        raw.subscribe(&options.subscriptions);
         let span = tracing::info_span!("zmq_socket", socket = %kind, address = %bound);
         // ROUTER, PUB and SUB go direct: no driving task between the user and the socket.
         let raw = match direct::bound(kind, bound.clone(), raw, options.subscriptions.clone()) {

@@ -3,13 +3,13 @@
 //! A connecting socket keeps a driving task (it reconnects, and holds what is sent while
 //! the peer is away), but most sends do not need it: when the connection is up and nothing
 //! is waiting in the socket's queue, the user's task hands the message straight to the
-//! `zeromq` crate ([`Link::try_direct`]), saving a queue, a task wake-up and often a
+//! connection ([`Link::try_direct`]), saving a queue, a task wake-up and often a
 //! thread switch per message. Otherwise the message goes through the queue as before and
 //! the driving task sends it.
 //!
 //! Order is kept: a direct send happens only under the lock of the live sending half and
 //! only while the count of queued messages is zero; the driving task sends queued messages
-//! under the same lock and counts each one off only once the crate has taken it (or it is
+//! under the same lock and counts each one off only once the connection has taken it (or it is
 //! dropped). So a message never overtakes one queued before it.
 //!
 //! Receiving still goes through the driving task's queue (it must notice a lost connection
@@ -19,15 +19,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::FutureExt;
 use ipp_core::transport::{
     DirectRecv, DirectSend, Frames, Refused, Socket, SocketKind, SocketTaskEnds,
 };
 use tokio::sync::{mpsc, oneshot};
-use zeromq::{ZmqError, ZmqMessage};
 
 use crate::raw::SendHalf;
 use crate::router::{self, UnknownPeers};
+use crate::zmtp::socket::SendError;
 
 /// The live connection's sending half, shared by the user's senders and the driving task.
 #[derive(Default)]
@@ -35,7 +34,7 @@ pub(crate) struct Link {
     /// `None` while disconnected. The driving task holds the lock across a send that has
     /// to wait; the user's senders only ever `try_lock`.
     half: tokio::sync::Mutex<Option<SendHalf>>,
-    /// Messages put in the socket's queue and not yet taken by the crate or dropped.
+    /// Messages put in the socket's queue and not yet taken by the connection or dropped.
     queued: AtomicUsize,
     /// Peers a ROUTER already warned about.
     pub(crate) unknown_peers: UnknownPeers,
@@ -103,31 +102,20 @@ impl Link {
         let Some(send) = half.as_mut() else {
             return Err(frames);
         };
-        // A send the crate cannot finish now is dropped with its message: keep a copy
-        // (a reference count per frame) to queue instead.
-        let Ok(message) = ZmqMessage::try_from(frames.clone()) else {
-            tracing::warn!("dropped a message with no frames");
-            return Ok(());
-        };
         match kind {
-            SocketKind::Router => {
-                match router::route(send, message, &self.unknown_peers).now_or_never() {
-                    Some(()) => Ok(()),
-                    None => Err(frames),
-                }
-            }
-            SocketKind::Dealer => match send.send(message).now_or_never() {
-                Some(Ok(())) => Ok(()),
-                // No peer (the connection just went): the driving task holds it.
-                Some(Err(ZmqError::ReturnToSender { .. })) | None => Err(frames),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "DEALER send failed; message lost with its connection");
+            SocketKind::Router => router::try_route(send, frames, &self.unknown_peers),
+            SocketKind::Dealer => match send.try_send(frames) {
+                Ok(()) => Ok(()),
+                // No peer (the connection just went) or no room: the driving task holds it.
+                Err(SendError::NoPeer(frames) | SendError::Full(frames, _)) => Err(frames),
+                Err(error @ SendError::UnknownPeer) => {
+                    tracing::debug!(%error, "DEALER send failed");
                     Ok(())
                 }
             },
             SocketKind::Pub => {
-                // A PUB never waits: the crate drops what slow or absent subscribers miss.
-                if let Some(Err(error)) = send.send(message).now_or_never() {
+                // A PUB never waits: subscribers whose outbox is full miss the message.
+                if let Err(error) = send.try_send(frames) {
                     tracing::debug!(%error, "PUB send failed");
                 }
                 Ok(())

@@ -1,4 +1,4 @@
-//! Driving one live `zeromq` socket: the user's queues on one side, the socket on the other.
+//! Driving one live ZMTP socket: the user's queues on one side, the socket on the other.
 //!
 //! The send and receive loops are separate futures polled concurrently, so a full incoming
 //! queue (a user not reading) never stops messages going out, and vice versa.
@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use ipp_core::transport::{Frames, SocketKind, SocketTaskEnds};
 use tokio::sync::mpsc;
-use zeromq::{SocketEvent, ZmqError, ZmqMessage};
 
 use crate::link::Link;
 use crate::raw::{Monitor, RecvHalf};
 use crate::router;
+use crate::zmtp::socket::{Event, SendError};
 
 /// How long a bound DEALER with no peer waits before offering a held message again.
 const NO_PEER_RETRY: Duration = Duration::from_millis(50);
@@ -87,8 +86,8 @@ impl Driver {
         } = ends;
         let sending = send_loop(*kind, mode, link, outgoing, pending);
         let receiving = recv_loop(*kind, mode, &mut recv, incoming, subscriptions);
-        // Every branch is cancel-safe up to one message in flight inside the crate when the
-        // connection dies (which ZeroMQ itself would lose too); see each loop.
+        // Every branch is cancel-safe up to messages in flight in a connection when it dies
+        // (which ZeroMQ itself would lose too); see each loop.
         tokio::select! {
             _ = stop => Outcome::Stopped,
             outcome = sending => outcome,
@@ -118,24 +117,24 @@ async fn send_loop(
         };
         // Counted off when this iteration ends, unless kept for the next connection.
         let taken = link.taken();
-        let Ok(message) = ZmqMessage::try_from(frames) else {
+        if frames.is_empty() {
             tracing::warn!("dropped a message with no frames");
             continue;
-        };
+        }
         let mut half = link.lock().await;
         let Some(send) = half.as_mut() else {
             // The connection is being replaced: hold the message for the next one.
-            *pending = Some(message.into_vec());
+            *pending = Some(frames);
             taken.keep();
             return Outcome::Disconnected;
         };
         match kind {
-            SocketKind::Router => router::route(send, message, &link.unknown_peers).await,
-            SocketKind::Dealer => match send.send(message).await {
+            SocketKind::Router => router::route(send, frames, &link.unknown_peers).await,
+            SocketKind::Dealer => match send.send(frames).await {
                 Ok(()) => {}
-                Err(ZmqError::ReturnToSender { message, .. }) => {
+                Err(SendError::NoPeer(frames) | SendError::Full(frames, _)) => {
                     // No peer: keep the message for the next connection (or peer).
-                    *pending = Some(message.into_vec());
+                    *pending = Some(frames);
                     taken.keep();
                     drop(half);
                     match mode {
@@ -143,16 +142,13 @@ async fn send_loop(
                         Mode::Bound => tokio::time::sleep(NO_PEER_RETRY).await,
                     }
                 }
-                Err(error) => {
-                    tracing::debug!(%error, "DEALER send failed; message lost with its connection");
-                    if mode == Mode::Connected {
-                        return Outcome::Disconnected;
-                    }
+                Err(error @ SendError::UnknownPeer) => {
+                    tracing::debug!(%error, "DEALER send failed");
                 }
             },
             SocketKind::Pub => {
-                // A PUB never blocks: the crate drops what slow or absent subscribers miss.
-                if let Err(error) = send.send(message).await {
+                // A PUB never blocks: subscribers whose outbox is full miss the message.
+                if let Err(error) = send.try_send(frames) {
                     tracing::debug!(%error, "PUB send failed");
                 }
             }
@@ -176,8 +172,7 @@ async fn recv_loop(
         // the receiver; keep reading (and discarding) so peers are not stalled.
         let permit = incoming.reserve().await.ok();
         match recv.recv().await {
-            Ok(message) => {
-                let frames = message.into_vec();
+            Ok(frames) => {
                 if kind == SocketKind::Sub && !subscribed(subscriptions, &frames) {
                     continue;
                 }
@@ -190,7 +185,7 @@ async fn recv_loop(
                     tracing::debug!(%error, "receive failed; connection lost");
                     return Outcome::Disconnected;
                 }
-                // One peer of a bound socket failed; the crate has already dropped it.
+                // One peer of a bound socket failed; it has already been removed.
                 Mode::Bound => tracing::debug!(%error, "a peer's connection failed"),
             },
         }
@@ -209,13 +204,13 @@ async fn watch(monitor: Option<Monitor>) -> Outcome {
     let Some(mut monitor) = monitor else {
         return future::pending().await;
     };
-    while let Some(event) = monitor.next().await {
-        if let SocketEvent::Disconnected(peer) = event {
-            tracing::debug!(peer = ?peer, "peer disconnected");
+    while let Some(event) = monitor.recv().await {
+        if event == Event::Disconnected {
+            tracing::debug!("peer disconnected");
             return Outcome::Disconnected;
         }
     }
-    // The crate dropped its end of the monitor: the socket is gone.
+    // The socket dropped its end of the monitor: it is gone.
     Outcome::Disconnected
 }
 
