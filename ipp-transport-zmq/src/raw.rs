@@ -7,7 +7,6 @@
 
 use std::future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use ipp_core::transport::{Frames, SocketKind, SocketOptions};
@@ -66,17 +65,6 @@ impl RawSocket {
     pub(crate) async fn bind(&mut self, address: &str) -> std::io::Result<String> {
         let local = self.socket.bind(crate::address::host_port(address)).await?;
         Ok(format!("tcp://{local}"))
-    }
-
-    /// Makes one connection to `tcp://host:port`, handshake included.
-    pub(crate) async fn connect(
-        &mut self,
-        address: &str,
-        timeout: Duration,
-    ) -> std::result::Result<(), ConnError> {
-        self.socket
-            .connect(crate::address::host_port(address), timeout)
-            .await
     }
 
     /// Subscribes a SUB to each prefix; other kinds ignore subscriptions.

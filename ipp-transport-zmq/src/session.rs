@@ -1,7 +1,9 @@
-//! Driving one live ZMTP socket: the user's queues on one side, the socket on the other.
+//! Driving one ZMTP socket: the user's queues on one side, the socket on the other.
 //!
 //! The send and receive loops are separate futures polled concurrently, so a full incoming
-//! queue (a user not reading) never stops messages going out, and vice versa.
+//! queue (a user not reading) never stops messages going out, and vice versa. A connecting
+//! socket's user receives from the socket directly (see [`crate::link`]): its driver only
+//! sends what was queued and watches for the connection to drop.
 
 use std::future;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ipp_core::transport::{Frames, SocketKind, SocketTaskEnds};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::link::Link;
 use crate::raw::{Monitor, RecvHalf};
@@ -35,11 +37,32 @@ pub(crate) enum Outcome {
     Disconnected,
 }
 
+/// The ends of the user's queues a driving task holds.
+#[derive(Debug)]
+pub(crate) struct Ends {
+    /// Messages the user sends.
+    pub(crate) outgoing: mpsc::Receiver<Frames>,
+    /// Messages for the user (`None` when the user receives from the socket directly).
+    pub(crate) incoming: Option<mpsc::Sender<Frames>>,
+    /// Resolves when the user has dropped the socket.
+    pub(crate) stop: oneshot::Receiver<()>,
+}
+
+impl From<SocketTaskEnds> for Ends {
+    fn from(ends: SocketTaskEnds) -> Self {
+        Self {
+            outgoing: ends.outgoing,
+            incoming: Some(ends.incoming),
+            stop: ends.stop,
+        }
+    }
+}
+
 /// The user's side of a socket plus what must survive reconnections.
 #[derive(Debug)]
 pub(crate) struct Driver {
     pub(crate) kind: SocketKind,
-    pub(crate) ends: SocketTaskEnds,
+    pub(crate) ends: Ends,
     pub(crate) subscriptions: Vec<Bytes>,
     /// The live connection's sending half, shared with the user's direct sends.
     pub(crate) link: Arc<Link>,
@@ -50,7 +73,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub(crate) fn new(
         kind: SocketKind,
-        ends: SocketTaskEnds,
+        ends: Ends,
         subscriptions: Vec<Bytes>,
         link: Arc<Link>,
     ) -> Self {
@@ -68,8 +91,8 @@ impl Driver {
     /// in [`Driver::link`] (see [`Link::connected`]).
     pub(crate) async fn run(
         &mut self,
-        mut recv: RecvHalf,
-        monitor: Option<Monitor>,
+        recv: Option<RecvHalf>,
+        monitor: Option<&mut Monitor>,
         mode: Mode,
     ) -> Outcome {
         let Self {
@@ -79,13 +102,20 @@ impl Driver {
             link,
             pending,
         } = self;
-        let SocketTaskEnds {
+        let Ends {
             outgoing,
             incoming,
             stop,
         } = ends;
         let sending = send_loop(*kind, mode, link, outgoing, pending);
-        let receiving = recv_loop(*kind, mode, &mut recv, incoming, subscriptions);
+        let receiving = async {
+            match (recv, incoming.as_ref()) {
+                (Some(mut recv), Some(incoming)) => {
+                    recv_loop(*kind, mode, &mut recv, incoming, subscriptions).await
+                }
+                _ => future::pending().await,
+            }
+        };
         // Every branch is cancel-safe up to messages in flight in a connection when it dies
         // (which ZeroMQ itself would lose too); see each loop.
         tokio::select! {
@@ -200,8 +230,8 @@ pub(crate) fn subscribed(subscriptions: &[Bytes], frames: &Frames) -> bool {
 }
 
 /// Resolves when a connected socket loses its peer; never for a bound one.
-async fn watch(monitor: Option<Monitor>) -> Outcome {
-    let Some(mut monitor) = monitor else {
+async fn watch(monitor: Option<&mut Monitor>) -> Outcome {
+    let Some(monitor) = monitor else {
         return future::pending().await;
     };
     while let Some(event) = monitor.recv().await {

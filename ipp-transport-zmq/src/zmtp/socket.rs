@@ -190,6 +190,19 @@ impl Shared {
         }
     }
 
+    /// Makes one connection to `host:port` and runs its handshake; the connection is then
+    /// one of this socket's peers.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        host_port: &str,
+        timeout: Duration,
+    ) -> Result<(), ConnError> {
+        let stream = TcpStream::connect(host_port).await?;
+        let (info, decoder) = conn::handshake(&stream, self.kind, &self.identity, timeout).await?;
+        self.attach(stream, info, decoder);
+        Ok(())
+    }
+
     /// Writes an encoded message to `conn`; a failed connection is removed.
     fn write(&self, conn: &Arc<Conn>, chunks: Vec<Bytes>) -> bool {
         match conn.write(chunks) {
@@ -436,19 +449,6 @@ impl Socket {
             self.shared.cancel.clone(),
         ));
         Ok(local)
-    }
-
-    /// Makes one connection to `host:port` and runs its handshake.
-    pub(crate) async fn connect(
-        &mut self,
-        host_port: &str,
-        timeout: Duration,
-    ) -> Result<(), ConnError> {
-        let stream = TcpStream::connect(host_port).await?;
-        let (info, decoder) =
-            conn::handshake(&stream, self.shared.kind, &self.shared.identity, timeout).await?;
-        self.shared.attach(stream, info, decoder);
-        Ok(())
     }
 
     /// Adds subscriptions (SUB only) and sends them to the connected peers.
