@@ -97,7 +97,7 @@ async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
 /// A raw peer that has done the NULL handshake as `socket_type` with `identity`.
 async fn handshaken(address: &str, socket_type: &str, identity: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(address).await.expect("connect");
-    stream.write_all(&greeting()).await.unwrap();
+    stream.write_all(&greeting()).await.expect("on loopback");
     let mut theirs = [0u8; 64];
     guard("the greeting", stream.read_exact(&mut theirs))
         .await
@@ -107,7 +107,7 @@ async fn handshaken(address: &str, socket_type: &str, identity: &[u8]) -> TcpStr
     stream
         .write_all(&ready(socket_type, identity))
         .await
-        .unwrap();
+        .expect("on loopback");
     let (flags, body) = guard("READY", read_frame(&mut stream)).await;
     assert_eq!(flags, 0x04, "expected a command");
     assert_eq!(&body[..6], b"\x05READY");
@@ -137,12 +137,12 @@ async fn router_still_works(router: &mut Socket) {
             SocketOptions::default().with_identity("good"),
         )
         .await
-        .unwrap();
-    dealer.send(vec![b("still up")]).await.unwrap();
+        .expect("on loopback");
+    dealer.send(vec![b("still up")]).await.expect("on loopback");
     assert_eq!(
         guard("the good dealer's message", router.recv())
             .await
-            .unwrap(),
+            .expect("on loopback"),
         vec![b("good"), b("still up")]
     );
 }
@@ -150,11 +150,13 @@ async fn router_still_works(router: &mut Socket) {
 #[tokio::test]
 async fn a_peer_that_is_not_zmtp_is_dropped_and_the_socket_keeps_running() {
     let mut router = bind(SocketKind::Router).await;
-    let mut stream = TcpStream::connect(host_port(&router)).await.unwrap();
+    let mut stream = TcpStream::connect(host_port(&router))
+        .await
+        .expect("on loopback");
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789012345678901234567890123456789")
         .await
-        .unwrap();
+        .expect("on loopback");
     assert!(closed_by_peer(&mut stream).await);
     router_still_works(&mut router).await;
 }
@@ -162,9 +164,14 @@ async fn a_peer_that_is_not_zmtp_is_dropped_and_the_socket_keeps_running() {
 #[tokio::test]
 async fn an_incompatible_socket_type_is_dropped() {
     let mut router = bind(SocketKind::Router).await;
-    let mut stream = TcpStream::connect(host_port(&router)).await.unwrap();
-    stream.write_all(&greeting()).await.unwrap();
-    stream.write_all(&ready("PUB", b"")).await.unwrap();
+    let mut stream = TcpStream::connect(host_port(&router))
+        .await
+        .expect("on loopback");
+    stream.write_all(&greeting()).await.expect("on loopback");
+    stream
+        .write_all(&ready("PUB", b""))
+        .await
+        .expect("on loopback");
     assert!(closed_by_peer(&mut stream).await);
     router_still_works(&mut router).await;
 }
@@ -174,14 +181,17 @@ async fn a_malformed_frame_after_the_handshake_drops_that_connection_only() {
     let mut router = bind(SocketKind::Router).await;
     let mut stream = handshaken(&host_port(&router), "DEALER", b"bad").await;
     // A message first (it is delivered), then a frame of an absurd size.
-    stream.write_all(&frame(b"fine", false)).await.unwrap();
+    stream
+        .write_all(&frame(b"fine", false))
+        .await
+        .expect("on loopback");
     let mut bogus = vec![0x02];
     bogus.extend_from_slice(&u64::MAX.to_be_bytes());
-    stream.write_all(&bogus).await.unwrap();
+    stream.write_all(&bogus).await.expect("on loopback");
     assert_eq!(
         guard("the message before the bad frame", router.recv())
             .await
-            .unwrap(),
+            .expect("on loopback"),
         vec![b("bad"), b("fine")]
     );
     // The bad frame is met by the next receive (connections are read by the receiver),
@@ -200,7 +210,7 @@ async fn ping_is_answered_with_pong() {
     stream
         .write_all(&command("PING", b"\x00\x64ctx-1"))
         .await
-        .unwrap();
+        .expect("on loopback");
     let (flags, body) = guard("PONG", read_frame(&mut stream)).await;
     assert_eq!(flags, 0x04);
     assert_eq!(body, b"\x04PONGctx-1");
@@ -208,18 +218,18 @@ async fn ping_is_answered_with_pong() {
     stream
         .write_all(&frame(b"after ping", false))
         .await
-        .unwrap();
+        .expect("on loopback");
     assert_eq!(
         guard("a message after PING", receiving)
             .await
-            .unwrap()
-            .unwrap(),
+            .expect("on loopback")
+            .expect("on loopback"),
         vec![b("pinger"), b("after ping")]
     );
     router_tx
         .send(vec![b("pinger"), b("a"), b("b")])
         .await
-        .unwrap();
+        .expect("on loopback");
     assert_eq!(
         guard("the first frame", read_frame(&mut stream)).await,
         (0x01, b"a".to_vec())
@@ -237,15 +247,18 @@ async fn zmtp_3_1_subscribe_command_reaches_our_pub() {
     stream
         .write_all(&command("SUBSCRIBE", b"news."))
         .await
-        .unwrap();
+        .expect("on loopback");
     // The subscription is applied asynchronously: publish until something arrives.
     let got = guard("a publication", async {
         loop {
-            publisher.send(vec![b("sport.x"), b("no")]).await.unwrap();
+            publisher
+                .send(vec![b("sport.x"), b("no")])
+                .await
+                .expect("on loopback");
             publisher
                 .send(vec![b("news.today"), b("yes")])
                 .await
-                .unwrap();
+                .expect("on loopback");
             let mut flags = [0u8; 1];
             if let Ok(Ok(_)) =
                 tokio::time::timeout(Duration::from_millis(50), stream.peek(&mut flags)).await
@@ -262,7 +275,7 @@ async fn zmtp_3_1_subscribe_command_reaches_our_pub() {
     stream
         .write_all(&command("CANCEL", b"news."))
         .await
-        .unwrap();
+        .expect("on loopback");
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Drain what was published before the CANCEL took effect.
     let mut scratch = [0u8; 4096];
@@ -274,7 +287,7 @@ async fn zmtp_3_1_subscribe_command_reaches_our_pub() {
     publisher
         .send(vec![b("news.later"), b("no")])
         .await
-        .unwrap();
+        .expect("on loopback");
     let quiet = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut scratch)).await;
     assert!(quiet.is_err(), "a cancelled subscription still received");
 }
@@ -289,7 +302,7 @@ async fn large_frames_round_trip_intact() {
             SocketOptions::default().with_identity("big"),
         )
         .await
-        .unwrap();
+        .expect("on loopback");
     let (dealer_tx, mut dealer_rx) = dealer.split();
     let big: Bytes = (0..24 * 1024 * 1024u32)
         .map(|i| (i % 251) as u8)
@@ -297,16 +310,16 @@ async fn large_frames_round_trip_intact() {
         .into();
     let medium = Bytes::from(vec![5u8; 40_000]);
     let message = vec![b("head"), big.clone(), Bytes::new(), medium.clone()];
-    dealer_tx.send(message.clone()).await.unwrap();
+    dealer_tx.send(message.clone()).await.expect("on loopback");
     let got = guard("the large message at the router", router.recv())
         .await
-        .unwrap();
+        .expect("on loopback");
     assert_eq!(got.len(), 5);
     assert_eq!(got[0], b("big"));
     assert!(got[1..] == message[..], "the large message arrived changed");
-    router.send(got).await.unwrap();
+    router.send(got).await.expect("on loopback");
     let back = guard("the large message back at the dealer", dealer_rx.recv())
         .await
-        .unwrap();
+        .expect("on loopback");
     assert!(back == message, "the large message came back changed");
 }
