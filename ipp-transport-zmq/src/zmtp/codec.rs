@@ -42,7 +42,7 @@ pub enum ProtocolError {
     /// A security mechanism other than NULL.
     #[error("unsupported security mechanism {0:?} (only NULL is supported)")]
     Mechanism(String),
-    /// A frame larger than [`MAX_FRAME`].
+    /// A frame larger than 1 TiB.
     #[error("frame of {0} bytes is too large")]
     FrameTooLarge(u64),
     /// A command frame whose body is not a command.

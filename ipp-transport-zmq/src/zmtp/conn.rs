@@ -215,18 +215,18 @@ impl Conn {
 /// Writes from the front of `chunks` until all are written or the socket would block.
 fn write_some(stream: &TcpStream, chunks: &mut VecDeque<Bytes>) -> io::Result<()> {
     while !chunks.is_empty() {
-        let slices: Vec<IoSlice<'_>> = chunks
-            .iter()
-            .take(MAX_IOVECS)
-            .map(|chunk| IoSlice::new(chunk))
-            .collect();
-        let mut written = match stream.try_write_vectored(&slices) {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let mut count = 0;
+        for (slot, chunk) in slices.iter_mut().zip(chunks.iter()) {
+            *slot = IoSlice::new(chunk);
+            count += 1;
+        }
+        let mut written = match stream.try_write_vectored(&slices[..count]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => return Err(error),
         };
-        drop(slices);
         while written > 0 {
             let Some(front) = chunks.front_mut() else {
                 break;
