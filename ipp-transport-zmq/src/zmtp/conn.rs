@@ -2,9 +2,10 @@
 //! polls it.
 //!
 //! Writes go straight to the socket from the sender's task with vectored writes
-//! ([`Conn::write`]). Only when the kernel's buffer is full is the rest kept in the
-//! connection's outbox and a short-lived task started to flush it as the socket becomes
-//! writable; later messages queue behind it, so order is kept.
+//! ([`Conn::write`]). Only when the kernel's buffer is full, or messages to this
+//! connection come in a burst, is the rest kept in the connection's outbox and a
+//! short-lived task started to write it all at once (as the socket becomes writable);
+//! later messages queue behind it, so order is kept.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -12,9 +13,9 @@ use std::io::{self, IoSlice};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use ipp_core::transport::{Frames, SocketKind};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -36,13 +37,48 @@ pub(crate) struct PeerInfo {
     pub(crate) identity: Bytes,
 }
 
-/// Bytes waiting for the socket to become writable.
+/// Messages closer together than this on one connection are batched: the first is
+/// written at once, the next ones wait for the sender's task to yield and go out together
+/// in one write (fewer system calls and TCP segments, fewer wake-ups at the receiver).
+const BURST_GAP: Duration = Duration::from_micros(50);
+
+/// Chunks smaller than this are copied together when they wait in the outbox.
+const COALESCE: usize = 4 * 1024;
+
+/// Bytes waiting to be written.
 #[derive(Debug, Default)]
 struct Outbox {
     chunks: VecDeque<Bytes>,
+    /// Small chunks copied together, logically after `chunks`.
+    tail: BytesMut,
     bytes: usize,
     /// A flushing task is running (it owns writing until the outbox is empty).
     flushing: bool,
+    /// When a message was last written straight from the sender's task.
+    last_direct: Option<Instant>,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.tail.is_empty()
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.bytes += chunk.len();
+        if chunk.len() < COALESCE {
+            self.tail.extend_from_slice(&chunk);
+        } else {
+            self.seal();
+            self.chunks.push_back(chunk);
+        }
+    }
+
+    /// Moves the coalesced small chunks to the end of `chunks`.
+    fn seal(&mut self) {
+        if !self.tail.is_empty() {
+            self.chunks.push_back(self.tail.split().freeze());
+        }
+    }
 }
 
 /// One live connection, shared by the senders (through the socket's peer table) and its
@@ -121,11 +157,25 @@ impl Conn {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
         let mut out = self.outbox();
-        if out.flushing || !out.chunks.is_empty() {
-            out.bytes += chunks.iter().map(Bytes::len).sum::<usize>();
-            out.chunks.extend(chunks);
+        let now = Instant::now();
+        let idle = !out.flushing && out.is_empty();
+        let direct = idle
+            && out
+                .last_direct
+                .is_none_or(|last| now.saturating_duration_since(last) >= BURST_GAP);
+        if !direct {
+            // Batched: written by the flushing task once this task yields.
+            for chunk in chunks {
+                out.push(chunk);
+            }
+            if !out.flushing {
+                out.flushing = true;
+                drop(out);
+                self.start_flushing();
+            }
             return Ok(());
         }
+        out.last_direct = Some(now);
         let mut pending: VecDeque<Bytes> = chunks.into();
         match write_some(&self.stream, &mut pending) {
             Ok(()) => {}
@@ -143,9 +193,13 @@ impl Conn {
         out.chunks = pending;
         out.flushing = true;
         drop(out);
+        self.start_flushing();
+        Ok(())
+    }
+
+    fn start_flushing(self: &Arc<Self>) {
         let conn = Arc::clone(self);
         tokio::spawn(async move { conn.flush().await });
-        Ok(())
     }
 
     /// Writes the outbox as the socket becomes writable, until it is empty.
@@ -161,9 +215,10 @@ impl Conn {
             }
             let mut out = self.outbox();
             let before = out.bytes;
+            out.seal();
             let result = write_some(&self.stream, &mut out.chunks);
             out.bytes = out.chunks.iter().map(Bytes::len).sum();
-            let drained = out.chunks.is_empty();
+            let drained = out.is_empty();
             if drained {
                 out.flushing = false;
             }
