@@ -202,17 +202,12 @@ impl Conn {
         tokio::spawn(async move { conn.flush().await });
     }
 
-    /// Writes the outbox as the socket becomes writable, until it is empty.
+    /// Writes the outbox now and then as the socket becomes writable, until it is empty.
+    ///
+    /// It always tries once before looking at cancellation, so what was sent just before
+    /// the socket was dropped still goes out when the kernel has room for it.
     async fn flush(self: Arc<Self>) {
         loop {
-            tokio::select! {
-                ready = self.stream.writable() => {
-                    if ready.is_err() {
-                        break;
-                    }
-                }
-                () = self.cancel.cancelled() => break,
-            }
             let mut out = self.outbox();
             let before = out.bytes;
             out.seal();
@@ -228,12 +223,21 @@ impl Conn {
             }
             match result {
                 Ok(()) if drained => return,
-                Ok(()) => {}
+                Ok(()) => continue,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => {
                     tracing::debug!(%error, "write failed; connection closed");
                     break;
                 }
+            }
+            tokio::select! {
+                biased;
+                ready = self.stream.writable() => {
+                    if ready.is_err() {
+                        break;
+                    }
+                }
+                () = self.cancel.cancelled() => break,
             }
         }
         self.close();
