@@ -96,9 +96,16 @@ pub(crate) struct Conn {
     pub(crate) routing_id: Bytes,
     /// A PUB's view of the peer's subscriptions.
     pub(crate) subscriptions: Mutex<Vec<Bytes>>,
+    /// The runtime the connection was made on: flushing tasks run there, whichever thread
+    /// sends.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Conn {
+    /// Wraps a connection whose handshake is done.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (connections are only made inside one).
     pub(crate) fn new(stream: TcpStream, routing_id: Bytes, cancel: CancellationToken) -> Self {
         Self {
             stream,
@@ -108,6 +115,7 @@ impl Conn {
             cancel,
             routing_id,
             subscriptions: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -199,7 +207,7 @@ impl Conn {
 
     fn start_flushing(self: &Arc<Self>) {
         let conn = Arc::clone(self);
-        tokio::spawn(async move { conn.flush().await });
+        self.runtime.spawn(async move { conn.flush().await });
     }
 
     /// Writes the outbox now and then as the socket becomes writable, until it is empty.
@@ -208,19 +216,7 @@ impl Conn {
     /// the socket was dropped still goes out when the kernel has room for it.
     async fn flush(self: Arc<Self>) {
         loop {
-            let mut out = self.outbox();
-            let before = out.bytes;
-            out.seal();
-            let result = write_some(&self.stream, &mut out.chunks);
-            out.bytes = out.chunks.iter().map(Bytes::len).sum();
-            let drained = out.is_empty();
-            if drained {
-                out.flushing = false;
-            }
-            drop(out);
-            if before > OUTBOX_LIMIT || drained {
-                self.room.notify_waiters();
-            }
+            let (result, drained) = self.write_outbox();
             match result {
                 Ok(()) if drained => return,
                 Ok(()) => continue,
@@ -241,6 +237,25 @@ impl Conn {
             }
         }
         self.close();
+    }
+
+    /// Writes what the outbox holds as far as the socket takes it; `true` when it is
+    /// empty afterwards (the flushing task then ends).
+    fn write_outbox(&self) -> (io::Result<()>, bool) {
+        let mut out = self.outbox();
+        let before = out.bytes;
+        out.seal();
+        let result = write_some(&self.stream, &mut out.chunks);
+        out.bytes = out.chunks.iter().map(Bytes::len).sum();
+        let drained = out.is_empty();
+        if drained {
+            out.flushing = false;
+        }
+        drop(out);
+        if before > OUTBOX_LIMIT || drained {
+            self.room.notify_waiters();
+        }
+        (result, drained)
     }
 
     /// Reads what the socket has into `decoder`.
