@@ -323,3 +323,65 @@ async fn large_frames_round_trip_intact() {
         .expect("on loopback");
     assert!(back == message, "the large message came back changed");
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_fills_its_outbox_without_stalling_others() {
+    let router = bind(SocketKind::Router).await;
+    let mut slow = handshaken(&host_port(&router), "DEALER", b"slow").await;
+    let fast = ZmqTransport::new()
+        .connect(
+            SocketKind::Dealer,
+            router.address(),
+            SocketOptions::default().with_identity("fast"),
+        )
+        .await
+        .expect("on loopback");
+    let (router_tx, mut router_rx) = router.split();
+    // The router learns of "fast" from its first message.
+    fast.send(vec![b("hello")]).await.expect("on loopback");
+    assert_eq!(
+        guard("the fast dealer's hello", router_rx.recv())
+            .await
+            .expect("on loopback"),
+        vec![b("fast"), b("hello")]
+    );
+    // The slow peer reads nothing: its outbox fills until sends to it are refused.
+    let chunk = Bytes::from(vec![1u8; 1024 * 1024]);
+    let mut sent = 0usize;
+    while router_tx.try_send(vec![b("slow"), chunk.clone()]).is_ok() {
+        sent += 1;
+        assert!(
+            sent < 1000,
+            "the outbox of a peer that never reads never filled"
+        );
+    }
+    assert!(sent >= 64, "refused after only {sent} MiB");
+    // Other peers are not held up.
+    router_tx
+        .try_send(vec![b("fast"), b("not stalled")])
+        .expect("a send to another peer");
+    let (_, mut fast_rx) = fast.split();
+    assert_eq!(
+        guard("the fast dealer's message", fast_rx.recv())
+            .await
+            .expect("on loopback"),
+        vec![b("not stalled")]
+    );
+    // Once the slow peer reads, a waiting send goes through and everything arrives in order.
+    let waiting = tokio::spawn(async move {
+        router_tx
+            .send(vec![b("slow"), b("last")])
+            .await
+            .expect("a send that waited for room");
+        router_tx
+    });
+    for index in 0..sent {
+        let (flags, body) = guard("a queued frame", read_frame(&mut slow)).await;
+        assert_eq!((flags, body.len()), (0x02, chunk.len()), "frame {index}");
+    }
+    assert_eq!(
+        guard("the message that waited", read_frame(&mut slow)).await,
+        (0x00, b"last".to_vec())
+    );
+    drop(guard("the waiting send", waiting).await);
+}
