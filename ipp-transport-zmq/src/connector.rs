@@ -1,46 +1,54 @@
-//! What the `zeromq` crate lacks for connecting sockets: reconnecting with backoff.
+//! Connecting sockets: reconnecting with backoff.
 //!
-//! The crate's DEALER, ROUTER and PUB never reconnect once a connection drops (its SUB
-//! does, with a fixed 30 s cap). So a connecting socket here is a loop: build a fresh
-//! `zeromq` socket, connect it (one attempt bounded by `connect_timeout`), drive it until
-//! the crate reports the peer disconnected, then wait and start over. Waits double from
+//! A connecting socket here is one ZMTP socket and a loop: connect it (one attempt bounded
+//! by `connect_timeout`), send what the user queued until the connection closes, then wait
+//! and connect again. Waits double from
 //! [`FIRST_RETRY`] up to `max_reconnect_interval` and reset after a successful connection.
 //! Meanwhile the user's messages wait in the socket's bounded send queue (a PUB's are
 //! dropped, as ZeroMQ drops what no subscriber takes).
 
 use std::future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use ipp_core::transport::{Frames, SocketKind, SocketOptions};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::link::Link;
-use crate::raw::{Monitor, RawSocket, RecvHalf, SendHalf};
+use crate::raw::{Monitor, SendHalf};
 use crate::session::{Driver, Mode, Outcome};
+use crate::zmtp::ConnError;
 
 /// The first pause before reconnecting.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 /// Keeps a connecting socket connected until the user drops it.
-pub(crate) async fn run(mut driver: Driver, address: String, options: SocketOptions) {
+pub(crate) async fn run(
+    mut driver: Driver,
+    socket: SendHalf,
+    mut monitor: Monitor,
+    address: String,
+    options: SocketOptions,
+) {
     let max_retry = options.max_reconnect_interval.max(FIRST_RETRY);
     let mut retry = FIRST_RETRY;
     loop {
         let kind = driver.kind;
+        // Events of connections already gone must not end the next session.
+        while monitor.try_recv().is_ok() {}
         let attempt = tokio::select! {
             _ = &mut driver.ends.stop => return,
             () = discard_if_pub(kind, &mut driver.ends.outgoing, &driver.link) => return,
-            attempt = connect_once(kind, &address, &driver.subscriptions, &options) => attempt,
+            attempt = connect_once(&socket, &address, &options) => attempt,
         };
         match attempt {
-            Ok((send, recv, monitor)) => {
+            Ok(()) => {
                 tracing::info!("connected");
                 retry = FIRST_RETRY;
-                let link = std::sync::Arc::clone(&driver.link);
-                link.connected(send).await;
-                let outcome = driver.run(recv, Some(monitor), Mode::Connected).await;
+                let link = Arc::clone(&driver.link);
+                link.connected(Arc::clone(&socket)).await;
+                let outcome = driver.run(None, Some(&mut monitor), Mode::Connected).await;
                 link.disconnected().await;
                 match outcome {
                     Outcome::Stopped => return,
@@ -60,35 +68,18 @@ pub(crate) async fn run(mut driver: Driver, address: String, options: SocketOpti
     }
 }
 
-/// One connection attempt with a fresh socket, bounded by `connect_timeout`.
-async fn connect_once(
-    kind: SocketKind,
-    address: &str,
-    subscriptions: &[Bytes],
-    options: &SocketOptions,
-) -> Result<(SendHalf, RecvHalf, Monitor)> {
-    let attempt = async {
-        let mut socket = RawSocket::new(kind, options)?;
-        // Subscriptions first: the crate sends remembered ones to every new peer.
-        socket.subscribe(subscriptions).await?;
-        let monitor = socket.monitor();
-        socket
-            .connect(address)
-            .await
-            .map_err(|source| Error::Connect {
-                address: address.to_owned(),
-                source,
-            })?;
-        let (send, recv) = socket.split();
-        Ok((send, recv, monitor))
-    };
-    match tokio::time::timeout(options.connect_timeout, attempt).await {
+/// One connection attempt (TCP connect and handshake), bounded by `connect_timeout`.
+async fn connect_once(socket: &SendHalf, address: &str, options: &SocketOptions) -> Result<()> {
+    let timeout = options.connect_timeout;
+    let host_port = crate::address::host_port(address);
+    let connected = match tokio::time::timeout(timeout, socket.connect(host_port, timeout)).await {
         Ok(result) => result,
-        Err(_) => Err(Error::Connect {
-            address: address.to_owned(),
-            source: zeromq::ZmqError::ConnectTimeout(options.connect_timeout),
-        }),
-    }
+        Err(_) => Err(ConnError::Timeout(timeout)),
+    };
+    connected.map_err(|source| Error::Connect {
+        address: address.to_owned(),
+        source,
+    })
 }
 
 /// While a PUB is disconnected, drops what the user publishes (ZeroMQ's PUB semantics)

@@ -1,5 +1,5 @@
 //! Bound ROUTER, PUB and SUB sockets without a driving task: the user's task calls the
-//! `zeromq` socket itself.
+//! ZMTP socket itself.
 //!
 //! A bound socket never reconnects and these three kinds never hold a message back for a
 //! missing peer, so the driving task of [`crate::session`] only moved each message through
@@ -17,13 +17,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::FutureExt;
-use ipp_core::transport::{DirectRecv, DirectSend, Frames, Socket, SocketKind};
+use ipp_core::transport::{DirectRecv, DirectSend, Frames, Refused, Socket, SocketKind};
 use tokio::sync::oneshot;
-use zeromq::ZmqMessage;
-use zeromq::{PubSocket, RouterRecvHalf, RouterSendHalf, SocketRecv, SocketSend, XSubSocket};
 
 use crate::raw::{RawSocket, SendHalf};
 use crate::router::{self, UnknownPeers};
+use crate::zmtp::socket::Inbox;
 
 /// Builds the user's socket for a bound `raw` socket of a kind that can go direct; gives
 /// `raw` back for the others (a DEALER holds messages for an absent peer: it keeps its
@@ -34,9 +33,13 @@ pub(crate) fn bound(
     raw: RawSocket,
     subscriptions: Vec<Bytes>,
 ) -> Result<Socket, RawSocket> {
-    match raw {
-        RawSocket::Router(socket) => {
-            let (send, recv) = socket.split();
+    if raw.kind() == SocketKind::Dealer {
+        return Err(raw);
+    }
+    let (send, recv) = raw.split();
+    let inbox = recv.into_inbox();
+    Ok(match kind {
+        SocketKind::Router => {
             let (alive, sender_gone) = oneshot::channel();
             let send = RouterSend {
                 half: send,
@@ -44,51 +47,32 @@ pub(crate) fn bound(
                 _alive: alive,
             };
             let recv = RouterRecv {
-                half: Some(recv),
+                inbox,
                 sender_gone: Some(sender_gone),
             };
-            Ok(Socket::direct(
-                kind,
-                address,
-                Arc::new(send),
-                Box::new(recv),
-            ))
+            Socket::direct(kind, address, Arc::new(send), Box::new(recv))
         }
-        RawSocket::Pub(socket) => Ok(Socket::direct(
+        SocketKind::Pub => Socket::direct(
             kind,
             address,
-            Arc::new(PubSend {
-                socket: tokio::sync::Mutex::new(socket),
-            }),
+            Arc::new(PubSend { half: send }),
             Box::new(NoRecv),
-        )),
-        RawSocket::Sub(socket) => Ok(Socket::direct(
+        ),
+        SocketKind::Sub | SocketKind::Dealer => Socket::direct(
             kind,
             address,
-            Arc::new(NoSend),
+            Arc::new(NoSend { _half: send }),
             Box::new(SubRecv {
-                socket,
+                inbox,
                 subscriptions,
             }),
-        )),
-        other @ RawSocket::Dealer(_) => Err(other),
-    }
-}
-
-/// Turns a user's frames into a `zeromq` message; `None` (logged) for an empty one.
-fn message(frames: Frames) -> Option<ZmqMessage> {
-    match ZmqMessage::try_from(frames) {
-        Ok(message) => Some(message),
-        Err(_) => {
-            tracing::warn!("dropped a message with no frames");
-            None
-        }
-    }
+        ),
+    })
 }
 
 /// A bound ROUTER's sending side.
 struct RouterSend {
-    half: RouterSendHalf,
+    half: SendHalf,
     /// Peers already warned about.
     unknown: UnknownPeers,
     /// Dropped with the sending side: tells a discarding receiver to stop.
@@ -104,36 +88,26 @@ impl std::fmt::Debug for RouterSend {
 #[async_trait]
 impl DirectSend for RouterSend {
     async fn send(&self, frames: Frames) -> ipp_core::Result<()> {
-        let Some(message) = message(frames) else {
-            return Ok(());
-        };
-        // The half is a handle on the shared socket: a clone is one reference count.
-        let mut half = SendHalf::Router(self.half.clone());
-        router::route(&mut half, message, &self.unknown).await;
+        router::route(&self.half, frames, &self.unknown).await;
         Ok(())
     }
 
     fn try_send(&self, frames: Frames) -> ipp_core::Result<()> {
-        let Some(message) = message(frames) else {
-            return Ok(());
-        };
-        let mut half = SendHalf::Router(self.half.clone());
-        // The crate only waits when the peer's queue is full; a send not finished now is
-        // dropped unsent, which is what a full queue means here.
-        match router::route(&mut half, message, &self.unknown).now_or_never() {
-            Some(()) => Ok(()),
-            None => Err(ipp_core::Error::Timeout {
-                what: "room in the send queue",
-                after: std::time::Duration::ZERO,
-            }),
-        }
+        router::try_route(&self.half, frames, &self.unknown).map_err(|_| ipp_core::Error::Timeout {
+            what: "room in the send queue",
+            after: std::time::Duration::ZERO,
+        })
+    }
+
+    fn offer(&self, frames: Frames) -> Result<(), Refused> {
+        router::try_route(&self.half, frames, &self.unknown).map_err(Refused::Full)
     }
 }
 
 /// A bound ROUTER's receiving side.
 struct RouterRecv {
     /// Always `Some` until dropped.
-    half: Option<RouterRecvHalf>,
+    inbox: Option<Inbox>,
     /// Resolves when the sending side is dropped.
     sender_gone: Option<oneshot::Receiver<()>>,
 }
@@ -144,16 +118,16 @@ impl std::fmt::Debug for RouterRecv {
     }
 }
 
-/// The next message of a bound socket's receiving half; a failed peer is skipped (the crate
-/// has already dropped it).
+/// The next message of a bound socket's inbox; a failed peer is skipped (it has already
+/// been removed).
 ///
 /// # Cancel safety
-/// Cancel-safe: the crate reads from a stream whose `next` loses nothing when dropped.
-async fn next_message<R: SocketRecv + Send>(half: &mut R) -> Frames {
+/// Cancel-safe: a partly received message stays in its connection's reader.
+async fn next_message(inbox: &mut Inbox) -> Frames {
     loop {
-        match half.recv().await {
-            Ok(message) => return message.into_vec(),
-            Err(error) => tracing::debug!(%error, "a peer's connection failed"),
+        match inbox.recv().await {
+            Ok(frames) => return frames,
+            Err(error) => tracing::debug!(%error, "a peer's connection closed"),
         }
     }
 }
@@ -161,14 +135,14 @@ async fn next_message<R: SocketRecv + Send>(half: &mut R) -> Frames {
 #[async_trait]
 impl DirectRecv for RouterRecv {
     async fn recv(&mut self) -> ipp_core::Result<Frames> {
-        match &mut self.half {
-            Some(half) => Ok(next_message(half).await),
+        match &mut self.inbox {
+            Some(inbox) => Ok(next_message(inbox).await),
             None => std::future::pending().await,
         }
     }
 
     fn try_recv(&mut self) -> Option<Frames> {
-        next_message(self.half.as_mut()?).now_or_never()
+        next_message(self.inbox.as_mut()?).now_or_never()
     }
 }
 
@@ -176,7 +150,7 @@ impl Drop for RouterRecv {
     /// With the sending side still in use, keeps reading and discarding until it is
     /// dropped too, so peers sending to this ROUTER are not stalled.
     fn drop(&mut self) {
-        let (Some(mut half), Some(mut sender_gone)) = (self.half.take(), self.sender_gone.take())
+        let (Some(mut inbox), Some(mut sender_gone)) = (self.inbox.take(), self.sender_gone.take())
         else {
             return;
         };
@@ -190,7 +164,7 @@ impl Drop for RouterRecv {
             loop {
                 tokio::select! {
                     _ = &mut sender_gone => break,
-                    _ = next_message(&mut half) => {
+                    _ = next_message(&mut inbox) => {
                         tracing::trace!("ROUTER receiver dropped; message discarded");
                     }
                 }
@@ -199,68 +173,44 @@ impl Drop for RouterRecv {
     }
 }
 
-/// A bound PUB's sending side.
+/// A bound PUB's sending side: writes to each matching subscriber in the caller's task.
+#[derive(Debug)]
 struct PubSend {
-    /// The crate's PUB sends through `&mut self`; the lock is never held across a wait
-    /// (its send only queues for the crate's fan-out task).
-    socket: tokio::sync::Mutex<PubSocket>,
-}
-
-impl std::fmt::Debug for PubSend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PubSend").finish_non_exhaustive()
-    }
-}
-
-impl PubSend {
-    async fn publish(&self, message: ZmqMessage) {
-        // A PUB never blocks: the crate drops what slow or absent subscribers miss.
-        if let Err(error) = self.socket.lock().await.send(message).await {
-            tracing::debug!(%error, "PUB send failed");
-        }
-    }
+    half: SendHalf,
 }
 
 #[async_trait]
 impl DirectSend for PubSend {
     async fn send(&self, frames: Frames) -> ipp_core::Result<()> {
-        if let Some(message) = message(frames) {
-            self.publish(message).await;
-        }
-        Ok(())
+        self.try_send(frames)
     }
 
     fn try_send(&self, frames: Frames) -> ipp_core::Result<()> {
-        let Some(message) = message(frames) else {
-            return Ok(());
-        };
-        // Publishing never waits for room; only another sender holding the lock can make
-        // this not finish at once, and a PUB may drop a message then.
-        if self.publish(message).now_or_never().is_none() {
-            tracing::trace!("PUB busy; message dropped");
+        // A PUB never waits: a subscriber whose outbox is full misses the message.
+        if let Err(error) = self.half.try_send(frames) {
+            tracing::debug!(%error, "PUB send failed");
         }
         Ok(())
     }
 }
 
 /// A bound SUB's receiving side.
+#[derive(Debug)]
 struct SubRecv {
-    socket: XSubSocket,
+    /// Always `Some` for a SUB.
+    inbox: Option<Inbox>,
     subscriptions: Vec<Bytes>,
-}
-
-impl std::fmt::Debug for SubRecv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SubRecv").finish_non_exhaustive()
-    }
 }
 
 impl SubRecv {
     /// # Cancel safety
     /// Cancel-safe, as [`next_message`].
     async fn next(&mut self) -> Frames {
+        let Some(inbox) = self.inbox.as_mut() else {
+            return std::future::pending().await;
+        };
         loop {
-            let frames = next_message(&mut self.socket).await;
+            let frames = next_message(inbox).await;
             if crate::session::subscribed(&self.subscriptions, &frames) {
                 return frames;
             }
@@ -280,9 +230,11 @@ impl DirectRecv for SubRecv {
 }
 
 /// The sending side of a SUB ([`ipp_core::transport::SocketSender`] refuses sends on a
-/// SUB before they get here).
+/// SUB before they get here); it keeps the socket open while the user holds it.
 #[derive(Debug)]
-struct NoSend;
+struct NoSend {
+    _half: SendHalf,
+}
 
 #[async_trait]
 impl DirectSend for NoSend {
@@ -295,8 +247,8 @@ impl DirectSend for NoSend {
     }
 }
 
-/// The receiving side of a PUB: nothing ever arrives (subscriptions are handled inside the
-/// crate).
+/// The receiving side of a PUB: nothing ever arrives (subscriptions are applied inside
+/// [`crate::zmtp`]).
 #[derive(Debug)]
 struct NoRecv;
 

@@ -2,7 +2,7 @@
 //!
 //! [`Transport`]: ipp_core::transport::Transport
 
-use zeromq::ZmqError;
+use crate::zmtp::ConnError;
 
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -24,31 +24,24 @@ pub enum Error {
     Bind {
         /// The address as given.
         address: String,
-        /// What the `zeromq` crate reported.
+        /// What the operating system reported.
         #[source]
-        source: ZmqError,
+        source: std::io::Error,
     },
     /// One connection attempt failed or timed out; connecting sockets retry by themselves.
     #[error("cannot connect to {address}")]
     Connect {
         /// The address connected to.
         address: String,
-        /// What the `zeromq` crate reported.
+        /// What went wrong: the TCP connection or the ZMTP handshake.
         #[source]
-        source: ZmqError,
+        source: ConnError,
     },
     /// A routing identity longer than ZeroMQ's limit of 255 bytes.
     #[error("routing identity of {length} bytes is longer than 255")]
     Identity {
         /// The identity's length.
         length: usize,
-    },
-    /// Sending subscriptions to peers failed.
-    #[error("cannot subscribe")]
-    Subscribe {
-        /// What the `zeromq` crate reported.
-        #[source]
-        source: ZmqError,
     },
 }
 
@@ -67,11 +60,6 @@ impl From<Error> for ipp_core::Error {
             Error::Connect { .. } => Self::Backend {
                 backend: "zmq",
                 operation: "connect",
-                source: Box::new(err),
-            },
-            Error::Subscribe { .. } => Self::Backend {
-                backend: "zmq",
-                operation: "subscribe",
                 source: Box::new(err),
             },
         }

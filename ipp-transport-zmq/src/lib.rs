@@ -8,12 +8,14 @@ mod link;
 mod raw;
 mod router;
 mod session;
+pub mod zmtp;
 
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use ipp_core::transport::{Socket, SocketKind, SocketOptions, Transport};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use crate::error::{Error, Result};
@@ -21,7 +23,7 @@ use crate::link::Link;
 use crate::raw::RawSocket;
 use crate::session::{Driver, Mode};
 
-/// ZeroMQ transport on the pure-Rust `zeromq` crate, wire-compatible with pyzmq/libzmq.
+/// ZeroMQ transport: our own ZMTP 3.1 on tokio TCP, wire-compatible with pyzmq/libzmq.
 ///
 /// Stateless: clones and separate instances are interchangeable; each socket is driven by
 /// its own task on the current tokio runtime.
@@ -51,12 +53,11 @@ impl Transport for ZmqTransport {
     ) -> ipp_core::Result<Socket> {
         let address = address::parse(address)?;
         let mut raw = RawSocket::new(kind, &options)?;
-        let endpoint = raw.bind(&address).await.map_err(|source| Error::Bind {
+        let bound = raw.bind(&address).await.map_err(|source| Error::Bind {
             address: address.clone(),
             source,
         })?;
-        raw.subscribe(&options.subscriptions).await?;
-        let bound = endpoint.to_string();
+        raw.subscribe(&options.subscriptions);
         let span = tracing::info_span!("zmq_socket", socket = %kind, address = %bound);
         // ROUTER, PUB and SUB go direct: no driving task between the user and the socket.
         let raw = match direct::bound(kind, bound.clone(), raw, options.subscriptions.clone()) {
@@ -69,12 +70,12 @@ impl Transport for ZmqTransport {
         let (socket, ends) = Socket::new(kind, bound.clone(), options.queue_capacity);
         let (send, recv) = raw.split();
         let link = Arc::new(Link::default());
-        let mut driver = Driver::new(kind, ends, options.subscriptions, Arc::clone(&link));
+        let mut driver = Driver::new(kind, ends.into(), options.subscriptions, Arc::clone(&link));
         span.in_scope(|| tracing::info!("bound"));
         tokio::spawn(
             async move {
                 link.connected(send).await;
-                driver.run(recv, None, Mode::Bound).await;
+                driver.run(Some(recv), None, Mode::Bound).await;
                 tracing::debug!("closed");
             }
             .instrument(span),
@@ -96,21 +97,32 @@ impl Transport for ZmqTransport {
             }
             .into());
         }
-        // Fail now on options that would fail every attempt.
-        raw::check_options(&options)?;
-        // Sends go straight to the live connection when they can (see `link`).
+        let mut raw = RawSocket::new(kind, &options)?;
+        raw.subscribe(&options.subscriptions);
+        let monitor = raw.monitor();
+        let (send, recv) = raw.split();
+        // Sends go straight to the live connection when they can, and the user receives
+        // from the socket directly (see `link`).
         let link = Arc::new(Link::default());
+        let driver_done = CancellationToken::new();
+        let receiving = link::Receiving {
+            recv,
+            subscriptions: options.subscriptions.clone(),
+            driver_done: driver_done.clone(),
+        };
         let (socket, ends) = link::socket(
             kind,
             address.clone(),
             options.queue_capacity,
             Arc::clone(&link),
+            receiving,
         );
         let driver = Driver::new(kind, ends, options.subscriptions.clone(), link);
         let span = tracing::info_span!("zmq_socket", socket = %kind, address = %address);
         tokio::spawn(
             async move {
-                connector::run(driver, address, options).await;
+                let _done = driver_done.drop_guard();
+                connector::run(driver, send, monitor, address, options).await;
                 tracing::debug!("closed");
             }
             .instrument(span),

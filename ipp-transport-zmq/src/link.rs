@@ -3,31 +3,34 @@
 //! A connecting socket keeps a driving task (it reconnects, and holds what is sent while
 //! the peer is away), but most sends do not need it: when the connection is up and nothing
 //! is waiting in the socket's queue, the user's task hands the message straight to the
-//! `zeromq` crate ([`Link::try_direct`]), saving a queue, a task wake-up and often a
+//! connection ([`Link::try_direct`]), saving a queue, a task wake-up and often a
 //! thread switch per message. Otherwise the message goes through the queue as before and
 //! the driving task sends it.
 //!
 //! Order is kept: a direct send happens only under the lock of the live sending half and
 //! only while the count of queued messages is zero; the driving task sends queued messages
-//! under the same lock and counts each one off only once the crate has taken it (or it is
+//! under the same lock and counts each one off only once the connection has taken it (or it is
 //! dropped). So a message never overtakes one queued before it.
 //!
-//! Receiving still goes through the driving task's queue (it must notice a lost connection
-//! while nobody reads).
+//! Receiving needs no hop at all: the user's task polls the socket's connections itself
+//! ([`InboxRecv`]); the socket outlives its connections, so what a connection delivered
+//! before it dropped is still received. A user that drops the receiving half while still
+//! sending has the socket read (and discard) on a task, so a lost connection is noticed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::FutureExt;
-use ipp_core::transport::{
-    DirectRecv, DirectSend, Frames, Refused, Socket, SocketKind, SocketTaskEnds,
-};
+use ipp_core::transport::{DirectRecv, DirectSend, Frames, Refused, Socket, SocketKind};
 use tokio::sync::{mpsc, oneshot};
-use zeromq::{ZmqError, ZmqMessage};
+use tokio_util::sync::CancellationToken;
 
-use crate::raw::SendHalf;
+use crate::raw::{RecvHalf, SendHalf};
 use crate::router::{self, UnknownPeers};
+use crate::session::Ends;
+use crate::zmtp::socket::{Inbox, SendError};
 
 /// The live connection's sending half, shared by the user's senders and the driving task.
 #[derive(Default)]
@@ -35,7 +38,7 @@ pub(crate) struct Link {
     /// `None` while disconnected. The driving task holds the lock across a send that has
     /// to wait; the user's senders only ever `try_lock`.
     half: tokio::sync::Mutex<Option<SendHalf>>,
-    /// Messages put in the socket's queue and not yet taken by the crate or dropped.
+    /// Messages put in the socket's queue and not yet taken by the connection or dropped.
     queued: AtomicUsize,
     /// Peers a ROUTER already warned about.
     pub(crate) unknown_peers: UnknownPeers,
@@ -103,31 +106,20 @@ impl Link {
         let Some(send) = half.as_mut() else {
             return Err(frames);
         };
-        // A send the crate cannot finish now is dropped with its message: keep a copy
-        // (a reference count per frame) to queue instead.
-        let Ok(message) = ZmqMessage::try_from(frames.clone()) else {
-            tracing::warn!("dropped a message with no frames");
-            return Ok(());
-        };
         match kind {
-            SocketKind::Router => {
-                match router::route(send, message, &self.unknown_peers).now_or_never() {
-                    Some(()) => Ok(()),
-                    None => Err(frames),
-                }
-            }
-            SocketKind::Dealer => match send.send(message).now_or_never() {
-                Some(Ok(())) => Ok(()),
-                // No peer (the connection just went): the driving task holds it.
-                Some(Err(ZmqError::ReturnToSender { .. })) | None => Err(frames),
-                Some(Err(error)) => {
-                    tracing::debug!(%error, "DEALER send failed; message lost with its connection");
+            SocketKind::Router => router::try_route(send, frames, &self.unknown_peers),
+            SocketKind::Dealer => match send.try_send(frames) {
+                Ok(()) => Ok(()),
+                // No peer (the connection just went) or no room: the driving task holds it.
+                Err(SendError::NoPeer(frames) | SendError::Full(frames, _)) => Err(frames),
+                Err(error @ SendError::UnknownPeer) => {
+                    tracing::debug!(%error, "DEALER send failed");
                     Ok(())
                 }
             },
             SocketKind::Pub => {
-                // A PUB never waits: the crate drops what slow or absent subscribers miss.
-                if let Some(Err(error)) = send.send(message).now_or_never() {
+                // A PUB never waits: subscribers whose outbox is full miss the message.
+                if let Err(error) = send.try_send(frames) {
                     tracing::debug!(%error, "PUB send failed");
                 }
                 Ok(())
@@ -144,16 +136,26 @@ struct StopGuard {
     _stop: oneshot::Sender<()>,
 }
 
+/// What the user's receiving half of a connecting socket needs.
+pub(crate) struct Receiving {
+    /// The socket's receiving half.
+    pub(crate) recv: RecvHalf,
+    /// A SUB's subscriptions (it keeps only matching messages).
+    pub(crate) subscriptions: Vec<Bytes>,
+    /// Cancelled when the driving task ends.
+    pub(crate) driver_done: CancellationToken,
+}
+
 /// Builds the user's socket for a connecting socket and the ends its driving task keeps.
 pub(crate) fn socket(
     kind: SocketKind,
     address: String,
     queue_capacity: usize,
     link: Arc<Link>,
-) -> (Socket, SocketTaskEnds) {
+    receiving: Receiving,
+) -> (Socket, Ends) {
     let capacity = queue_capacity.max(1);
     let (out_tx, out_rx) = mpsc::channel(capacity);
-    let (in_tx, in_rx) = mpsc::channel(capacity);
     let (stop_tx, stop_rx) = oneshot::channel();
     let guard = Arc::new(StopGuard { _stop: stop_tx });
     let label: Arc<str> = Arc::from(format!("{kind} {address}"));
@@ -164,15 +166,16 @@ pub(crate) fn socket(
         label: Arc::clone(&label),
         _guard: Arc::clone(&guard),
     };
-    let recv = QueueRecv {
-        incoming: in_rx,
-        label,
+    let recv = InboxRecv {
+        inbox: receiving.recv.into_inbox(),
+        subscriptions: (kind == SocketKind::Sub).then_some(receiving.subscriptions),
+        driver_done: receiving.driver_done,
         _guard: guard,
     };
     let socket = Socket::direct(kind, address, Arc::new(send), Box::new(recv));
-    let ends = SocketTaskEnds {
+    let ends = Ends {
         outgoing: out_rx,
-        incoming: in_tx,
+        incoming: None,
         stop: stop_rx,
     };
     (socket, ends)
@@ -255,26 +258,80 @@ impl DirectSend for LinkSend {
     }
 }
 
-/// The receiving side of a connecting socket: the driving task's queue.
-#[derive(Debug)]
-struct QueueRecv {
-    incoming: mpsc::Receiver<Frames>,
-    label: Arc<str>,
+/// The receiving side of a connecting socket: polls the socket's connections in the
+/// user's task.
+struct InboxRecv {
+    /// `None` for a PUB (it receives nothing).
+    inbox: Option<Inbox>,
+    /// A SUB's subscriptions.
+    subscriptions: Option<Vec<Bytes>>,
+    driver_done: CancellationToken,
     _guard: Arc<StopGuard>,
 }
 
+impl std::fmt::Debug for InboxRecv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxRecv").finish_non_exhaustive()
+    }
+}
+
+/// The next message (a SUB's: the next matching one); a failed connection is skipped (the
+/// driving task reconnects).
+///
+/// # Cancel safety
+/// Cancel-safe: a partly received message stays in its connection's reader.
+async fn next_message(inbox: &mut Inbox, subscriptions: Option<&[Bytes]>) -> Frames {
+    loop {
+        match inbox.recv().await {
+            Ok(frames) => {
+                if subscriptions
+                    .is_none_or(|subscriptions| crate::session::subscribed(subscriptions, &frames))
+                {
+                    return frames;
+                }
+            }
+            Err(error) => tracing::debug!(%error, "connection lost"),
+        }
+    }
+}
+
 #[async_trait]
-impl DirectRecv for QueueRecv {
+impl DirectRecv for InboxRecv {
     async fn recv(&mut self) -> ipp_core::Result<Frames> {
-        self.incoming
-            .recv()
-            .await
-            .ok_or_else(|| ipp_core::Error::Closed {
-                what: self.label.to_string(),
-            })
+        match &mut self.inbox {
+            Some(inbox) => Ok(next_message(inbox, self.subscriptions.as_deref()).await),
+            None => std::future::pending().await,
+        }
     }
 
     fn try_recv(&mut self) -> Option<Frames> {
-        self.incoming.try_recv().ok()
+        next_message(self.inbox.as_mut()?, self.subscriptions.as_deref()).now_or_never()
+    }
+}
+
+impl Drop for InboxRecv {
+    /// Keeps reading (and discarding) until the driving task ends, so a lost connection is
+    /// still noticed and peers sending to this socket are not stalled.
+    fn drop(&mut self) {
+        let Some(mut inbox) = self.inbox.take() else {
+            return;
+        };
+        if self.driver_done.is_cancelled() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let done = self.driver_done.clone();
+        runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = done.cancelled() => break,
+                    _ = next_message(&mut inbox, None) => {
+                        tracing::trace!("receiver dropped; message discarded");
+                    }
+                }
+            }
+        });
     }
 }

@@ -1,38 +1,38 @@
-//! The `zeromq` crate's sockets behind one enum, split into a sending and a receiving half.
+//! Our ZMTP sockets ([`crate::zmtp`]) as the rest of the crate drives them: one socket of
+//! any kind, split into a sending and a receiving half.
 //!
-//! Our SUB is the crate's `XSubSocket`: its subscriptions are raw bytes (the crate's
-//! `SubSocket::subscribe` takes `&str`), it remembers them and re-sends them to every peer
-//! that connects, and ZeroMQ PUB and XPUB peers accept it exactly like a SUB.
+//! Our SUB behaves like libzmq's XSUB: its subscriptions are raw byte prefixes, it
+//! remembers them and sends them to every peer that connects; ZeroMQ PUB and XPUB peers
+//! accept it exactly like a SUB.
 
 use std::future;
+use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use futures::channel::mpsc;
-use ipp_core::transport::{SocketKind, SocketOptions};
-use zeromq::prelude::*;
-use zeromq::util::PeerIdentity;
-use zeromq::{
-    DealerRecvHalf, DealerSendHalf, DealerSocket, Endpoint, PubSocket, RouterRecvHalf,
-    RouterSendHalf, RouterSocket, SocketEvent, XSubSocket, ZmqMessage, ZmqResult,
-};
+use bytes::Bytes;
+use ipp_core::transport::{Frames, SocketKind, SocketOptions};
+use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::zmtp::socket::{Event, Inbox, Shared, Socket};
+use crate::zmtp::ConnError;
 
-/// Events the `zeromq` crate reports about a socket's peers.
-pub(crate) type Monitor = mpsc::Receiver<SocketEvent>;
+/// Events about a socket's peers (connected, disconnected).
+pub(crate) type Monitor = mpsc::UnboundedReceiver<Event>;
 
-/// One `zeromq` socket of any kind we offer.
-pub(crate) enum RawSocket {
-    Router(RouterSocket),
-    Dealer(DealerSocket),
-    Pub(PubSocket),
-    Sub(XSubSocket),
+/// The longest routing identity ZeroMQ allows.
+const MAX_IDENTITY: usize = 255;
+
+/// One socket of any kind we offer.
+#[derive(Debug)]
+pub(crate) struct RawSocket {
+    kind: SocketKind,
+    socket: Socket,
 }
 
 /// Checks options that would make every socket creation fail.
 pub(crate) fn check_options(options: &SocketOptions) -> Result<()> {
     match &options.identity {
-        Some(identity) if identity.len() > PeerIdentity::MAX_LENGTH => Err(Error::Identity {
+        Some(identity) if identity.len() > MAX_IDENTITY => Err(Error::Identity {
             length: identity.len(),
         }),
         _ => Ok(()),
@@ -42,128 +42,68 @@ pub(crate) fn check_options(options: &SocketOptions) -> Result<()> {
 impl RawSocket {
     /// Creates an unbound, unconnected socket with our options applied.
     pub(crate) fn new(kind: SocketKind, options: &SocketOptions) -> Result<Self> {
-        let mut zmq_options = zeromq::SocketOptions::default();
-        if let Some(identity) = options.identity.clone().filter(|id| !id.is_empty()) {
-            let length = identity.len();
-            let identity =
-                PeerIdentity::try_from(identity).map_err(|_| Error::Identity { length })?;
-            zmq_options.peer_identity(identity);
-        }
-        zmq_options.connect_timeout(options.connect_timeout);
-        Ok(match kind {
-            SocketKind::Router => Self::Router(RouterSocket::with_options(zmq_options)),
-            SocketKind::Dealer => Self::Dealer(DealerSocket::with_options(zmq_options)),
-            SocketKind::Pub => Self::Pub(PubSocket::with_options(zmq_options)),
-            SocketKind::Sub => Self::Sub(XSubSocket::with_options(zmq_options)),
+        check_options(options)?;
+        let identity = options.identity.clone().unwrap_or_default();
+        Ok(Self {
+            kind,
+            socket: Socket::new(kind, identity),
         })
     }
 
-    /// Starts reporting peer events (connected, disconnected, …).
+    /// The socket's kind.
+    pub(crate) fn kind(&self) -> SocketKind {
+        self.kind
+    }
+
+    /// Starts reporting peer events (connected, disconnected).
     pub(crate) fn monitor(&mut self) -> Monitor {
-        match self {
-            Self::Router(socket) => socket.monitor(),
-            Self::Dealer(socket) => socket.monitor(),
-            Self::Pub(socket) => socket.monitor(),
-            Self::Sub(socket) => socket.monitor(),
-        }
+        self.socket.monitor()
     }
 
-    /// Binds and starts accepting peers; returns the endpoint with the real port.
-    pub(crate) async fn bind(&mut self, address: &str) -> ZmqResult<Endpoint> {
-        match self {
-            Self::Router(socket) => socket.bind(address).await,
-            Self::Dealer(socket) => socket.bind(address).await,
-            Self::Pub(socket) => socket.bind(address).await,
-            Self::Sub(socket) => socket.bind(address).await,
-        }
-    }
-
-    /// Makes one connection (the crate retries refused connections until its connect
-    /// timeout, which we set to `SocketOptions::connect_timeout`).
-    pub(crate) async fn connect(&mut self, address: &str) -> ZmqResult<()> {
-        match self {
-            Self::Router(socket) => socket.connect(address).await,
-            Self::Dealer(socket) => socket.connect(address).await,
-            Self::Pub(socket) => socket.connect(address).await,
-            Self::Sub(socket) => socket.connect(address).await,
-        }
+    /// Binds `tcp://host:port` and starts accepting peers; returns the address with the
+    /// real port.
+    pub(crate) async fn bind(&mut self, address: &str) -> std::io::Result<String> {
+        let local = self.socket.bind(crate::address::host_port(address)).await?;
+        Ok(format!("tcp://{local}"))
     }
 
     /// Subscribes a SUB to each prefix; other kinds ignore subscriptions.
-    pub(crate) async fn subscribe(&mut self, prefixes: &[Bytes]) -> Result<()> {
-        let Self::Sub(socket) = self else {
-            return Ok(());
-        };
-        for prefix in prefixes {
-            // ZMTP subscription message: 0x01 followed by the prefix.
-            let mut frame = BytesMut::with_capacity(prefix.len() + 1);
-            frame.put_u8(1);
-            frame.extend_from_slice(prefix);
-            socket
-                .send(ZmqMessage::from(frame.freeze()))
-                .await
-                .map_err(|source| Error::Subscribe { source })?;
-        }
-        Ok(())
+    pub(crate) fn subscribe(&mut self, prefixes: &[Bytes]) {
+        self.socket.subscribe(prefixes);
     }
 
     /// Splits into halves that can be driven concurrently; the socket lives until both drop.
     pub(crate) fn split(self) -> (SendHalf, RecvHalf) {
-        match self {
-            Self::Router(socket) => {
-                let (send, recv) = socket.split();
-                (SendHalf::Router(send), RecvHalf::Router(recv))
-            }
-            Self::Dealer(socket) => {
-                let (send, recv) = socket.split();
-                (SendHalf::Dealer(send), RecvHalf::Dealer(recv))
-            }
-            Self::Pub(socket) => (SendHalf::Pub(socket), RecvHalf::Nothing),
-            Self::Sub(socket) => (SendHalf::Nothing, RecvHalf::Sub(socket)),
+        let (send, inbox) = self.socket.split();
+        match self.kind {
+            SocketKind::Pub => (send, RecvHalf(None)),
+            _ => (send, RecvHalf(Some(inbox))),
         }
     }
 }
 
-/// The sending half of a [`RawSocket`].
-pub(crate) enum SendHalf {
-    Router(RouterSendHalf),
-    Dealer(DealerSendHalf),
-    Pub(PubSocket),
-    /// A SUB sends nothing.
-    Nothing,
-}
+/// The sending half of a [`RawSocket`] (a SUB's sends do nothing).
+pub(crate) type SendHalf = Arc<Shared>;
 
-impl SendHalf {
-    pub(crate) async fn send(&mut self, message: ZmqMessage) -> ZmqResult<()> {
-        match self {
-            Self::Router(half) => half.send(message).await,
-            Self::Dealer(half) => half.send(message).await,
-            Self::Pub(socket) => socket.send(message).await,
-            Self::Nothing => Ok(()),
-        }
-    }
-}
-
-/// The receiving half of a [`RawSocket`].
-pub(crate) enum RecvHalf {
-    Router(RouterRecvHalf),
-    Dealer(DealerRecvHalf),
-    Sub(XSubSocket),
-    /// A PUB receives nothing (subscriptions are handled inside the crate).
-    Nothing,
-}
+/// The receiving half of a [`RawSocket`] (`None` for a PUB: it receives nothing; the
+/// subscriptions its peers send are applied inside [`crate::zmtp`]).
+#[derive(Debug)]
+pub(crate) struct RecvHalf(Option<Inbox>);
 
 impl RecvHalf {
-    /// Waits for the next message.
+    /// Waits for the next message; `Err` once for each peer connection that fails.
     ///
     /// # Cancel safety
-    /// Cancel-safe: the crate reads from a stream whose `next` loses nothing when dropped.
-    pub(crate) async fn recv(&mut self) -> ZmqResult<ZmqMessage> {
-        match self {
-            Self::Router(half) => half.recv().await,
-            Self::Dealer(half) => half.recv().await,
-            Self::Sub(socket) => socket.recv().await,
-            Self::Nothing => future::pending().await,
+    /// Cancel-safe: a partly received message stays in its connection's reader.
+    pub(crate) async fn recv(&mut self) -> std::result::Result<Frames, ConnError> {
+        match &mut self.0 {
+            Some(inbox) => inbox.recv().await,
+            None => future::pending().await,
         }
+    }
+
+    /// The inbox of a kind that receives.
+    pub(crate) fn into_inbox(self) -> Option<Inbox> {
+        self.0
     }
 }

@@ -2,13 +2,14 @@
 //! such peer is logged once, not once per message.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
-use zeromq::{ZmqError, ZmqMessage};
+use ipp_core::transport::Frames;
 
-use crate::raw::SendHalf;
+use crate::zmtp::socket::{SendError, Shared};
 
 /// How many distinct unknown peers are remembered before the memory is reset (so a flood
 /// of bogus ids cannot grow it without bound; the cost is at most a repeated warning).
@@ -25,7 +26,7 @@ pub(crate) struct UnknownPeers {
 
 impl UnknownPeers {
     /// Logs (once per peer) that messages to `peer` are being dropped.
-    pub(crate) fn dropped(&self, peer: &Bytes, error: &ZmqError) {
+    pub(crate) fn dropped(&self, peer: &Bytes, error: &dyn fmt::Display) {
         let mut warned = self
             .warned
             .lock()
@@ -63,19 +64,41 @@ impl UnknownPeers {
     }
 }
 
-/// Sends `[peer_id, frames…]`; never fails: what cannot be routed is dropped and logged.
-pub(crate) async fn route(send: &mut SendHalf, message: ZmqMessage, unknown: &UnknownPeers) {
-    let Some(peer) = message.get(0).cloned() else {
+/// The peer id of a routable message; `None` (logged) for one that cannot be routed.
+fn peer_of(frames: &Frames) -> Option<Bytes> {
+    let peer = frames.first()?.clone();
+    if frames.len() < 2 {
+        tracing::warn!("dropped a ROUTER message that has a peer id but no content");
+        return None;
+    }
+    Some(peer)
+}
+
+/// Sends `[peer_id, frames…]`, waiting while that peer's outbox is full; never fails: what
+/// cannot be routed is dropped and logged.
+pub(crate) async fn route(send: &Shared, frames: Frames, unknown: &UnknownPeers) {
+    let Some(peer) = peer_of(&frames) else {
         return;
     };
-    if message.len() < 2 {
-        tracing::warn!("dropped a ROUTER message that has a peer id but no content");
-        return;
-    }
-    match send.send(message).await {
+    match send.send(frames).await {
         Ok(()) => unknown.known(&peer),
-        // The crate reports an unknown identity as `Other`, and a peer whose connection just
-        // closed as a broken send queue; both mean "that peer is gone".
         Err(error) => unknown.dropped(&peer, &error),
     }
+}
+
+/// As [`route`] without waiting: gives the message back when the peer's outbox is full.
+pub(crate) fn try_route(
+    send: &Shared,
+    frames: Frames,
+    unknown: &UnknownPeers,
+) -> Result<(), Frames> {
+    let Some(peer) = peer_of(&frames) else {
+        return Ok(());
+    };
+    match send.try_send(frames) {
+        Ok(()) => unknown.known(&peer),
+        Err(SendError::Full(frames, _)) => return Err(frames),
+        Err(error) => unknown.dropped(&peer, &error),
+    }
+    Ok(())
 }

@@ -1,21 +1,22 @@
-//! Driving one live `zeromq` socket: the user's queues on one side, the socket on the other.
+//! Driving one ZMTP socket: the user's queues on one side, the socket on the other.
 //!
 //! The send and receive loops are separate futures polled concurrently, so a full incoming
-//! queue (a user not reading) never stops messages going out, and vice versa.
+//! queue (a user not reading) never stops messages going out, and vice versa. A connecting
+//! socket's user receives from the socket directly (see [`crate::link`]): its driver only
+//! sends what was queued and watches for the connection to drop.
 
 use std::future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use ipp_core::transport::{Frames, SocketKind, SocketTaskEnds};
-use tokio::sync::mpsc;
-use zeromq::{SocketEvent, ZmqError, ZmqMessage};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::link::Link;
 use crate::raw::{Monitor, RecvHalf};
 use crate::router;
+use crate::zmtp::socket::{Event, SendError};
 
 /// How long a bound DEALER with no peer waits before offering a held message again.
 const NO_PEER_RETRY: Duration = Duration::from_millis(50);
@@ -36,11 +37,32 @@ pub(crate) enum Outcome {
     Disconnected,
 }
 
+/// The ends of the user's queues a driving task holds.
+#[derive(Debug)]
+pub(crate) struct Ends {
+    /// Messages the user sends.
+    pub(crate) outgoing: mpsc::Receiver<Frames>,
+    /// Messages for the user (`None` when the user receives from the socket directly).
+    pub(crate) incoming: Option<mpsc::Sender<Frames>>,
+    /// Resolves when the user has dropped the socket.
+    pub(crate) stop: oneshot::Receiver<()>,
+}
+
+impl From<SocketTaskEnds> for Ends {
+    fn from(ends: SocketTaskEnds) -> Self {
+        Self {
+            outgoing: ends.outgoing,
+            incoming: Some(ends.incoming),
+            stop: ends.stop,
+        }
+    }
+}
+
 /// The user's side of a socket plus what must survive reconnections.
 #[derive(Debug)]
 pub(crate) struct Driver {
     pub(crate) kind: SocketKind,
-    pub(crate) ends: SocketTaskEnds,
+    pub(crate) ends: Ends,
     pub(crate) subscriptions: Vec<Bytes>,
     /// The live connection's sending half, shared with the user's direct sends.
     pub(crate) link: Arc<Link>,
@@ -51,7 +73,7 @@ pub(crate) struct Driver {
 impl Driver {
     pub(crate) fn new(
         kind: SocketKind,
-        ends: SocketTaskEnds,
+        ends: Ends,
         subscriptions: Vec<Bytes>,
         link: Arc<Link>,
     ) -> Self {
@@ -69,8 +91,8 @@ impl Driver {
     /// in [`Driver::link`] (see [`Link::connected`]).
     pub(crate) async fn run(
         &mut self,
-        mut recv: RecvHalf,
-        monitor: Option<Monitor>,
+        recv: Option<RecvHalf>,
+        monitor: Option<&mut Monitor>,
         mode: Mode,
     ) -> Outcome {
         let Self {
@@ -80,15 +102,22 @@ impl Driver {
             link,
             pending,
         } = self;
-        let SocketTaskEnds {
+        let Ends {
             outgoing,
             incoming,
             stop,
         } = ends;
         let sending = send_loop(*kind, mode, link, outgoing, pending);
-        let receiving = recv_loop(*kind, mode, &mut recv, incoming, subscriptions);
-        // Every branch is cancel-safe up to one message in flight inside the crate when the
-        // connection dies (which ZeroMQ itself would lose too); see each loop.
+        let receiving = async {
+            match (recv, incoming.as_ref()) {
+                (Some(mut recv), Some(incoming)) => {
+                    recv_loop(*kind, mode, &mut recv, incoming, subscriptions).await
+                }
+                _ => future::pending().await,
+            }
+        };
+        // Every branch is cancel-safe up to messages in flight in a connection when it dies
+        // (which ZeroMQ itself would lose too); see each loop.
         tokio::select! {
             _ = stop => Outcome::Stopped,
             outcome = sending => outcome,
@@ -118,24 +147,24 @@ async fn send_loop(
         };
         // Counted off when this iteration ends, unless kept for the next connection.
         let taken = link.taken();
-        let Ok(message) = ZmqMessage::try_from(frames) else {
+        if frames.is_empty() {
             tracing::warn!("dropped a message with no frames");
             continue;
-        };
+        }
         let mut half = link.lock().await;
         let Some(send) = half.as_mut() else {
             // The connection is being replaced: hold the message for the next one.
-            *pending = Some(message.into_vec());
+            *pending = Some(frames);
             taken.keep();
             return Outcome::Disconnected;
         };
         match kind {
-            SocketKind::Router => router::route(send, message, &link.unknown_peers).await,
-            SocketKind::Dealer => match send.send(message).await {
+            SocketKind::Router => router::route(send, frames, &link.unknown_peers).await,
+            SocketKind::Dealer => match send.send(frames).await {
                 Ok(()) => {}
-                Err(ZmqError::ReturnToSender { message, .. }) => {
+                Err(SendError::NoPeer(frames) | SendError::Full(frames, _)) => {
                     // No peer: keep the message for the next connection (or peer).
-                    *pending = Some(message.into_vec());
+                    *pending = Some(frames);
                     taken.keep();
                     drop(half);
                     match mode {
@@ -143,16 +172,13 @@ async fn send_loop(
                         Mode::Bound => tokio::time::sleep(NO_PEER_RETRY).await,
                     }
                 }
-                Err(error) => {
-                    tracing::debug!(%error, "DEALER send failed; message lost with its connection");
-                    if mode == Mode::Connected {
-                        return Outcome::Disconnected;
-                    }
+                Err(error @ SendError::UnknownPeer) => {
+                    tracing::debug!(%error, "DEALER send failed");
                 }
             },
             SocketKind::Pub => {
-                // A PUB never blocks: the crate drops what slow or absent subscribers miss.
-                if let Err(error) = send.send(message).await {
+                // A PUB never blocks: subscribers whose outbox is full miss the message.
+                if let Err(error) = send.try_send(frames) {
                     tracing::debug!(%error, "PUB send failed");
                 }
             }
@@ -176,8 +202,7 @@ async fn recv_loop(
         // the receiver; keep reading (and discarding) so peers are not stalled.
         let permit = incoming.reserve().await.ok();
         match recv.recv().await {
-            Ok(message) => {
-                let frames = message.into_vec();
+            Ok(frames) => {
                 if kind == SocketKind::Sub && !subscribed(subscriptions, &frames) {
                     continue;
                 }
@@ -190,7 +215,7 @@ async fn recv_loop(
                     tracing::debug!(%error, "receive failed; connection lost");
                     return Outcome::Disconnected;
                 }
-                // One peer of a bound socket failed; the crate has already dropped it.
+                // One peer of a bound socket failed; it has already been removed.
                 Mode::Bound => tracing::debug!(%error, "a peer's connection failed"),
             },
         }
@@ -205,17 +230,17 @@ pub(crate) fn subscribed(subscriptions: &[Bytes], frames: &Frames) -> bool {
 }
 
 /// Resolves when a connected socket loses its peer; never for a bound one.
-async fn watch(monitor: Option<Monitor>) -> Outcome {
-    let Some(mut monitor) = monitor else {
+async fn watch(monitor: Option<&mut Monitor>) -> Outcome {
+    let Some(monitor) = monitor else {
         return future::pending().await;
     };
-    while let Some(event) = monitor.next().await {
-        if let SocketEvent::Disconnected(peer) = event {
-            tracing::debug!(peer = ?peer, "peer disconnected");
+    while let Some(event) = monitor.recv().await {
+        if event == Event::Disconnected {
+            tracing::debug!("peer disconnected");
             return Outcome::Disconnected;
         }
     }
-    // The crate dropped its end of the monitor: the socket is gone.
+    // The socket dropped its end of the monitor: it is gone.
     Outcome::Disconnected
 }
 

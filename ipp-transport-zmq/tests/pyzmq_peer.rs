@@ -223,3 +223,95 @@ async fn our_dealer_talks_to_a_bound_pyzmq_router() {
     peer.tell_stop().await;
     peer.finish().await;
 }
+
+/// Starts a scenario whose pyzmq socket binds; returns it and its address.
+async fn bound_peer(scenario: &str) -> (Peer, String) {
+    let mut peer = Peer::start(scenario, "-").await;
+    let line = peer.line().await;
+    let port = line
+        .strip_prefix("PORT ")
+        .unwrap_or_else(|| panic!("expected PORT <n>, got {line:?}"))
+        .to_owned();
+    (peer, format!("tcp://127.0.0.1:{port}"))
+}
+
+#[tokio::test]
+async fn our_connecting_sub_receives_from_a_bound_pyzmq_pub() {
+    let (mut peer, address) = bound_peer("bound-pub").await;
+    let mut subscriber = ZmqTransport::new()
+        .connect(
+            SocketKind::Sub,
+            &address,
+            SocketOptions::default().with_subscription("engine."),
+        )
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let got = recv(&mut subscriber, "a message from the bound pyzmq PUB").await;
+        assert_eq!(got, vec![b("engine.1"), b("hi")]);
+    }
+    peer.tell_stop().await;
+    peer.finish().await;
+}
+
+#[tokio::test]
+async fn our_connecting_pub_reaches_a_bound_pyzmq_sub() {
+    let (mut peer, address) = bound_peer("bound-sub").await;
+    let publisher = ZmqTransport::new()
+        .connect(SocketKind::Pub, &address, SocketOptions::default())
+        .await
+        .unwrap();
+    guard("the bound pyzmq SUB to receive three messages", async {
+        while !peer.exited() {
+            publisher.send(vec![b("other.x"), b("no")]).await.unwrap();
+            publisher
+                .send(vec![b("topic.x"), b("payload")])
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    peer.finish().await;
+}
+
+#[tokio::test]
+async fn many_and_large_messages_round_trip_through_a_pyzmq_router() {
+    let (mut peer, address) = bound_peer("echo-router").await;
+    let dealer = ZmqTransport::new()
+        .connect(
+            SocketKind::Dealer,
+            &address,
+            SocketOptions::default().with_identity("rs-echo"),
+        )
+        .await
+        .unwrap();
+    let (tx, mut rx) = dealer.split();
+    let big: Bytes = (0..8 * 1024 * 1024u32)
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<u8>>()
+        .into();
+    let messages: Vec<Vec<Bytes>> = (0..2_000u32)
+        .map(|i| {
+            let mut message = vec![b("seq"), Bytes::from(i.to_be_bytes().to_vec())];
+            if i % 500 == 0 {
+                message.push(big.clone());
+            }
+            message
+        })
+        .collect();
+    let sending = async {
+        for message in &messages {
+            tx.send(message.clone()).await.unwrap();
+        }
+    };
+    let receiving = async {
+        for (i, message) in messages.iter().enumerate() {
+            let got = guard("an echoed message", rx.recv()).await.expect("recv");
+            assert!(&got == message, "echoed message {i} differs");
+        }
+    };
+    tokio::join!(sending, receiving);
+    peer.tell_stop().await;
+    peer.finish().await;
+}
