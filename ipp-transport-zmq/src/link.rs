@@ -214,22 +214,13 @@ impl DirectSend for LinkSend {
     }
 
     fn try_send(&self, frames: Frames) -> ipp_core::Result<()> {
-        let frames = match self.link.try_direct(self.kind, frames) {
-            Ok(()) => return Ok(()),
-            Err(frames) => frames,
-        };
-        match self.outgoing.try_reserve() {
-            Ok(permit) => {
-                self.link.queued.fetch_add(1, Ordering::AcqRel);
-                permit.send(frames);
-                Ok(())
-            }
-            Err(mpsc::error::TrySendError::Full(())) => Err(ipp_core::Error::Timeout {
+        self.offer(frames).map_err(|refused| match refused {
+            Refused::Full(_) => ipp_core::Error::Timeout {
                 what: "room in the send queue",
                 after: std::time::Duration::ZERO,
-            }),
-            Err(mpsc::error::TrySendError::Closed(())) => Err(self.closed()),
-        }
+            },
+            Refused::Closed => self.closed(),
+        })
     }
 
     fn offer(&self, frames: Frames) -> Result<(), Refused> {

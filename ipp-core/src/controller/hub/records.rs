@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::wire_fields::{documents, fields, HeaderFields, MetadataFields};
+use super::wire_fields::{record_parts, RecordParts};
 use super::Hub;
 use crate::error::Error;
 use crate::protocol::message::msg_id_of;
@@ -39,9 +39,11 @@ fn request_record(
     queue: &str,
     engine_uuid: Option<String>,
 ) -> crate::Result<TaskRecord> {
-    let header: HeaderFields<'_> = fields(&wire.header, "header")?;
-    let metadata: MetadataFields<'_> = fields(&wire.metadata, "metadata")?;
-    let [header_doc, metadata_doc, content_doc] = documents(wire)?;
+    let RecordParts {
+        header,
+        metadata,
+        documents: [header_doc, metadata_doc, content_doc],
+    } = record_parts(wire)?;
     Ok(TaskRecord {
         submitted: header.date.date(),
         client_uuid: header.session.owned(),
@@ -78,9 +80,11 @@ fn request_update(record: TaskRecord) -> RecordUpdate {
 /// # Errors
 /// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
 fn result_update(wire: &WireMessage) -> crate::Result<RecordUpdate> {
-    let header: HeaderFields<'_> = fields(&wire.header, "header")?;
-    let metadata: MetadataFields<'_> = fields(&wire.metadata, "metadata")?;
-    let [header_doc, metadata_doc, content_doc] = documents(wire)?;
+    let RecordParts {
+        header,
+        metadata,
+        documents: [header_doc, metadata_doc, content_doc],
+    } = record_parts(wire)?;
     Ok(RecordUpdate {
         completed: header.date.date(),
         started: metadata.started.date(),

@@ -113,6 +113,26 @@ pub(super) struct MetadataFields<'a> {
     pub(super) started: Text<'a>,
 }
 
+/// What a record takes from a message: the few fields it reads, and the header, metadata
+/// and content kept as received.
+pub(super) struct RecordParts<'a> {
+    pub(super) header: HeaderFields<'a>,
+    pub(super) metadata: MetadataFields<'a>,
+    pub(super) documents: [JsonObject; 3],
+}
+
+/// The [`RecordParts`] of `wire`.
+///
+/// # Errors
+/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
+pub(super) fn record_parts(wire: &WireMessage) -> Result<RecordParts<'_>> {
+    Ok(RecordParts {
+        header: fields(&wire.header, "header")?,
+        metadata: fields(&wire.metadata, "metadata")?,
+        documents: documents(wire)?,
+    })
+}
+
 /// The fields of `part` (a header or metadata object).
 ///
 /// # Errors
