@@ -6,6 +6,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::pool;
+
 /// Length of the greeting each side sends first.
 pub(crate) const GREETING_LEN: usize = 64;
 
@@ -290,7 +292,8 @@ pub(crate) enum Frame {
 struct Large {
     flags: u8,
     size: usize,
-    body: BytesMut,
+    /// From the buffer pool when the frame is very large (see `pool`).
+    body: Vec<u8>,
 }
 
 /// Splits incoming bytes into frames.
@@ -367,7 +370,7 @@ impl Decoder {
             let Some(large) = self.large.take() else {
                 return Ok(None);
             };
-            return Ok(Some(frame(large.flags, large.body.freeze())));
+            return Ok(Some(frame(large.flags, pool::freeze(large.body))));
         }
         let Some(&flags) = self.buf.first() else {
             return Ok(None);
@@ -397,7 +400,7 @@ impl Decoder {
         if size >= LARGE_FRAME {
             // Move what has arrived into the frame's own buffer; the rest is read into it.
             self.buf.advance(header);
-            let mut body = BytesMut::with_capacity(size.min(EAGER_ALLOCATION));
+            let mut body = pool::buffer_for(size, EAGER_ALLOCATION);
             body.extend_from_slice(&self.buf);
             self.buf.clear();
             self.large = Some(Large { flags, size, body });
@@ -411,7 +414,7 @@ pub(crate) enum ReadBuf<'a> {
     /// The shared buffer.
     Small(&'a mut BytesMut),
     /// A large frame's own buffer, limited to what it still needs.
-    Large(bytes::buf::Limit<&'a mut BytesMut>),
+    Large(bytes::buf::Limit<&'a mut Vec<u8>>),
 }
 
 fn frame(flags: u8, body: Bytes) -> Frame {
