@@ -10,7 +10,7 @@
 //! and goes on reading replies until the socket has room ([`SocketSender::ready`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,6 +68,13 @@ pub(crate) enum Sink {
     /// A slot of an [`AsyncResult`](super::AsyncResult).
     Result {
         shared: Arc<ResultShared>,
+        index: usize,
+    },
+    /// A slot of a result that has its reply: kept only for late output, and weakly, so a
+    /// result its user dropped is freed at once (a pulled 100 MB array among them) rather
+    /// than when the route is forgotten.
+    Finished {
+        shared: Weak<ResultShared>,
         index: usize,
     },
     /// A one-off waiter (Hub queries, control requests).
@@ -504,11 +511,20 @@ impl Io {
                 self.routes.remove(key);
                 self.raw.complete(RawReply::from_wire(key.to_owned(), wire));
             }
+            Sink::Finished { .. } => {} // done: returned above
         }
     }
 
     /// Keeps a finished route for late output, forgetting the oldest beyond the limit.
     fn retire(&mut self, key: String) {
+        if let Some(entry) = self.routes.get_mut(&key) {
+            if let Sink::Result { shared, index } = &entry.route.sink {
+                entry.route.sink = Sink::Finished {
+                    shared: Arc::downgrade(shared),
+                    index: *index,
+                };
+            }
+        }
         self.recent.push_back(key);
         while self.recent.len() > self.config.output_retention {
             if let Some(old) = self.recent.pop_front() {
@@ -642,6 +658,7 @@ impl Io {
                 self.routes.remove(msg_id);
                 self.raw.complete(reply);
             }
+            Sink::Finished { .. } => {} // done: returned above
         }
     }
 
@@ -690,7 +707,7 @@ impl Io {
             self.routes.get(&msg_id),
             Some(Entry {
                 route: Route {
-                    sink: Sink::Result { .. },
+                    sink: Sink::Result { .. } | Sink::Finished { .. },
                     ..
                 },
                 ..
@@ -717,16 +734,17 @@ impl Io {
             .and_then(Value::as_str)
             .unwrap_or("stdout");
         let text = content.get("text").and_then(Value::as_str).unwrap_or("");
-        if let Some(Entry {
-            route:
-                Route {
-                    sink: Sink::Result { shared, index },
-                    ..
-                },
-            ..
-        }) = self.routes.get(&msg_id)
-        {
-            shared.append_output(*index, name, text);
+        let Some(entry) = self.routes.get(&msg_id) else {
+            return;
+        };
+        match &entry.route.sink {
+            Sink::Result { shared, index } => shared.append_output(*index, name, text),
+            Sink::Finished { shared, index } => {
+                if let Some(shared) = shared.upgrade() {
+                    shared.append_output(*index, name, text);
+                }
+            }
+            Sink::Reply(_) | Sink::Raw { .. } => {}
         }
     }
 
@@ -802,6 +820,7 @@ pub(crate) fn fail_route(raw: &RawShared, route: Route, msg_id: &str, failure: &
             let engine = route.engines.first();
             raw.complete(RawReply::synthetic(msg_id, &request, failure, engine));
         }
+        Sink::Finished { .. } => {} // answered already
     }
 }
 

@@ -413,6 +413,12 @@ impl<T, S> std::fmt::Debug for AsyncResult<T, S> {
 }
 
 impl<T, S> AsyncResult<T, S> {
+    /// A weak handle on the shared state, to check that nothing else keeps it alive.
+    #[cfg(test)]
+    pub(crate) fn shared_weak(&self) -> std::sync::Weak<ResultShared> {
+        Arc::downgrade(&self.shared)
+    }
+
     pub(crate) fn new(shared: Arc<ResultShared>, decode: Decoder<T>, ordered: bool) -> Self {
         Self {
             shared,

@@ -234,6 +234,29 @@ async fn push_pull_scatter_and_gather_use_the_engine_namespace() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_finished_result_its_user_dropped_is_freed_not_kept_for_late_output() {
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client().await;
+    let view = client.view_all();
+    let big = vec![7u8; 1 << 20];
+    view.push(&[("big", big.clone())])
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let result = view.pull::<Vec<u8>>(&["big"]).await.unwrap();
+    let shared = result.shared_weak();
+    let pulled = result.await.unwrap();
+    assert_eq!(pulled, vec![vec![big]]);
+    assert!(
+        shared.upgrade().is_none(),
+        "the client still holds the reply of a result nobody holds"
+    );
+    client.close().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn remote_failures_are_remote_and_composite_errors() {
     let cluster = Cluster::start(2).await;
     let client = cluster.client().await;
