@@ -114,6 +114,11 @@ struct Args {
     /// or `multi` (a worker per CPU).
     #[arg(long, default_value = "current")]
     controller_runtime: String,
+    /// This process's tokio runtime (the client and the engines): `current` (one thread;
+    /// the no-op runs inline, so nothing here needs a second one, and half the context
+    /// switches of `multi` on two CPUs) or `multi` (a worker per CPU).
+    #[arg(long, default_value = "current")]
+    runtime: String,
 }
 
 /// What the controller child prints: how to connect to it.
@@ -472,21 +477,23 @@ async fn store(name: &str, dir: &Path, mongo_url: &str) -> Result<Arc<dyn Store>
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.serve_controller {
-        let runtime = match args.controller_runtime.as_str() {
-            "current" => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-            "multi" => tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?,
-            other => bail!("unknown --controller-runtime {other:?}: use current or multi"),
-        };
+        let runtime = build_runtime(&args.controller_runtime, "--controller-runtime")?;
         return runtime.block_on(serve_controller(&args));
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    build_runtime(&args.runtime, "--runtime")?.block_on(run(args))
+}
+
+/// A tokio runtime of the given flavour (`current` or `multi`), named for errors by `flag`.
+fn build_runtime(flavour: &str, flag: &str) -> Result<tokio::runtime::Runtime> {
+    Ok(match flavour {
+        "current" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        "multi" => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?,
+        other => bail!("unknown {flag} {other:?}: use current or multi"),
+    })
 }
 
 async fn run(mut args: Args) -> Result<()> {
@@ -503,9 +510,11 @@ async fn run(mut args: Args) -> Result<()> {
         return schemes::table(&args).await;
     }
     println!(
-        "Rust client + {} Rust engines in one process, the controller in another, ZeroMQ over \
-         127.0.0.1, {} CPUs\n",
+        "Rust client + {} Rust engines in one process ({} runtime), the controller in another \
+         ({} runtime), ZeroMQ over 127.0.0.1, {} CPUs\n",
         args.engines,
+        args.runtime,
+        args.controller_runtime,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("| measurement | result |\n|---|---|");
