@@ -269,7 +269,13 @@ fn main() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // One thread: an engine runs one request at a time, its functions run on the blocking
+    // pool (the inline ones return in microseconds), and on a few CPUs a single-threaded
+    // runtime halves the context switches per request (see BENCHMARKS.md).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("ipengine: error: cannot start the async runtime: {err}");
