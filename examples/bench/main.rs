@@ -16,6 +16,11 @@
 
 mod schemes;
 
+/// The allocator: glibc's malloc was ~10% of the controller's CPU per task; mimalloc (built
+/// without transparent huge pages) gave +20-25% tasks/s in `bench` (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};

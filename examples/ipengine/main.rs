@@ -21,6 +21,11 @@
 #[allow(dead_code)] // the controller's helpers that create profiles are not needed here
 mod profile;
 
+/// The allocator: glibc's malloc was ~10% of the controller's CPU per task; mimalloc (built
+/// without transparent huge pages) gave +20-25% tasks/s in `bench` (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

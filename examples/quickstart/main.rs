@@ -15,6 +15,11 @@
 
 mod work;
 
+/// The allocator: glibc's malloc was ~10% of the controller's CPU per task; mimalloc (built
+/// without transparent huge pages) gave +20-25% tasks/s in `bench` (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
