@@ -152,7 +152,8 @@ pub struct ClientConfig {
     pub queue_capacity: usize,
     /// Capacity, in batches, of the queue from client handles to the IO task. Default 1024.
     pub command_capacity: usize,
-    /// How many finished requests keep collecting late IOPub output. Default 4096.
+    /// How many finished requests keep collecting late IOPub output (for as long as their
+    /// `AsyncResult` is held: a dropped result is freed at once). Default 4096.
     pub output_retention: usize,
 }
 
