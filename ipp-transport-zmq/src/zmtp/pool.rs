@@ -91,7 +91,8 @@ impl BufferPool {
             .enumerate()
             .filter(|(_, k)| fits(k))
             .min_by_key(|(_, k)| k.buf.capacity())?;
-        let mut buf = kept.swap_remove(at).buf;
+        // `remove`, not `swap_remove`: the rest stay oldest first for `give`.
+        let mut buf = kept.remove(at).buf;
         buf.clear();
         Some(buf)
     }
