@@ -385,3 +385,54 @@ async fn a_peer_that_stops_reading_fills_its_outbox_without_stalling_others() {
     );
     drop(guard("the waiting send", waiting).await);
 }
+
+/// Messages that arrive just as a reader finds its socket drained are still read: bursts
+/// of one to three requests from several dealers, each echoed by the router, on a
+/// multi-threaded runtime where another worker can see the new data's readiness event
+/// while the reader is between its short read and its note that the socket is empty.
+/// Clearing readiness noted after the read lost such an event and hung a waiting reader
+/// (a CI run's `every_client_call_works_over_zeromq` stalled on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_arriving_as_the_reader_drains_its_socket_is_not_lost() {
+    const DEALERS: usize = 4;
+    const ROUNDS: usize = 3_000;
+    let mut router = bind(SocketKind::Router).await;
+    let address = router.address().to_owned();
+    tokio::spawn(async move {
+        while let Ok(frames) = router.recv().await {
+            if router.send(frames).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut dealers = Vec::new();
+    for index in 0..DEALERS {
+        let address = address.clone();
+        dealers.push(tokio::spawn(async move {
+            let mut dealer = ZmqTransport::new()
+                .connect(
+                    SocketKind::Dealer,
+                    &address,
+                    SocketOptions::default().with_identity(format!("dealer-{index}")),
+                )
+                .await
+                .expect("on loopback");
+            for round in 0..ROUNDS {
+                let burst = 1 + (round * 7 + index) % 3;
+                for sent in 0..burst {
+                    dealer
+                        .send(vec![b(&format!("{round}.{sent}"))])
+                        .await
+                        .expect("on loopback");
+                }
+                for sent in 0..burst {
+                    let echo = guard("an echo", dealer.recv()).await.expect("on loopback");
+                    assert_eq!(echo, vec![b(&format!("{round}.{sent}"))]);
+                }
+            }
+        }));
+    }
+    for dealer in dealers {
+        dealer.await.expect("the dealer finished its rounds");
+    }
+}

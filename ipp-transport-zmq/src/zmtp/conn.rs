@@ -273,6 +273,28 @@ impl Conn {
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
                 Poll::Ready(Ok(())) => {}
             }
+            match self.read_noting_drained(decoder) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => return Poll::Ready(Ok(())),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+
+    /// Reads once into `decoder`; a read shorter than asked also tells tokio the socket is
+    /// drained, so the next receive waits for the next readiness event instead of first
+    /// making a read that can only answer `WouldBlock` (one system call saved per message
+    /// received, as tokio's own `poll_read` does).
+    ///
+    /// The read runs inside `try_io`, which notes the readiness generation *before* the
+    /// read: readiness that arrives after it (data sent after our read saw the socket
+    /// empty) is newer and stays set. Clearing with a generation noted after the read
+    /// could erase exactly that event and leave its message unread until the next one
+    /// arrives, which is the hang this order prevents.
+    fn read_noting_drained(&self, decoder: &mut Decoder) -> io::Result<usize> {
+        let mut outcome = None;
+        let _ = self.stream.try_io(Interest::READABLE, || {
             let (read, asked) = match decoder.read_buf() {
                 ReadBuf::Small(buf) => {
                     let asked = buf.chunk_mut().len();
@@ -283,29 +305,16 @@ impl Conn {
                     (self.stream.try_read_buf(&mut buf), asked)
                 }
             };
-            match read {
-                Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-                Ok(read) => {
-                    if read < asked {
-                        self.note_drained();
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(error) => return Poll::Ready(Err(error)),
+            let drained = matches!(read, Ok(count) if count > 0 && count < asked);
+            outcome = Some(read);
+            if drained {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
             }
-        }
-    }
-
-    /// Tells tokio that the socket is drained (a read returned less than it asked for), so
-    /// the next receive waits for the next readiness event instead of first making a read
-    /// that can only answer `WouldBlock`: one system call saved per message received, as
-    /// tokio's own `poll_read` does. Data that arrives meanwhile raises a new edge-triggered
-    /// event (and readiness that changed since is not cleared), so nothing is missed.
-    fn note_drained(&self) {
-        let _ = self.stream.try_io(Interest::READABLE, || {
-            Err::<(), _>(io::ErrorKind::WouldBlock.into())
         });
+        // `None`: not ready, so `try_io` did not call the closure.
+        outcome.unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))
     }
 }
 
