@@ -18,6 +18,11 @@ mod sink;
 
 use pyo3::prelude::*;
 
+/// The allocator of the module's Rust code (Python's objects keep Python's allocator):
+/// mimalloc, built without transparent huge pages, as in the reference binaries.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Installs a `tracing` subscriber writing to stderr: `$IPP_RS_LOG` (an `EnvFilter`
 /// directive such as `ipp_core=debug`) if set, else `level` (`debug`, `info`, `warn`,
 /// `error`). Later calls change nothing.
