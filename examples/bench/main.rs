@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
-use ipp::core::client::{Client, MapOptions};
+use ipp::core::client::{BlockingClient, Client, ClientConfig, MapOptions};
 use ipp::core::controller::{Controller, ControllerConfig};
 use ipp::core::engine::{Engine, RunningEngine, RustExecutor};
 use ipp::core::protocol::{ClientConnectionInfo, EngineConnectionInfo};
@@ -445,6 +445,21 @@ async fn latency_and_bandwidth(args: &Args) -> Result<Vec<(String, String)>> {
         "no-op round trip, load-balanced (median)".into(),
         format!("{:.0} µs", median_micros(balanced)),
     ));
+    let before = CpuTime::of("/proc/self/stat");
+    let blocking = blocking_round_trips(
+        cluster.controller.info.client.clone(),
+        client.ids()[0],
+        args.latency,
+    )
+    .await?;
+    let cpu = CpuTime::of("/proc/self/stat").per_task_since(before, args.latency);
+    rows.push((
+        "no-op round trip, direct, BlockingClient (median)".into(),
+        format!(
+            "{:.0} µs (CPU per round trip, client and engines: {cpu})",
+            median_micros(blocking)
+        ),
+    ));
 
     let blob = Bytes::from(vec![1u8; args.megabytes * 1024 * 1024]);
     let (mut pushes, mut pulls) = (Vec::new(), Vec::new());
@@ -481,6 +496,29 @@ async fn latency_and_bandwidth(args: &Args) -> Result<Vec<(String, String)>> {
     }
     cluster.stop().await?;
     Ok(rows)
+}
+
+/// Direct no-op round trips from a [`BlockingClient`] (its own runtime, called from a
+/// plain thread as a synchronous program would) to engine `target`.
+async fn blocking_round_trips(
+    info: ClientConnectionInfo,
+    target: u32,
+    rounds: usize,
+) -> Result<Vec<Duration>> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<Duration>> {
+        let client =
+            BlockingClient::connect(info, Arc::new(ZmqTransport::new()), ClientConfig::default())?;
+        let one = client.direct_view(&[target]);
+        let mut times = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            one.apply::<(), ()>("noop", &())?;
+            times.push(t.elapsed());
+        }
+        client.close();
+        Ok(times)
+    })
+    .await?
 }
 
 async fn store(name: &str, dir: &Path, mongo_url: &str) -> Result<Arc<dyn Store>> {

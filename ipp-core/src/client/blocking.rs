@@ -23,6 +23,13 @@ use super::{
 use crate::protocol::{ClientConnectionInfo, JsonMap};
 use crate::transport::Transport;
 
+/// Worker threads of a blocking client's runtime: it runs in the background, so IOPub
+/// output is read while the program does something else. Two, measured against one with
+/// the `BlockingClient` round trip of `bench` (BENCHMARKS.md): one worker was 10–25 µs
+/// slower per round trip at the same CPU (the caller's thread and the one worker take
+/// turns; with two, a worker is often awake when the reply lands).
+const IO_THREADS: usize = 2;
+
 /// Shared by a blocking client and its views.
 #[derive(Debug)]
 struct Blocker {
@@ -65,7 +72,7 @@ impl BlockingClient {
         config: ClientConfig,
     ) -> ClientResult<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(IO_THREADS)
             .thread_name("ipp-client")
             .enable_all()
             .build()
