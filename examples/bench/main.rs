@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
+use ipp::core::busy_poll::BusyPoll;
 use ipp::core::client::{BlockingClient, Client, ClientConfig, MapOptions};
 use ipp::core::controller::{Controller, ControllerConfig};
 use ipp::core::engine::{Engine, RunningEngine, RustExecutor};
@@ -124,6 +125,11 @@ struct Args {
     /// switches of `multi` on two CPUs) or `multi` (a worker per CPU).
     #[arg(long, default_value = "current")]
     runtime: String,
+    /// Both processes keep polling their sockets this many microseconds after data arrives
+    /// before they sleep (`ipp_core::busy_poll`; the default is `ipcontroller`'s and
+    /// `ipengine`'s); 0: sleep at once.
+    #[arg(long, default_value_t = ipp::core::busy_poll::DEFAULT_WINDOW.as_micros() as u64)]
+    busy_poll_us: u64,
 }
 
 /// What the controller child prints: how to connect to it.
@@ -227,6 +233,7 @@ struct ControllerSetup<'a> {
     scheme: &'a str,
     runtime: &'a str,
     mongo_url: &'a str,
+    busy_poll_us: u64,
 }
 
 /// The controller child process, seen from the parent.
@@ -251,6 +258,8 @@ impl ControllerProcess {
                 setup.runtime,
                 "--mongo-url",
                 setup.mongo_url,
+                "--busy-poll-us",
+                &setup.busy_poll_us.to_string(),
             ])
             .arg("--store-dir")
             .arg(dir)
@@ -319,6 +328,7 @@ impl Cluster {
             scheme,
             runtime: &args.controller_runtime,
             mongo_url: &args.mongo_url,
+            busy_poll_us: args.busy_poll_us,
         };
         let controller = ControllerProcess::start(&setup, dir).await?;
         let executor = RustExecutor::new();
@@ -543,24 +553,32 @@ async fn store(name: &str, dir: &Path, mongo_url: &str) -> Result<Arc<dyn Store>
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let busy_poll = BusyPoll::new(Duration::from_micros(args.busy_poll_us));
     if args.serve_controller {
-        let runtime = build_runtime(&args.controller_runtime, "--controller-runtime")?;
-        return runtime.block_on(serve_controller(&args));
+        let runtime = build_runtime(&args.controller_runtime, "--controller-runtime", &busy_poll)?;
+        return runtime.block_on(async {
+            busy_poll.start();
+            serve_controller(&args).await
+        });
     }
-    build_runtime(&args.runtime, "--runtime")?.block_on(run(args))
+    build_runtime(&args.runtime, "--runtime", &busy_poll)?.block_on(async {
+        busy_poll.start();
+        run(args).await
+    })
 }
 
 /// A tokio runtime of the given flavour (`current` or `multi`), named for errors by `flag`.
-fn build_runtime(flavour: &str, flag: &str) -> Result<tokio::runtime::Runtime> {
-    Ok(match flavour {
-        "current" => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?,
-        "multi" => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?,
+fn build_runtime(
+    flavour: &str,
+    flag: &str,
+    busy_poll: &BusyPoll,
+) -> Result<tokio::runtime::Runtime> {
+    let mut builder = match flavour {
+        "current" => tokio::runtime::Builder::new_current_thread(),
+        "multi" => tokio::runtime::Builder::new_multi_thread(),
         other => bail!("unknown {flag} {other:?}: use current or multi"),
-    })
+    };
+    Ok(busy_poll.install(&mut builder).enable_all().build()?)
 }
 
 async fn run(mut args: Args) -> Result<()> {
@@ -578,10 +596,11 @@ async fn run(mut args: Args) -> Result<()> {
     }
     println!(
         "Rust client + {} Rust engines in one process ({} runtime), the controller in another \
-         ({} runtime), ZeroMQ over 127.0.0.1, {} CPUs\n",
+         ({} runtime), ZeroMQ over 127.0.0.1, busy polling {} µs, {} CPUs\n",
         args.engines,
         args.runtime,
         args.controller_runtime,
+        args.busy_poll_us,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("| measurement | result |\n|---|---|");

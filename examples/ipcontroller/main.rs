@@ -16,9 +16,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use ipp::core::busy_poll::BusyPoll;
 use ipp::core::controller::{Controller, ControllerConfig};
 use ipp::core::protocol::ConnectionFiles;
 use ipp::transport_zmq::ZmqTransport;
@@ -79,6 +81,11 @@ struct Args {
     /// Ports to use, e.g. `10101-10120` or `10101,10102,…` (random free ports otherwise).
     #[arg(long, value_parser = parse_ports)]
     ports: Option<Vec<u16>>,
+    /// Keep polling the sockets this many microseconds after data arrives before sleeping:
+    /// replies that come back within it are read without a wake-up (see
+    /// `ipp_core::busy_poll`). 0 sleeps at once (no spinning, slower round trips).
+    #[arg(long, default_value_t = ipp::core::busy_poll::DEFAULT_WINDOW.as_micros() as u64)]
+    busy_poll_us: u64,
 }
 
 fn parse_ports(text: &str) -> Result<Vec<u16>, String> {
@@ -134,13 +141,28 @@ fn read_config(
     Ok((config, store))
 }
 
-// One thread: the controller's work per message is small, and a single-threaded runtime
-// avoids the cross-thread wake-ups that dominated its CPU profile (BENCHMARKS.md). Store
-// I/O still runs on tokio's blocking pool.
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
     let args = Args::parse();
-    if let Err(err) = run(args).await {
+    // One thread: the controller's work per message is small, and a single-threaded
+    // runtime avoids the cross-thread wake-ups that dominated its CPU profile
+    // (BENCHMARKS.md). Store I/O still runs on tokio's blocking pool.
+    let busy_poll = BusyPoll::new(Duration::from_micros(args.busy_poll_us));
+    let runtime = match busy_poll
+        .install(&mut tokio::runtime::Builder::new_current_thread())
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("ipcontroller: error: cannot start the async runtime: {err}");
+            std::process::exit(2);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        busy_poll.start();
+        run(args).await
+    });
+    if let Err(err) = outcome {
         eprintln!("ipcontroller: error: {err:#}");
         std::process::exit(2);
     }

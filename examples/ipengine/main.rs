@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use ipp::core::busy_poll::BusyPoll;
 use ipp::core::engine::{
     connection_info_from_env, connection_info_from_file, Engine, RunningEngine, RustExecutor,
     TaskContext,
@@ -68,6 +69,10 @@ struct Args {
     /// Log level: DEBUG, INFO, WARN, ERROR, CRITICAL, or 10..50.
     #[arg(long, default_value = "INFO")]
     log_level: String,
+    /// Keep polling the sockets this many microseconds after data arrives before sleeping
+    /// (see `ipp_core::busy_poll`); 0 sleeps at once.
+    #[arg(long, default_value_t = ipp::core::busy_poll::DEFAULT_WINDOW.as_micros() as u64)]
+    busy_poll_us: u64,
 }
 
 fn log_filter(level: &str) -> Result<&'static str> {
@@ -277,7 +282,9 @@ fn main() {
     // One thread: an engine runs one request at a time, its functions run on the blocking
     // pool (the inline ones return in microseconds), and on a few CPUs a single-threaded
     // runtime halves the context switches per request (see BENCHMARKS.md).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let busy_poll = BusyPoll::new(Duration::from_micros(args.busy_poll_us));
+    let runtime = match busy_poll
+        .install(&mut tokio::runtime::Builder::new_current_thread())
         .enable_all()
         .build()
     {
@@ -287,7 +294,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let outcome = runtime.block_on(run(args));
+    let outcome = runtime.block_on(async {
+        busy_poll.start();
+        run(args).await
+    });
     // A function may still be running on the blocking pool (e.g. `sleep`): do not wait.
     runtime.shutdown_background();
     match outcome {

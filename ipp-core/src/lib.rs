@@ -6,6 +6,7 @@
 //! in-memory implementation here so the controller can be tested without any backend;
 //! the ZeroMQ transport lives in `ipp-transport-zmq`.
 
+pub mod busy_poll;
 pub mod client;
 pub mod controller;
 pub mod engine;

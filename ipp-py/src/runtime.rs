@@ -2,6 +2,9 @@
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use ipp_core::busy_poll::BusyPoll;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::PyResult;
@@ -21,6 +24,28 @@ const IO_THREADS: usize = 1;
 /// The environment variable that sets the number of worker threads (at least 1).
 const IO_THREADS_ENV: &str = "IPP_RS_IO_THREADS";
 
+/// The environment variable that sets how many microseconds the runtimes keep polling
+/// their sockets after data arrives before they sleep (`ipp_core::busy_poll`; default
+/// [`ipp_core::busy_poll::DEFAULT_WINDOW`], 0: sleep at once).
+const BUSY_POLL_ENV: &str = "IPP_RS_BUSY_POLL_US";
+
+/// The busy polling of this process's runtimes, from [`BUSY_POLL_ENV`].
+fn busy_poll() -> PyResult<BusyPoll> {
+    let window = match std::env::var(BUSY_POLL_ENV) {
+        Err(_) => ipp_core::busy_poll::DEFAULT_WINDOW,
+        Ok(text) => match text.trim().parse::<u64>() {
+            Ok(micros) => Duration::from_micros(micros),
+            Err(_) => {
+                return Err(PyRuntimeError::new_err(format!(
+                    "{BUSY_POLL_ENV} must be a whole number of microseconds (0 turns busy \
+                     polling off), not {text:?}"
+                )))
+            }
+        },
+    };
+    Ok(BusyPoll::new(window))
+}
+
 /// The shared runtime, created on first use with [`IO_THREADS`] worker threads
 /// (networking only: Python code never runs on them).
 pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
@@ -38,14 +63,25 @@ pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
             }
         },
     };
-    let built = tokio::runtime::Builder::new_multi_thread()
+    let busy_poll = busy_poll()?;
+    let built = busy_poll
+        .install(&mut tokio::runtime::Builder::new_multi_thread())
         .worker_threads(threads)
         .thread_name("ipp-rs-io")
         .enable_all()
         .build()
         .map_err(|err| PyRuntimeError::new_err(format!("cannot start the tokio runtime: {err}")))?;
     // Two threads may race to build one; the loser's runtime is dropped unused.
-    Ok(RUNTIME.get_or_init(|| built))
+    let mut won = false;
+    let runtime = RUNTIME.get_or_init(|| {
+        won = true;
+        built
+    });
+    if won {
+        let _guard = runtime.enter();
+        busy_poll.start();
+    }
+    Ok(runtime)
 }
 
 /// A new runtime for one engine, tokio's current-thread flavour: it runs only while a
@@ -54,12 +90,20 @@ pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
 /// (see `engine.rs`). The exception to [`runtime`] being the process's one runtime: the
 /// engine's tasks must not wake a worker thread for each request.
 pub(crate) fn engine_runtime() -> PyResult<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
+    let busy_poll = busy_poll()?;
+    let runtime = busy_poll
+        .install(&mut tokio::runtime::Builder::new_current_thread())
         .enable_all()
         .build()
         .map_err(|err| {
             PyRuntimeError::new_err(format!("cannot start the engine's tokio runtime: {err}"))
-        })
+        })?;
+    {
+        // Spawned now, polled whenever the engine's thread drives the runtime.
+        let _guard = runtime.enter();
+        busy_poll.start();
+    }
+    Ok(runtime)
 }
 
 /// Installs the stderr subscriber once (see `init_logging` in lib.rs).

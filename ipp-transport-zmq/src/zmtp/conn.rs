@@ -275,7 +275,10 @@ impl Conn {
             }
             match self.read_noting_drained(decoder) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
-                Ok(_) => return Poll::Ready(Ok(())),
+                Ok(_) => {
+                    ipp_core::busy_poll::note_activity();
+                    return Poll::Ready(Ok(()));
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(error) => return Poll::Ready(Err(error)),
             }
