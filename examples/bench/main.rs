@@ -33,10 +33,11 @@ use clap::Parser;
 use ipp::core::busy_poll::BusyPoll;
 use ipp::core::client::{BlockingClient, Client, ClientConfig, MapOptions};
 use ipp::core::controller::{Controller, ControllerConfig};
-use ipp::core::engine::{Engine, RunningEngine, RustExecutor};
+use ipp::core::engine::{Engine, EngineBuilder, RunningEngine, RustExecutor};
 use ipp::core::protocol::{ClientConnectionInfo, EngineConnectionInfo};
 use ipp::core::serialize::Payload;
 use ipp::core::store::{DictDb, DictDbConfig, NoDb, Store};
+use ipp::core::transport::Transport;
 use ipp::store_mongo::{MongoConfig, MongoStore};
 use ipp::store_sqlite::SqliteStore;
 use ipp::transport_zmq::ZmqTransport;
@@ -96,10 +97,19 @@ struct Args {
     /// Rounds of the schemes table; each cell reports the median round.
     #[arg(long, default_value_t = 3)]
     scheme_rounds: usize,
+    /// Run each engine in a process of its own (this program re-run with
+    /// `--serve-engine`) instead of beside the client: the client, the controller and
+    /// every engine then wake one another across processes, as with `ipengine`.
+    #[arg(long)]
+    engine_processes: bool,
     /// Internal: run only a controller with `--store` and `--hwm`, print its connection
     /// info as one JSON line, and stop when stdin closes.
     #[arg(long, hide = true)]
     serve_controller: bool,
+    /// Internal: run one engine for the controller whose engine connection info (JSON) this
+    /// is, and stop when stdin closes.
+    #[arg(long, hide = true)]
+    serve_engine: Option<String>,
     /// Internal (with `--serve-controller`): the task database.
     #[arg(long, hide = true, default_value = "nodb")]
     store: String,
@@ -158,6 +168,29 @@ async fn serve_controller(args: &Args) -> Result<()> {
     // The parent closes our stdin (or dies) when it is done with us.
     tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
     controller.shutdown().await;
+    Ok(())
+}
+
+/// The engine with this bench's functions (`noop`).
+fn engine_builder(info: EngineConnectionInfo, transport: Arc<dyn Transport>) -> EngineBuilder {
+    let executor = RustExecutor::new();
+    // A no-op returns in nanoseconds: run it on the engine's task, not the blocking pool.
+    executor.register_inline_infallible("noop", |(): ()| ());
+    Engine::builder(info)
+        .with_transport(transport)
+        .with_executor(Arc::new(executor))
+}
+
+/// `--serve-engine`: an engine child's whole life.
+async fn serve_engine(info: &str) -> Result<()> {
+    let info: EngineConnectionInfo =
+        serde_json::from_str(info).context("--serve-engine takes engine connection JSON")?;
+    let engine = engine_builder(info, Arc::new(ZmqTransport::new()))
+        .start()
+        .await?;
+    // The parent closes our stdin (or dies) when it is done with us.
+    tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
+    engine.shutdown().await;
     Ok(())
 }
 
@@ -299,12 +332,44 @@ impl ControllerProcess {
     }
 }
 
+/// An engine child process (`--serve-engine`), seen from the parent.
+struct EngineProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl EngineProcess {
+    fn start(info: &EngineConnectionInfo, args: &Args) -> Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--serve-engine")
+            .arg(serde_json::to_string(info)?)
+            .args(["--busy-poll-us", &args.busy_poll_us.to_string()])
+            .args(["--runtime", &args.runtime])
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("starting an engine child process")?;
+        let stdin = child.stdin.take();
+        Ok(Self { child, stdin })
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let status = tokio::task::spawn_blocking(move || self.child.wait()).await??;
+        if !status.success() {
+            bail!("an engine child exited with {status}");
+        }
+        Ok(())
+    }
+}
+
 const WAIT: Duration = Duration::from_secs(600);
 
-/// A controller child process, and engines and a client in this process.
+/// A controller child process, and engines and a client in this process (or the
+/// engines in child processes of their own, with `--engine-processes`).
 struct Cluster {
     controller: ControllerProcess,
     engines: Vec<RunningEngine>,
+    engine_processes: Vec<EngineProcess>,
     client: Client,
 }
 
@@ -331,22 +396,22 @@ impl Cluster {
             busy_poll_us: args.busy_poll_us,
         };
         let controller = ControllerProcess::start(&setup, dir).await?;
-        let executor = RustExecutor::new();
-        // A no-op returns in nanoseconds: run it on the engine's task, not the blocking pool.
-        executor.register_inline_infallible("noop", |(): ()| ());
-        let executor = Arc::new(executor);
         let mut running = Vec::new();
+        let mut engine_processes = Vec::new();
         for _ in 0..engines {
-            let engine = Engine::builder(controller.info.engine.clone())
-                .with_transport(transport.clone())
-                .with_executor(executor.clone());
-            running.push(engine.start().await?);
+            if args.engine_processes {
+                engine_processes.push(EngineProcess::start(&controller.info.engine, args)?);
+            } else {
+                let engine = engine_builder(controller.info.engine.clone(), transport.clone());
+                running.push(engine.start().await?);
+            }
         }
         let client = Client::connect(controller.info.client.clone(), transport).await?;
         client.wait_for_engines(engines, WAIT).await?;
         Ok(Self {
             controller,
             engines: running,
+            engine_processes,
             client,
         })
     }
@@ -355,6 +420,9 @@ impl Cluster {
         self.client.close().await;
         for engine in self.engines {
             engine.shutdown().await;
+        }
+        for engine in self.engine_processes {
+            engine.stop().await?;
         }
         self.controller.stop().await
     }
@@ -561,6 +629,12 @@ fn main() -> Result<()> {
             serve_controller(&args).await
         });
     }
+    if let Some(info) = &args.serve_engine {
+        return build_runtime(&args.runtime, "--runtime", &busy_poll)?.block_on(async {
+            busy_poll.start();
+            serve_engine(info).await
+        });
+    }
     build_runtime(&args.runtime, "--runtime", &busy_poll)?.block_on(async {
         busy_poll.start();
         run(args).await
@@ -595,9 +669,14 @@ async fn run(mut args: Args) -> Result<()> {
         return schemes::table(&args).await;
     }
     println!(
-        "Rust client + {} Rust engines in one process ({} runtime), the controller in another \
+        "Rust client + {} Rust engines {} ({} runtime), the controller in another process \
          ({} runtime), ZeroMQ over 127.0.0.1, busy polling {} µs, {} CPUs\n",
         args.engines,
+        if args.engine_processes {
+            "each in a process of its own"
+        } else {
+            "in one process"
+        },
         args.runtime,
         args.controller_runtime,
         args.busy_poll_us,
