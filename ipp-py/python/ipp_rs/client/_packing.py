@@ -84,16 +84,29 @@ def _cache_key(f: Any) -> Optional[tuple]:
         return None
     if kwdefaults and not _immutable(tuple(kwdefaults.values())):
         return None
-    if f.__annotations__:
-        return None
+    annotations = f.__annotations__
+    if annotations:
+        # Type hints are canned with the function; cached only while each is a value that
+        # cannot change in place (a string, None, a builtin type such as int).
+        annotations = tuple(annotations.items())
+        if not all(_immutable(hint) or _builtin_type(hint) for _, hint in annotations):
+            return None
+    else:
+        annotations = None
     return (
         f.__code__,
         defaults,
         tuple(kwdefaults.items()) if kwdefaults else None,
+        annotations,
         f.__name__,
         f.__module__,
         _serializer_state(),
     )
+
+
+def _builtin_type(value: Any) -> bool:
+    """A class of the builtins module (canned by reference, never changed)."""
+    return type(value) is type and value.__module__ == "builtins"
 
 
 def function_frames(f: Any) -> Buffers:
