@@ -21,6 +21,10 @@ def hinted(x: int, y: "str" = "a") -> None:
     return None
 
 
+def hinted_without_defaults(x: int, y: "str") -> None:
+    return None
+
+
 class Custom:
     pass
 
@@ -69,3 +73,24 @@ def test_a_closure_is_serialized_at_every_call():
     assert function_frames(counter) is not function_frames(counter)
     count = 7
     assert run_packed(counter)[1] == 7
+
+
+def test_the_engine_reads_a_hinted_function_once_and_gives_each_call_its_own():
+    from ipp_rs.serialize import serialize as engine_side
+
+    bufs = pack_apply(hinted_without_defaults, (), {})
+    engine_side._FUNCTION_MEMO.clear()
+    first, _, _ = unpack_apply_message(bufs, {})
+    assert bytes(bufs[0]) in engine_side._FUNCTION_MEMO
+    second, _, _ = unpack_apply_message(bufs, {})
+    assert first is not second
+    first.__annotations__["x"] = float
+    assert second.__annotations__["x"] is int
+
+
+def test_the_engine_reads_a_function_hinted_with_a_user_class_every_time():
+    from ipp_rs.serialize import serialize as engine_side
+
+    engine_side._FUNCTION_MEMO.clear()
+    unpack_apply_message(pack_apply(custom_hint, (), {}), {"Custom": Custom})
+    assert not engine_side._FUNCTION_MEMO

@@ -220,8 +220,9 @@ def _loads(data: Any) -> Any:
 # Pickles of plain functions, by their bytes, and what they unpickle to: a client sends
 # the same function again and again, and unpickling its code object is most of the cost of
 # reading a small request. Only a CannedFunction with nothing a call could change (no
-# defaults, keyword defaults, annotations, closure or buffers) is kept: each request still
-# gets a new function from it (uncan), as if the pickle had been read again.
+# defaults, keyword defaults, closure or buffers; type hints only of unchanging values) is
+# kept: each request still gets a new function from it (uncan), as if the pickle had been
+# read again.
 _FUNCTION_MEMO: dict = {}
 _FUNCTION_MEMO_ENTRIES = 64
 _FUNCTION_MEMO_MAX_BYTES = 64 * 1024
@@ -241,13 +242,8 @@ def _loads_canned(data: Any) -> Any:
     canned = _loads(data)
     if (
         type(canned) is CannedFunction
-        and not (
-            canned.defaults
-            or canned.kwdefaults
-            or canned.annotations
-            or canned.closure
-            or canned.buffers
-        )
+        and not (canned.defaults or canned.kwdefaults or canned.closure or canned.buffers)
+        and _unchanging_hints(canned.annotations)
         and _PLAIN_FUNCTION_ATTRS.issuperset(vars(canned))
         and _nbytes(data) <= _FUNCTION_MEMO_MAX_BYTES
     ):
@@ -255,6 +251,22 @@ def _loads_canned(data: Any) -> Any:
             _FUNCTION_MEMO.clear()
         _FUNCTION_MEMO[bytes(data)] = canned
     return canned
+
+
+_UNCHANGING_HINT_TYPES = frozenset({str, type(None), int, float, complex, bool, bytes})
+
+
+def _unchanging_hints(annotations: Any) -> bool:
+    """No type hints, or only hints that stay what they are when uncanned (strings, None,
+    numbers, builtin classes): each call still gets a fresh ``__annotations__`` dict, so a
+    memoized canned function shares nothing mutable between calls."""
+    if not annotations:
+        return True
+    return type(annotations) is dict and all(
+        type(hint) in _UNCHANGING_HINT_TYPES
+        or (type(hint) is type and hint.__module__ == "builtins")
+        for hint in annotations.values()
+    )
 
 
 _uncan_globals = uncan.__globals__
