@@ -624,21 +624,13 @@ fn main() -> Result<()> {
     let busy_poll = BusyPoll::new(Duration::from_micros(args.busy_poll_us));
     if args.serve_controller {
         let runtime = build_runtime(&args.controller_runtime, "--controller-runtime", &busy_poll)?;
-        return runtime.block_on(async {
-            busy_poll.start();
-            serve_controller(&args).await
-        });
+        return runtime.block_on(serve_controller(&args));
     }
+    let runtime = build_runtime(&args.runtime, "--runtime", &busy_poll)?;
     if let Some(info) = &args.serve_engine {
-        return build_runtime(&args.runtime, "--runtime", &busy_poll)?.block_on(async {
-            busy_poll.start();
-            serve_engine(info).await
-        });
+        return runtime.block_on(serve_engine(info));
     }
-    build_runtime(&args.runtime, "--runtime", &busy_poll)?.block_on(async {
-        busy_poll.start();
-        run(args).await
-    })
+    runtime.block_on(run(args))
 }
 
 /// A tokio runtime of the given flavour (`current` or `multi`), named for errors by `flag`.
@@ -652,7 +644,7 @@ fn build_runtime(
         "multi" => tokio::runtime::Builder::new_multi_thread(),
         other => bail!("unknown {flag} {other:?}: use current or multi"),
     };
-    Ok(busy_poll.install(&mut builder).enable_all().build()?)
+    Ok(busy_poll.build(&mut builder)?)
 }
 
 async fn run(mut args: Args) -> Result<()> {

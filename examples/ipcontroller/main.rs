@@ -146,11 +146,8 @@ fn main() {
     // One thread: the controller's work per message is small, and a single-threaded
     // runtime avoids the cross-thread wake-ups that dominated its CPU profile
     // (BENCHMARKS.md). Store I/O still runs on tokio's blocking pool.
-    let busy_poll = BusyPoll::new(Duration::from_micros(args.busy_poll_us));
-    let runtime = match busy_poll
-        .install(&mut tokio::runtime::Builder::new_current_thread())
-        .enable_all()
-        .build()
+    let runtime = match BusyPoll::new(Duration::from_micros(args.busy_poll_us))
+        .build(&mut tokio::runtime::Builder::new_current_thread())
     {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -158,10 +155,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let outcome = runtime.block_on(async {
-        busy_poll.start();
-        run(args).await
-    });
+    let outcome = runtime.block_on(run(args));
     if let Err(err) = outcome {
         eprintln!("ipcontroller: error: {err:#}");
         std::process::exit(2);

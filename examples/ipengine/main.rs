@@ -282,11 +282,8 @@ fn main() {
     // One thread: an engine runs one request at a time, its functions run on the blocking
     // pool (the inline ones return in microseconds), and on a few CPUs a single-threaded
     // runtime halves the context switches per request (see BENCHMARKS.md).
-    let busy_poll = BusyPoll::new(Duration::from_micros(args.busy_poll_us));
-    let runtime = match busy_poll
-        .install(&mut tokio::runtime::Builder::new_current_thread())
-        .enable_all()
-        .build()
+    let runtime = match BusyPoll::new(Duration::from_micros(args.busy_poll_us))
+        .build(&mut tokio::runtime::Builder::new_current_thread())
     {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -294,10 +291,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let outcome = runtime.block_on(async {
-        busy_poll.start();
-        run(args).await
-    });
+    let outcome = runtime.block_on(run(args));
     // A function may still be running on the blocking pool (e.g. `sleep`): do not wait.
     runtime.shutdown_background();
     match outcome {

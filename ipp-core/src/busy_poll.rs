@@ -21,13 +21,9 @@
 //! use std::time::Duration;
 //! use ipp_core::busy_poll::BusyPoll;
 //!
-//! let busy_poll = BusyPoll::new(Duration::from_micros(100));
-//! let runtime = busy_poll
-//!     .install(&mut tokio::runtime::Builder::new_current_thread())
-//!     .enable_all()
-//!     .build()?;
+//! let runtime = BusyPoll::new(Duration::from_micros(100))
+//!     .build(&mut tokio::runtime::Builder::new_current_thread())?;
 //! runtime.block_on(async {
-//!     busy_poll.start();
 //!     // ... the controller, engines or client ...
 //! });
 //! # Ok::<(), std::io::Error>(())
@@ -107,6 +103,25 @@ impl BusyPoll {
         }
         let shared = Arc::clone(&self.shared);
         builder.on_thread_unpark(move || shared.woken.notify_one())
+    }
+
+    /// Builds a runtime from `builder` (IO and time enabled) with this busy polling
+    /// installed and its polling task spawned: [`BusyPoll::install`] and
+    /// [`BusyPoll::start`] in one call.
+    ///
+    /// # Errors
+    /// As `tokio::runtime::Builder::build`.
+    pub fn build(
+        &self,
+        builder: &mut tokio::runtime::Builder,
+    ) -> std::io::Result<tokio::runtime::Runtime> {
+        let runtime = self.install(builder).enable_all().build()?;
+        {
+            // On a current-thread runtime the task runs whenever a thread drives it.
+            let _entered = runtime.enter();
+            self.start();
+        }
+        Ok(runtime)
     }
 
     /// Spawns the polling task on the current runtime (the one [`BusyPoll::install`]

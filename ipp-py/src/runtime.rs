@@ -63,25 +63,15 @@ pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
             }
         },
     };
-    let busy_poll = busy_poll()?;
-    let built = busy_poll
-        .install(&mut tokio::runtime::Builder::new_multi_thread())
-        .worker_threads(threads)
-        .thread_name("ipp-rs-io")
-        .enable_all()
-        .build()
+    let built = busy_poll()?
+        .build(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
+                .thread_name("ipp-rs-io"),
+        )
         .map_err(|err| PyRuntimeError::new_err(format!("cannot start the tokio runtime: {err}")))?;
     // Two threads may race to build one; the loser's runtime is dropped unused.
-    let mut won = false;
-    let runtime = RUNTIME.get_or_init(|| {
-        won = true;
-        built
-    });
-    if won {
-        let _guard = runtime.enter();
-        busy_poll.start();
-    }
-    Ok(runtime)
+    Ok(RUNTIME.get_or_init(|| built))
 }
 
 /// A new runtime for one engine, tokio's current-thread flavour: it runs only while a
@@ -90,20 +80,11 @@ pub(crate) fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
 /// (see `engine.rs`). The exception to [`runtime`] being the process's one runtime: the
 /// engine's tasks must not wake a worker thread for each request.
 pub(crate) fn engine_runtime() -> PyResult<tokio::runtime::Runtime> {
-    let busy_poll = busy_poll()?;
-    let runtime = busy_poll
-        .install(&mut tokio::runtime::Builder::new_current_thread())
-        .enable_all()
-        .build()
+    busy_poll()?
+        .build(&mut tokio::runtime::Builder::new_current_thread())
         .map_err(|err| {
             PyRuntimeError::new_err(format!("cannot start the engine's tokio runtime: {err}"))
-        })?;
-    {
-        // Spawned now, polled whenever the engine's thread drives the runtime.
-        let _guard = runtime.enter();
-        busy_poll.start();
-    }
-    Ok(runtime)
+        })
 }
 
 /// Installs the stderr subscriber once (see `init_logging` in lib.rs).
