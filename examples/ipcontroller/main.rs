@@ -14,6 +14,7 @@ mod store;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,6 +171,8 @@ async fn run(args: Args) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs usually go to files.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let profile_dir = profile::resolve_profile_dir(args.profile_dir.as_deref(), &args.profile)?;

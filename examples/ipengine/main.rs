@@ -26,6 +26,7 @@ mod profile;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,6 +279,8 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs usually go to files.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // One thread: an engine runs one request at a time, its functions run on the blocking
     // pool (the inline ones return in microseconds), and on a few CPUs a single-threaded
