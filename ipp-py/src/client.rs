@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ipp_core::client::{
-    Client, ClientConfig, ClientError, RawChannel, RawOutput, RawReplies, RawReply, RawRequest,
-    WaitEnd, WAIT_TICK,
+    Client, ClientConfig, ClientError, Completions, RawChannel, RawOutput, RawReplies, RawReply,
+    RawRequest, WaitEnd, WAIT_TICK,
 };
 use ipp_core::protocol::ClientConnectionInfo;
 use ipp_core::transport::Transport;
@@ -246,6 +246,35 @@ fn store_wait<T: Send>(
     }
 }
 
+/// The ids of a set of requests, handed out as their replies arrive, so a caller waiting
+/// for many can work on each as it comes (`ipp_rs.Client.wait` resolves its
+/// AsyncResults this way).
+#[pyclass(module = "ipp_rs._ipp_rs", name = "Completions", frozen)]
+#[derive(Debug)]
+pub(crate) struct PyCompletions {
+    inner: Completions,
+}
+
+#[pymethods]
+impl PyCompletions {
+    /// Blocks (GIL released, Ctrl-C checked) until at least one id not handed out yet has
+    /// its reply or `timeout` seconds pass; returns the ids finished since the last call
+    /// (`[]` on timeout, or at once when every id has been handed out).
+    #[pyo3(signature = (timeout = None))]
+    fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Vec<String>> {
+        let timeout = duration(timeout)?;
+        let inner = &self.inner;
+        let (done, _) = store_wait(py, |check| inner.next_interruptible(timeout, check))?;
+        Ok(done)
+    }
+
+    /// How many ids have not been handed out yet.
+    #[getter]
+    fn remaining(&self) -> usize {
+        self.inner.remaining()
+    }
+}
+
 /// A connection to a controller: sends requests and keeps their replies (see the module
 /// docs and `ipp_rs/_ipp_rs.pyi`).
 #[pyclass(module = "ipp_rs._ipp_rs", name = "NativeClient", frozen)]
@@ -458,6 +487,13 @@ impl NativeClient {
         let replies = &self.replies;
         let end = store_wait(py, |check| replies.wait_interruptible(&ids, timeout, check))?;
         Ok(end == WaitEnd::Done)
+    }
+
+    /// The ids among `msg_ids` handed out as their replies arrive (see `Completions`).
+    fn completions(&self, msg_ids: &Bound<'_, PyAny>) -> PyResult<PyCompletions> {
+        Ok(PyCompletions {
+            inner: self.replies.completions(&to_ids(msg_ids)?),
+        })
     }
 
     /// Blocks until at least one id has its reply (or timeout); returns the done ones.

@@ -39,6 +39,7 @@ fn _ipp_rs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(init_logging, m)?)?;
     m.add_class::<client::NativeClient>()?;
     m.add_class::<client::Reply>()?;
+    m.add_class::<client::PyCompletions>()?;
     m.add_class::<controller::PyController>()?;
     m.add_class::<engine::PyEngine>()?;
     m.add_class::<sink::OutputSink>()?;

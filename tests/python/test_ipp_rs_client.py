@@ -493,6 +493,25 @@ def test_wait_and_wait_interactive(rc, lview, capsys):
     assert "6/6" in capsys.readouterr().out
 
 
+def test_wait_resolves_the_async_results_it_is_given_and_times_out(rc, lview, dview):
+    ars = [lview.apply_async(rf(lambda i: i * i), i) for i in range(20)]
+    failing = lview.apply_async(rf(lambda: 1 / 0))
+    many = dview.apply_async(rf(lambda: "each"))  # one AsyncResult, one reply per engine
+    assert rc.wait([*ars, failing, many, ars[0].msg_ids[0]], timeout=TIMEOUT)
+    # Resolved while waiting (the Future itself is finished, not only the native reply
+    # in), errors kept for get(), not raised by wait.
+    assert all(concurrent.futures.Future.done(ar) for ar in [*ars, failing, many])
+    assert [ar.get(0) for ar in ars] == [i * i for i in range(20)]
+    assert many.get(0) == ["each"] * len(dview)
+    with pytest.raises(error.RemoteError):
+        failing.get(0)
+    slow = lview.apply_async(rf(lambda: __import__("time").sleep(1)))
+    assert rc.wait([slow], timeout=0.05) is False
+    assert not concurrent.futures.Future.done(slow)
+    assert rc.wait([slow], timeout=TIMEOUT)
+    assert concurrent.futures.Future.done(slow) and slow.get(0) is None
+
+
 def test_wait_for_engines_returns_and_times_out(rc):
     assert rc.wait_for_engines(2, timeout=TIMEOUT) is None
     fut = rc.wait_for_engines(1, block=False)

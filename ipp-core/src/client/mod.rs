@@ -105,7 +105,8 @@ pub use blocking::{
 pub use error::{ClientError, ClientResult};
 pub use hub::{EngineQueue, Purge, QueueEntry, QueueStatus, ResultStatus};
 pub use raw::{
-    RawChannel, RawOutput, RawReplies, RawReply, RawRequest, UnknownChannel, WaitEnd, WAIT_TICK,
+    Completions, RawChannel, RawOutput, RawReplies, RawReply, RawRequest, UnknownChannel, WaitEnd,
+    WAIT_TICK,
 };
 pub use result::{AsyncResult, Many, One, ResultStream, TaskMetadata};
 pub use view::{BroadcastView, DirectView, LoadBalancedView, MapOptions};

@@ -425,6 +425,9 @@ struct Waiter {
     pending: HashSet<String>,
     satisfied: bool,
     wake: Wake,
+    /// For a [`Completions`] stream: the ids finished since it last handed them out
+    /// (`satisfied` while this is not empty).
+    completed: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -475,14 +478,19 @@ impl StoreState {
         let record = self.records.get(msg_id);
         let mut wake_threads = false;
         for waiter in &mut self.waiters {
-            if waiter.satisfied || !waiter.pending.contains(msg_id) {
+            // A completions stream takes more ids while earlier ones wait to be handed out.
+            if (waiter.satisfied && waiter.completed.is_none()) || !waiter.pending.contains(msg_id)
+            {
                 continue;
             }
             if !record.is_none_or(|r| r.is(waiter.kind)) {
                 continue;
             }
             waiter.pending.remove(msg_id);
-            if waiter.any || waiter.pending.is_empty() {
+            if let Some(completed) = &mut waiter.completed {
+                completed.push(msg_id.to_owned());
+            }
+            if waiter.any || waiter.completed.is_some() || waiter.pending.is_empty() {
                 waiter.satisfied = true;
                 match &waiter.wake {
                     Wake::Thread => wake_threads = true,
@@ -658,8 +666,30 @@ impl RawShared {
             pending,
             satisfied: false,
             wake,
+            completed: None,
         });
         Some(id)
+    }
+
+    /// Registers the waiter of a [`Completions`] stream: ids finished already are its
+    /// first completions.
+    fn add_completions_waiter(&self, msg_ids: &[String]) -> u64 {
+        let mut state = self.lock();
+        let (done, pending): (Vec<String>, Vec<String>) = msg_ids
+            .iter()
+            .cloned()
+            .partition(|id| state.is(id, WaitKind::Reply));
+        let id = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        state.waiters.push(Waiter {
+            id,
+            kind: WaitKind::Reply,
+            any: false,
+            pending: pending.into_iter().collect(),
+            satisfied: !done.is_empty(),
+            wake: Wake::Thread,
+            completed: Some(done),
+        });
+        id
     }
 
     fn remove_waiter(state: &mut StoreState, id: u64) -> bool {
@@ -686,38 +716,45 @@ impl RawShared {
         timeout: Option<Duration>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> WaitEnd {
-        let start = Instant::now();
-        let deadline = timeout.map(|t| start + t);
         let mut state = self.lock();
         let Some(id) = self.add_waiter(&mut state, msg_ids, kind, any, Wake::Thread) else {
             return WaitEnd::Done;
         };
+        let (mut state, end) = self.block_on_waiter(state, id, timeout, interrupt);
+        if Self::remove_waiter(&mut state, id) {
+            WaitEnd::Done
+        } else {
+            end
+        }
+    }
+
+    /// Blocks until waiter `id` is satisfied (`Done`), `timeout` passes or `interrupt`
+    /// (called every [`WAIT_TICK`], without the lock) says to stop. The waiter stays
+    /// registered.
+    fn block_on_waiter<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, StoreState>,
+        id: u64,
+        timeout: Option<Duration>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> (MutexGuard<'a, StoreState>, WaitEnd) {
+        let start = Instant::now();
+        let deadline = timeout.map(|t| start + t);
         let mut next_check = start + WAIT_TICK;
         loop {
             if Self::is_satisfied(&state, id) {
-                Self::remove_waiter(&mut state, id);
-                return WaitEnd::Done;
+                return (state, WaitEnd::Done);
             }
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
-                let done = Self::remove_waiter(&mut state, id);
-                return if done {
-                    WaitEnd::Done
-                } else {
-                    WaitEnd::TimedOut
-                };
+                return (state, WaitEnd::TimedOut);
             }
             if now >= next_check {
                 drop(state);
                 let go_on = interrupt();
                 state = self.lock();
                 if !go_on {
-                    let done = Self::remove_waiter(&mut state, id);
-                    return if done {
-                        WaitEnd::Done
-                    } else {
-                        WaitEnd::Interrupted
-                    };
+                    return (state, WaitEnd::Interrupted);
                 }
                 next_check = Instant::now() + WAIT_TICK;
                 continue;
@@ -800,6 +837,68 @@ pub enum WaitEnd {
 #[derive(Clone, Debug)]
 pub struct RawReplies {
     shared: Arc<RawShared>,
+}
+
+/// The ids of a set of requests, handed out as their replies arrive
+/// ([`RawReplies::completions`]): a caller waiting for many replies can work on each as it
+/// comes instead of after the last one. Dropping it stops the tracking.
+#[derive(Debug)]
+pub struct Completions {
+    shared: Arc<RawShared>,
+    id: u64,
+}
+
+impl Completions {
+    /// Blocks until at least one id not handed out yet has its reply, `timeout` passes, or
+    /// `interrupt` (called about every 100 ms, as for
+    /// [`RawReplies::wait_interruptible`]) says to stop; returns the ids finished since
+    /// the last call, in the order their replies came, and how the wait ended. Returns at
+    /// once, with no ids and `Done`, when every id has been handed out.
+    pub fn next_interruptible(
+        &self,
+        timeout: Option<Duration>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> (Vec<String>, WaitEnd) {
+        let state = self.shared.lock();
+        if self.remaining_in(&state) == 0 {
+            return (Vec::new(), WaitEnd::Done);
+        }
+        let (mut state, end) = self
+            .shared
+            .block_on_waiter(state, self.id, timeout, interrupt);
+        let Some(waiter) = state.waiters.iter_mut().find(|w| w.id == self.id) else {
+            return (Vec::new(), WaitEnd::Done);
+        };
+        let done = waiter
+            .completed
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        waiter.satisfied = false;
+        let end = if done.is_empty() { end } else { WaitEnd::Done };
+        (done, end)
+    }
+
+    /// How many ids have not been handed out yet.
+    pub fn remaining(&self) -> usize {
+        self.remaining_in(&self.shared.lock())
+    }
+
+    fn remaining_in(&self, state: &StoreState) -> usize {
+        state
+            .waiters
+            .iter()
+            .find(|w| w.id == self.id)
+            .map_or(0, |w| {
+                w.pending.len() + w.completed.as_ref().map_or(0, Vec::len)
+            })
+    }
+}
+
+impl Drop for Completions {
+    fn drop(&mut self) {
+        RawShared::remove_waiter(&mut self.shared.lock(), self.id);
+    }
 }
 
 impl RawReplies {
@@ -906,6 +1005,15 @@ impl RawReplies {
             .cloned()
             .collect();
         (done, end)
+    }
+
+    /// A stream of the ids among `msg_ids` that get their reply, handed out as they do
+    /// (see [`Completions::next_interruptible`]); ids that have one already come first.
+    pub fn completions(&self, msg_ids: &[String]) -> Completions {
+        Completions {
+            id: self.shared.add_completions_waiter(msg_ids),
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Blocks until the output of every id is complete: its IOPub `status: idle` arrived

@@ -425,3 +425,73 @@ async fn blocking_waits_from_a_thread() {
     client.close().await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_hand_out_each_finished_id_once_as_replies_arrive() {
+    let cluster = Cluster::start(1).await;
+    let _silent = silent_engine(&cluster, "silent-completions-engine").await;
+    let client = cluster.client().await;
+    let ids = client.wait_for_engines(2, LONG).await.unwrap();
+    let silent_id = *ids
+        .iter()
+        .find(|id| client.engines()[id] == "silent-completions-engine")
+        .unwrap();
+    let working_id = u32::from(silent_id == 0);
+    let replies = client.raw_replies().clone();
+    let sender = client.clone();
+    let (first, ids, handed_out, stuck_end, after_all) = tokio::task::spawn_blocking(move || {
+        let send = |target: u32, n: usize| -> Vec<String> {
+            let requests = (0..n)
+                .map(|i| {
+                    apply(RawChannel::Mux, "square", &(i as i64)).with_targets(Some(vec![target]))
+                })
+                .collect();
+            sender
+                .send_raw_blocking(requests)
+                .unwrap()
+                .into_iter()
+                .flatten()
+                .collect()
+        };
+        // One finished before the stream starts: it comes first.
+        let first = send(working_id, 1);
+        assert!(replies.wait(&first, Some(LONG)));
+        let mut ids = first.clone();
+        ids.extend(send(working_id, 200));
+        let completions = replies.completions(&ids);
+        let mut handed_out = Vec::new();
+        while completions.remaining() > 0 {
+            let (done, end) = completions.next_interruptible(Some(LONG), &mut || true);
+            assert_eq!(end, WaitEnd::Done);
+            assert!(!done.is_empty());
+            handed_out.extend(done);
+        }
+        let after_all = completions.next_interruptible(Some(LONG), &mut || true);
+        // A request the silent engine never answers: the stream times out, then stops
+        // when interrupted.
+        let stuck = replies.completions(&send(silent_id, 1));
+        let (none, stuck_end) =
+            stuck.next_interruptible(Some(Duration::from_millis(50)), &mut || true);
+        assert!(none.is_empty());
+        let mut calls = 0;
+        let (_, interrupted) = stuck.next_interruptible(None, &mut || {
+            calls += 1;
+            calls < 2
+        });
+        assert_eq!(interrupted, WaitEnd::Interrupted);
+        (first, ids, handed_out, stuck_end, after_all)
+    })
+    .await
+    .unwrap();
+    assert_eq!(handed_out[0], first[0]);
+    let mut sorted = handed_out.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), handed_out.len(), "an id was handed out twice");
+    let mut expected = ids;
+    expected.sort();
+    assert_eq!(sorted, expected);
+    assert_eq!(stuck_end, WaitEnd::TimedOut);
+    assert_eq!(after_all, (Vec::new(), WaitEnd::Done));
+    cluster.stop().await;
+}

@@ -143,6 +143,17 @@ class Reply:
         """``time.time()`` when the reply arrived."""
 
 @final
+class Completions:
+    """Ids of a set of requests, handed out as their replies arrive."""
+
+    @property
+    def remaining(self) -> int:
+        """How many ids have not been handed out yet."""
+    def next(self, timeout: Optional[float] = None) -> list[str]:
+        """Blocks (GIL released, Ctrl-C checked) until at least one id not handed out yet
+        has its reply, or `timeout` seconds; the ids finished since the last call (``[]``
+        on timeout, or at once when all were handed out)."""
+
 class NativeClient:
     """The networking half of ``ipp_rs.Client``: sockets, signing, JSON framing and reply
     bookkeeping in Rust. Every blocking call releases the GIL and runs Python signal
@@ -191,6 +202,8 @@ class NativeClient:
     ) -> list[str]:
         """Load-balanced requests (channel must be "task") in one hop; one msg_id each."""
     def wait(self, msg_ids: Sequence[str], timeout: Optional[float] = None) -> bool: ...
+    def completions(self, msg_ids: Sequence[str]) -> Completions:
+        """The ids handed out as their replies arrive (those done already first)."""
     def wait_any(self, msg_ids: Sequence[str], timeout: Optional[float] = None) -> list[str]:
         """Returns the done ids (those with a reply, plus untracked ones) once at least
         one is done, or at the timeout; ``[]`` for no ids."""

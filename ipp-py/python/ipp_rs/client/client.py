@@ -582,6 +582,7 @@ class Client(HubQueries):
         are done."""
         limit = None if timeout is None or timeout < 0 else timeout
         futures = []
+        given = []  # the AsyncResults among jobs
         if jobs is None:
             msg_ids = list(self.outstanding)
         else:
@@ -593,12 +594,16 @@ class Client(HubQueries):
                     msg_ids.append(self.history[job])
                 elif isinstance(job, AsyncResult):
                     msg_ids.extend(job.msg_ids)
+                    given.append(job)
                 elif hasattr(job, "add_done_callback") and not isinstance(job, str):
                     futures.append(job)
                 else:
                     msg_ids.append(job)
         start = time.monotonic()
-        if msg_ids and not self._native.wait(msg_ids, limit):
+        if given:
+            if not self._wait_resolving(msg_ids, given, limit):
+                return False
+        elif msg_ids and not self._native.wait(msg_ids, limit):
             return False
         if futures:
             import concurrent.futures
@@ -606,6 +611,31 @@ class Client(HubQueries):
             remaining = None if limit is None else max(0.0, limit - (time.monotonic() - start))
             _, pending = concurrent.futures.wait(futures, timeout=remaining)
             return not pending
+        return True
+
+    def _wait_resolving(self, msg_ids: list, given: list, limit: Optional[float]) -> bool:
+        """Waits for `msg_ids` (`limit` seconds at most; None: no limit) and resolves each
+        AsyncResult of `given` as soon as all its replies are in, while the others are
+        still running: their results are unpacked while the engines work rather than all
+        after the last reply (the caller asks for them next, as a rule)."""
+        waiting: dict = {}
+        left: dict = {}
+        for ar in given:
+            left[id(ar)] = len(ar.msg_ids)
+            for msg_id in ar.msg_ids:
+                waiting.setdefault(msg_id, []).append(ar)
+        completions = self._native.completions(msg_ids)
+        deadline = None if limit is None else time.monotonic() + limit
+        while completions.remaining:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done = completions.next(remaining)
+            if not done:
+                return False  # timed out
+            for msg_id in done:
+                for ar in waiting.pop(msg_id, ()):
+                    left[id(ar)] -= 1
+                    if left[id(ar)] == 0:
+                        ar._resolve()
         return True
 
     def wait_interactive(self, jobs: Any = None, interval: float = 1.0, timeout: float = -1.0) -> None:
