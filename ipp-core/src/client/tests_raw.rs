@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 
-use super::tests::{silent_engine, Cluster, LONG};
+use super::tests::{silent_engine, Cluster, SilentEngine, LONG};
 use super::*;
 use crate::protocol::apply::{read_reply, RustCall};
 use crate::protocol::{to_json_bytes, JsonMap};
@@ -369,16 +369,20 @@ async fn queries_bad_requests_untracked_sends_and_waits_on_unknown_ids() {
     cluster.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blocking_waits_from_a_thread() {
+/// A cluster with one Rust engine and one that never answers (`uuid`), a client that
+/// sees both, and the silent engine's id.
+async fn with_a_silent_engine(uuid: &str) -> (Cluster, SilentEngine, Client, u32) {
     let cluster = Cluster::start(1).await;
-    let _silent = silent_engine(&cluster, "silent-blocking-engine").await;
+    let silent = silent_engine(&cluster, uuid).await;
     let client = cluster.client().await;
     let ids = client.wait_for_engines(2, LONG).await.unwrap();
-    let silent_id = *ids
-        .iter()
-        .find(|id| client.engines()[id] == "silent-blocking-engine")
-        .unwrap();
+    let silent_id = *ids.iter().find(|id| client.engines()[id] == uuid).unwrap();
+    (cluster, silent, client, silent_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_waits_from_a_thread() {
+    let (cluster, _silent, client, silent_id) = with_a_silent_engine("silent-blocking").await;
     let replies = client.raw_replies().clone();
     let sender = client.clone();
     let (ids, done, any, end, interrupted) = tokio::task::spawn_blocking(move || {
@@ -428,14 +432,7 @@ async fn blocking_waits_from_a_thread() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_hand_out_each_finished_id_once_as_replies_arrive() {
-    let cluster = Cluster::start(1).await;
-    let _silent = silent_engine(&cluster, "silent-completions-engine").await;
-    let client = cluster.client().await;
-    let ids = client.wait_for_engines(2, LONG).await.unwrap();
-    let silent_id = *ids
-        .iter()
-        .find(|id| client.engines()[id] == "silent-completions-engine")
-        .unwrap();
+    let (cluster, _silent, client, silent_id) = with_a_silent_engine("silent-completions").await;
     let working_id = u32::from(silent_id == 0);
     let replies = client.raw_replies().clone();
     let sender = client.clone();
@@ -493,5 +490,6 @@ async fn completions_hand_out_each_finished_id_once_as_replies_arrive() {
     assert_eq!(sorted, expected);
     assert_eq!(stuck_end, WaitEnd::TimedOut);
     assert_eq!(after_all, (Vec::new(), WaitEnd::Done));
+    client.close().await;
     cluster.stop().await;
 }
