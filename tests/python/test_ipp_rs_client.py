@@ -512,6 +512,28 @@ def test_wait_resolves_the_async_results_it_is_given_and_times_out(rc, lview, dv
     assert concurrent.futures.Future.done(slow) and slow.get(0) is None
 
 
+def test_a_map_waited_in_parts_keeps_every_result_in_order(rc, lview):
+    # The results that arrive while a wait times out are unpacked then; the rest after.
+    def slow_at(x):
+        import time
+
+        if x == 5:
+            time.sleep(1)
+        if x == 7:
+            raise ValueError(x)
+        return x * 10
+
+    amr = lview.map(rf(slow_at), range(12), block=False, return_exceptions=True)
+    assert amr.wait(0.3) is False
+    assert not amr.ready()
+    assert amr.wait(TIMEOUT)
+    got = amr.get(0)
+    assert [r for i, r in enumerate(got) if i != 7] == [x * 10 for x in range(12) if x != 7]
+    assert isinstance(got[7], error.RemoteError) and got[7].ename == "ValueError"
+    with pytest.raises(error.RemoteError):
+        lview.map(rf(slow_at), range(12), block=False).get(TIMEOUT)
+
+
 def test_wait_for_engines_returns_and_times_out(rc):
     assert rc.wait_for_engines(2, timeout=TIMEOUT) is None
     fut = rc.wait_for_engines(1, block=False)

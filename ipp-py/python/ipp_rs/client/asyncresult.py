@@ -66,6 +66,7 @@ class AsyncResult(OutputDisplay, Future):
         "_chunk_sizes",
         "_success",
         "_raw_results",
+        "_unpacked",
         "_resolved",
         "_output_ready",
         "_md_cache",
@@ -116,6 +117,8 @@ class AsyncResult(OutputDisplay, Future):
         self._chunk_sizes = chunk_sizes or None
         self._success = None
         self._raw_results = None
+        # msg_id -> result unpacked while waiting for the others (see _wait_unpacking)
+        self._unpacked = None
         self._resolved = False
         self._output_ready = False
         self._md_cache = None
@@ -230,38 +233,66 @@ class AsyncResult(OutputDisplay, Future):
         return len(self._client._native.done(self.msg_ids)) == len(self.msg_ids)
 
     def _native_wait(self, timeout: Optional[float]) -> bool:
+        if len(self.msg_ids) > 1:
+            return self._wait_unpacking(timeout)
         return bool(self._client._native.wait(self.msg_ids, timeout))
 
+    def _wait_unpacking(self, timeout: Optional[float]) -> bool:
+        """Waits for every reply (`timeout` seconds at most; None: no limit), unpacking
+        each result as its reply arrives, while the engines still work on the others,
+        rather than all of them after the last reply (a map of 5,000 no-ops spent a fifth
+        of its time unpacking after the engines were done)."""
+        unpacked = self._unpacked
+        if unpacked is None:
+            unpacked = self._unpacked = {}
+        completions = self._client._native.completions(self.msg_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while completions.remaining:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done = completions.next(remaining)
+            if not done:
+                return False  # timed out; what was unpacked is kept for the next wait
+            for msg_id in done:
+                if msg_id not in unpacked:
+                    unpacked[msg_id] = self._child_result(msg_id)
+        return True
+
+    def _child_result(self, msg_id: str) -> Any:
+        """The result of one of this AsyncResult's requests, or the exception it ended
+        with (not raised)."""
+        try:
+            return self._client._result(msg_id)
+        except KeyError:
+            # The native client no longer holds it (purged, or released by the
+            # AsyncResult that owned it): say so instead of hanging or guessing.
+            return error.RemoteError(
+                "KeyError",
+                f"the reply of {msg_id} is no longer held by this client (purged, or "
+                "released with the AsyncResult that owned it): use "
+                "client.get_result(msg_id) to fetch it from the Hub",
+                "",
+                {},
+            )
+        except Exception as exc:  # noqa: BLE001 - e.g. a class not importable here
+            import traceback
+
+            return error.RemoteError(
+                type(exc).__name__,
+                f"the result of {msg_id} could not be deserialized here: {exc}",
+                "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                {},
+            )
+
     def _results_now(self) -> list:
-        client = self._client
+        unpacked = self._unpacked
+        self._unpacked = None
+        if not unpacked:
+            return [self._child_result(msg_id) for msg_id in self.msg_ids]
+        missing = object()
         results = []
         for msg_id in self.msg_ids:
-            try:
-                results.append(client._result(msg_id))
-            except KeyError:
-                # The native client no longer holds it (purged, or released by the
-                # AsyncResult that owned it): say so instead of hanging or guessing.
-                results.append(
-                    error.RemoteError(
-                        "KeyError",
-                        f"the reply of {msg_id} is no longer held by this client (purged, or "
-                        "released with the AsyncResult that owned it): use "
-                        "client.get_result(msg_id) to fetch it from the Hub",
-                        "",
-                        {},
-                    )
-                )
-            except Exception as exc:  # noqa: BLE001 - e.g. a class not importable here
-                import traceback
-
-                results.append(
-                    error.RemoteError(
-                        type(exc).__name__,
-                        f"the result of {msg_id} could not be deserialized here: {exc}",
-                        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
-                        {},
-                    )
-                )
+            result = unpacked.get(msg_id, missing)
+            results.append(self._child_result(msg_id) if result is missing else result)
         return results
 
     def _resolve(self) -> None:
