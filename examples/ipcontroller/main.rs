@@ -62,9 +62,10 @@ struct Args {
     /// Record tasks in MongoDB (`[store]` `url`, `database` in `ipcontroller.toml`).
     #[arg(long)]
     mongodb: bool,
-    /// Restore the previous session: reuse its connection files (implies --reuse) and keep
-    /// its task records (needs a persistent store: --sqlitedb or --mongodb with a fixed
-    /// `database`). Engines are not restored; they register again.
+    /// Restore the previous session: reuse its connection files (implies --reuse), take back
+    /// its engines from `<profile_dir>/log/engines<cluster_id>.json` (each rejoins with its
+    /// id on its first heartbeat) and, with a persistent store (--sqlitedb, or --mongodb with
+    /// a fixed `database`), keep its task records.
     #[arg(long)]
     restore: bool,
     /// Load-balancing scheme: leastload, lru, plainrandom, twobin, weighted.
@@ -190,9 +191,18 @@ async fn run(args: Args) -> Result<()> {
         store_config,
     );
     if args.restore && !choice.is_persistent() {
-        bail!("--restore needs a task database that outlives the controller: add --sqlitedb (or --mongodb with a fixed `database` in ipcontroller.toml)");
+        tracing::info!(
+            "--restore with a task database that does not outlive the controller: engines \
+             and connection files are restored, task records are not (--sqlitedb keeps them)"
+        );
     }
     let reuse = args.reuse || args.restore;
+    config.engine_state_file = Some(
+        profile_dir
+            .join("log")
+            .join(format!("engines{}.json", args.cluster_id)),
+    );
+    config.restore_engines = args.restore;
     config.ip = if args.ip == "*" {
         "0.0.0.0".into()
     } else {

@@ -1,5 +1,6 @@
 //! Settings of a controller.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -37,6 +38,20 @@ pub struct ControllerConfig {
     pub event_queue: usize,
     /// Largest message, in bytes, the controller accepts from a client (summed over frames).
     pub max_message_bytes: usize,
+    /// The engine state file the Hub rewrites whenever an engine registers or goes away
+    /// (`{"engines": {"<id>": "<uuid>"}, "next_id": N}`, ipyparallel's
+    /// `Hub.engine_state_file`; `ipcontroller` uses `<profile_dir>/log/engines<cluster_id>.json`).
+    /// `None` (the default for an embedded controller): no file. Set in code, not read from
+    /// a configuration file (`ipcontroller` derives it from the profile).
+    #[serde(skip)]
+    pub engine_state_file: Option<PathBuf>,
+    /// Take back the engines listed in `engine_state_file` by an earlier controller
+    /// (`ipcontroller --restore`): each rejoins with its old id on its first heartbeat, and
+    /// one that sends none within the registration timeout (or the heartbeat deadline, if
+    /// longer) is dropped. Needs `engine_state_file`; a missing file restores nothing. Set
+    /// in code (`ipcontroller --restore`), not read from a configuration file.
+    #[serde(skip)]
+    pub restore_engines: bool,
 }
 
 impl Default for ControllerConfig {
@@ -54,6 +69,8 @@ impl Default for ControllerConfig {
             broadcast_leaves: 2,
             event_queue: 65_536,
             max_message_bytes: 1 << 30,
+            engine_state_file: None,
+            restore_engines: false,
         }
     }
 }

@@ -134,6 +134,22 @@ impl Controller {
                     .into(),
             ));
         }
+        let restored = match (&config.engine_state_file, config.restore_engines) {
+            (_, false) => None,
+            (None, true) => {
+                return Err(Error::Config(
+                    "restore_engines needs engine_state_file: the file to restore the engines \
+                     from"
+                        .into(),
+                ))
+            }
+            (Some(path), true) => hub::EngineState::read(path)?.map(|state| hub::Restore {
+                state,
+                wait: config
+                    .heartbeat_deadline()
+                    .max(Duration::from_secs(config.registration_timeout_s.max(1))),
+            }),
+        };
         let mut ports = Ports {
             pool: config.ports.clone().into_iter(),
         };
@@ -242,6 +258,8 @@ impl Controller {
             hearts: hearts_tx,
             resubmit: task_commands_tx.clone(),
             shutdown: shutdown.clone(),
+            engine_state_file: config.engine_state_file.clone(),
+            restored,
         }));
         tasks.spawn(relay::run_router_relay(
             relay::RelayKind::Mux,

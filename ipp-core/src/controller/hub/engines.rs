@@ -2,8 +2,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::controller::ordered::OrderedIds;
 use tokio::time::Instant;
+
+use super::engine_state::EngineState;
+use crate::controller::ordered::OrderedIds;
 
 /// One registered engine and the work the Hub knows it has.
 #[derive(Debug)]
@@ -23,6 +25,9 @@ pub(crate) struct EngineEntry {
 struct PendingRegistration {
     id: u32,
     deadline: Instant,
+    /// Read from the engine state file of an earlier controller (not asked for by the
+    /// engine): it stays in the state file until the engine is back or given up on.
+    restored: bool,
 }
 
 /// Why a registration was refused.
@@ -69,9 +74,48 @@ impl Engines {
                 id
             }
         };
-        self.pending
-            .insert(uuid.to_owned(), PendingRegistration { id, deadline });
+        self.pending.insert(
+            uuid.to_owned(),
+            PendingRegistration {
+                id,
+                deadline,
+                restored: false,
+            },
+        );
         Ok(id)
+    }
+
+    /// Takes back the engines of an earlier controller's state file: each waits, with its
+    /// old id, for its first heartbeat (until `deadline`), as a registering engine does; the
+    /// id counter goes on from `next_id` (or past the highest id).
+    pub(crate) fn restore(&mut self, engines: Vec<(u32, String)>, next_id: u32, deadline: Instant) {
+        for (id, uuid) in engines {
+            self.next_id = self.next_id.max(id.saturating_add(1));
+            self.pending.insert(
+                uuid,
+                PendingRegistration {
+                    id,
+                    deadline,
+                    restored: true,
+                },
+            );
+        }
+        self.next_id = self.next_id.max(next_id);
+    }
+
+    /// What the engine state file holds: the registered engines, those restored and not
+    /// back yet, and the id counter.
+    pub(crate) fn state(&self) -> EngineState {
+        let registered = self
+            .by_id
+            .values()
+            .map(|entry| (entry.id, entry.uuid.clone()));
+        let restored = self
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.restored)
+            .map(|(uuid, pending)| (pending.id, uuid.clone()));
+        EngineState::new(registered.chain(restored), self.next_id)
     }
 
     /// Completes a pending registration; returns its id, or `None` if it was not pending.
@@ -99,15 +143,16 @@ impl Engines {
         self.pending.len() != before
     }
 
-    /// Drops registrations whose engines never sent a heartbeat in time.
-    pub(crate) fn purge_stalled(&mut self, now: Instant) -> Vec<(String, u32)> {
-        let stalled: Vec<(String, u32)> = self
+    /// Drops registrations whose engines never sent a heartbeat in time: (uuid, id,
+    /// whether it was restored).
+    pub(crate) fn purge_stalled(&mut self, now: Instant) -> Vec<(String, u32, bool)> {
+        let stalled: Vec<(String, u32, bool)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.deadline <= now)
-            .map(|(uuid, p)| (uuid.clone(), p.id))
+            .map(|(uuid, p)| (uuid.clone(), p.id, p.restored))
             .collect();
-        for (uuid, _) in &stalled {
+        for (uuid, ..) in &stalled {
             self.pending.remove(uuid);
         }
         stalled
@@ -203,8 +248,38 @@ mod tests {
         let mut engines = Engines::default();
         let now = Instant::now();
         engines.begin_registration("a", None, now).unwrap();
-        assert_eq!(engines.purge_stalled(now), vec![("a".to_owned(), 0)]);
+        assert_eq!(engines.purge_stalled(now), vec![("a".to_owned(), 0, false)]);
         assert_eq!(engines.complete_registration("a"), None);
+    }
+
+    #[test]
+    fn restored_engines_keep_their_ids_until_they_are_back_or_given_up() {
+        let mut engines = Engines::default();
+        let deadline = later();
+        engines.restore(vec![(0, "a".to_owned()), (4, "b".to_owned())], 2, deadline);
+        // Their ids are taken, the counter is past them, and a restored uuid is in use.
+        assert_eq!(engines.begin_registration("c", Some(4), later()), Ok(5));
+        assert_eq!(
+            engines.begin_registration("a", None, later()),
+            Err(RegisterError::UuidInUse)
+        );
+        assert_eq!(
+            engines.state(),
+            EngineState::new([(0, "a".to_owned()), (4, "b".to_owned())], 6),
+            "restored engines stay in the state; a registering new one does not"
+        );
+        // Back on its first heartbeat, with its old id.
+        assert_eq!(engines.complete_registration("a"), Some(0));
+        assert_eq!(engines.complete_registration("c"), Some(5));
+        // Given up on at the deadline.
+        assert_eq!(
+            engines.purge_stalled(deadline),
+            vec![("b".to_owned(), 4, true)]
+        );
+        assert_eq!(
+            engines.state(),
+            EngineState::new([(0, "a".to_owned()), (5, "c".to_owned())], 6)
+        );
     }
 
     #[test]

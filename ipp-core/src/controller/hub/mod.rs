@@ -1,11 +1,13 @@
 //! The Hub: registration, engine membership, the task table and every query clients send.
 
+mod engine_state;
 mod engines;
 mod queries;
 mod records;
 mod wire_fields;
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use self::engine_state::{EngineState, Restore};
 use self::engines::{Engines, RegisterError};
 use super::events::{EngineEvent, HubEvent, TaskCommand};
 use super::heartbeat::HeartCommand;
@@ -39,6 +42,10 @@ pub(crate) struct HubParts {
     pub(crate) hearts: mpsc::Sender<HeartCommand>,
     pub(crate) resubmit: mpsc::Sender<TaskCommand>,
     pub(crate) shutdown: CancellationToken,
+    /// Where to keep the engine state file (`None`: nowhere).
+    pub(crate) engine_state_file: Option<PathBuf>,
+    /// Engines of an earlier controller to take back (read from the state file).
+    pub(crate) restored: Option<Restore>,
 }
 
 /// The Hub's state; one task owns it.
@@ -56,6 +63,9 @@ pub(crate) struct Hub {
     resubmit: mpsc::Sender<TaskCommand>,
     shutdown: CancellationToken,
     engines: Engines,
+    engine_state_file: Option<PathBuf>,
+    /// Whether writing the engine state file failed already (logged once as an error).
+    warned_state_file: bool,
     /// Requests (direct and load-balanced) without a result yet.
     pending: HashSet<String>,
     /// Load-balanced tasks not yet sent to an engine.
@@ -87,6 +97,8 @@ pub(crate) async fn run_hub(parts: HubParts) {
         hearts,
         resubmit,
         shutdown,
+        engine_state_file,
+        restored,
     } = parts;
     let store_records = store.capabilities().records;
     let (query_tx, mut query_rx) = query.split();
@@ -105,6 +117,8 @@ pub(crate) async fn run_hub(parts: HubParts) {
         resubmit,
         shutdown: shutdown.clone(),
         engines: Engines::default(),
+        engine_state_file,
+        warned_state_file: false,
         pending: HashSet::new(),
         unassigned: OrderedIds::new(),
         completed: RecentSet::default(),
@@ -113,6 +127,9 @@ pub(crate) async fn run_hub(parts: HubParts) {
         warned: WarnOnce::default(),
         warned_store: false,
     };
+    if let Some(restore) = restored {
+        hub.restore_engines(restore);
+    }
     let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
     housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -319,6 +336,7 @@ impl Hub {
             return;
         };
         tracing::info!(engine.id = id, engine.uuid = %uuid, "engine registered");
+        self.save_engine_state();
         let _ = self
             .engine_events
             .send(EngineEvent::Registered {
@@ -355,6 +373,7 @@ impl Hub {
             return;
         };
         tracing::info!(engine.id = id, engine.uuid = %entry.uuid, "engine unregistered");
+        self.save_engine_state();
         let _ = self
             .hearts
             .send(HeartCommand::Forget(entry.uuid.clone()))
@@ -378,9 +397,57 @@ impl Hub {
     }
 
     fn purge_stalled_registrations(&mut self) {
-        for (uuid, id) in self.engines.purge_stalled(Instant::now()) {
-            tracing::warn!(engine.id = id, engine.uuid = %uuid,
-                "registration expired: the engine sent no heartbeat in time");
+        let mut restored_gone = false;
+        for (uuid, id, restored) in self.engines.purge_stalled(Instant::now()) {
+            if restored {
+                restored_gone = true;
+                tracing::warn!(engine.id = id, engine.uuid = %uuid,
+                    "restored engine did not come back (no heartbeat); dropped");
+            } else {
+                tracing::warn!(engine.id = id, engine.uuid = %uuid,
+                    "registration expired: the engine sent no heartbeat in time");
+            }
+        }
+        if restored_gone {
+            self.save_engine_state();
+        }
+    }
+
+    /// Takes back the engines of an earlier controller: each rejoins with its id on its
+    /// first heartbeat (as a registering engine does), or is dropped if none comes in time.
+    fn restore_engines(&mut self, Restore { state, wait }: Restore) {
+        let engines = match state.entries() {
+            Ok(engines) => engines,
+            // Checked when the file was read; nothing to restore if it changed since.
+            Err(err) => {
+                tracing::error!(error = %err, "engine state not restored");
+                return;
+            }
+        };
+        tracing::info!(
+            engines = engines.len(),
+            next_id = state.next_id,
+            "restoring engines; each rejoins with its id on its first heartbeat"
+        );
+        self.engines
+            .restore(engines, state.next_id, Instant::now() + wait);
+    }
+
+    /// Rewrites the engine state file (if there is one) after a change of membership. A
+    /// failure is logged (an error the first time) and changes nothing else.
+    fn save_engine_state(&mut self) {
+        let Some(path) = &self.engine_state_file else {
+            return;
+        };
+        if let Err(err) = self.engines.state().write(path) {
+            if self.warned_state_file {
+                tracing::debug!(file = %path.display(), error = %err, "engine state not saved");
+            } else {
+                self.warned_state_file = true;
+                tracing::error!(file = %path.display(), error = %err,
+                    "cannot save the engine state file; a controller restarted with --restore \
+                     will not know the engines registered now");
+            }
         }
     }
 }
