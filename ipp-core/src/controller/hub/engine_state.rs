@@ -23,8 +23,8 @@ pub(crate) struct Restore {
 /// The file's content: `{"engines": {"<id>": "<uuid>"}, "next_id": N}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct EngineState {
-    /// Engine id (as text: a JSON object key) → uuid.
-    pub(crate) engines: BTreeMap<String, String>,
+    /// Engine id (a JSON object key, so written as text) → uuid.
+    pub(crate) engines: BTreeMap<u32, String>,
     /// The id the next new engine gets.
     pub(crate) next_id: u32,
 }
@@ -33,10 +33,7 @@ impl EngineState {
     /// The state of `engines` (id, uuid) with the id counter at `next_id`.
     pub(crate) fn new(engines: impl IntoIterator<Item = (u32, String)>, next_id: u32) -> Self {
         Self {
-            engines: engines
-                .into_iter()
-                .map(|(id, uuid)| (id.to_string(), uuid))
-                .collect(),
+            engines: engines.into_iter().collect(),
             next_id,
         }
     }
@@ -56,39 +53,14 @@ impl EngineState {
                 )))
             }
         };
-        let state: Self = serde_json::from_slice(&text).map_err(|err| {
+        serde_json::from_slice(&text).map(Some).map_err(|err| {
             Error::Config(format!(
                 "{} is not an engine state file ({err}); it should look like \
                  {{\"engines\": {{\"0\": \"<uuid>\"}}, \"next_id\": 1}}: fix it, or delete it \
                  to start without restoring engines",
                 path.display()
             ))
-        })?;
-        state.entries().map_err(|err| {
-            Error::Config(format!(
-                "{}: {err}; fix it, or delete it to start without restoring engines",
-                path.display()
-            ))
-        })?;
-        Ok(Some(state))
-    }
-
-    /// The engines as (id, uuid), in id order.
-    ///
-    /// # Errors
-    /// A message naming the first key that is not an engine id.
-    pub(crate) fn entries(&self) -> Result<Vec<(u32, String)>, String> {
-        let mut entries = self
-            .engines
-            .iter()
-            .map(|(id, uuid)| {
-                id.parse::<u32>()
-                    .map(|id| (id, uuid.clone()))
-                    .map_err(|_| format!("{id:?} is not an engine id (a whole number)"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        entries.sort_unstable_by_key(|(id, _)| *id);
-        Ok(entries)
+        })
     }
 
     /// Writes the state to `path` (a temporary file renamed over it, so a reader never sees
@@ -119,10 +91,6 @@ mod tests {
         assert_eq!(text, r#"{"engines":{"0":"a","3":"c"},"next_id":4}"#);
         let back = EngineState::read(&path).expect("valid").expect("present");
         assert_eq!(back, state);
-        assert_eq!(
-            back.entries(),
-            Ok(vec![(0, "a".to_owned()), (3, "c".to_owned())])
-        );
     }
 
     #[test]

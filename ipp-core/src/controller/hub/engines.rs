@@ -87,8 +87,9 @@ impl Engines {
 
     /// Takes back the engines of an earlier controller's state file: each waits, with its
     /// old id, for its first heartbeat (until `deadline`), as a registering engine does; the
-    /// id counter goes on from `next_id` (or past the highest id).
-    pub(crate) fn restore(&mut self, engines: Vec<(u32, String)>, next_id: u32, deadline: Instant) {
+    /// id counter goes on from the state's (or past the highest id).
+    pub(crate) fn restore(&mut self, state: EngineState, deadline: Instant) {
+        let EngineState { engines, next_id } = state;
         for (id, uuid) in engines {
             self.next_id = self.next_id.max(id.saturating_add(1));
             self.pending.insert(
@@ -256,7 +257,10 @@ mod tests {
     fn restored_engines_keep_their_ids_until_they_are_back_or_given_up() {
         let mut engines = Engines::default();
         let deadline = later();
-        engines.restore(vec![(0, "a".to_owned()), (4, "b".to_owned())], 2, deadline);
+        engines.restore(
+            EngineState::new([(0, "a".to_owned()), (4, "b".to_owned())], 2),
+            deadline,
+        );
         // Their ids are taken, the counter is past them, and a restored uuid is in use.
         assert_eq!(engines.begin_registration("c", Some(4), later()), Ok(5));
         assert_eq!(

@@ -416,21 +416,12 @@ impl Hub {
     /// Takes back the engines of an earlier controller: each rejoins with its id on its
     /// first heartbeat (as a registering engine does), or is dropped if none comes in time.
     fn restore_engines(&mut self, Restore { state, wait }: Restore) {
-        let engines = match state.entries() {
-            Ok(engines) => engines,
-            // Checked when the file was read; nothing to restore if it changed since.
-            Err(err) => {
-                tracing::error!(error = %err, "engine state not restored");
-                return;
-            }
-        };
         tracing::info!(
-            engines = engines.len(),
+            engines = state.engines.len(),
             next_id = state.next_id,
             "restoring engines; each rejoins with its id on its first heartbeat"
         );
-        self.engines
-            .restore(engines, state.next_id, Instant::now() + wait);
+        self.engines.restore(state, Instant::now() + wait);
     }
 
     /// Rewrites the engine state file (if there is one) after a change of membership. A
