@@ -12,6 +12,7 @@
 //! subscriptions, and a ROUTER whose receiving half is dropped while its sending half lives
 //! keeps reading and discarding, so peers are never stalled.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -41,14 +42,17 @@ pub(crate) fn bound(
     Ok(match kind {
         SocketKind::Router => {
             let (alive, sender_gone) = oneshot::channel();
+            let receiver_gone = Arc::new(AtomicBool::new(false));
             let send = RouterSend {
                 half: send,
                 unknown: UnknownPeers::default(),
                 _alive: alive,
+                receiver_gone: Arc::clone(&receiver_gone),
             };
             let recv = RouterRecv {
                 inbox,
                 sender_gone: Some(sender_gone),
+                receiver_gone,
             };
             Socket::direct(kind, address, Arc::new(send), Box::new(recv))
         }
@@ -77,6 +81,19 @@ struct RouterSend {
     unknown: UnknownPeers,
     /// Dropped with the sending side: tells a discarding receiver to stop.
     _alive: oneshot::Sender<()>,
+    /// Set when the receiving side is dropped.
+    receiver_gone: Arc<AtomicBool>,
+}
+
+impl Drop for RouterSend {
+    /// The receiving side went first (and discards on a task of its own until now): the
+    /// socket is closed, so its ports are freed here, not when that task next runs (a
+    /// controller restarted on the same ports right after `shutdown` binds them).
+    fn drop(&mut self) {
+        if self.receiver_gone.load(Ordering::Acquire) {
+            self.half.stop_listening();
+        }
+    }
 }
 
 impl std::fmt::Debug for RouterSend {
@@ -110,6 +127,8 @@ struct RouterRecv {
     inbox: Option<Inbox>,
     /// Resolves when the sending side is dropped.
     sender_gone: Option<oneshot::Receiver<()>>,
+    /// Set when this side is dropped (see [`RouterSend`]'s `Drop`).
+    receiver_gone: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RouterRecv {
@@ -150,6 +169,7 @@ impl Drop for RouterRecv {
     /// With the sending side still in use, keeps reading and discarding until it is
     /// dropped too, so peers sending to this ROUTER are not stalled.
     fn drop(&mut self) {
+        self.receiver_gone.store(true, Ordering::Release);
         let (Some(mut inbox), Some(mut sender_gone)) = (self.inbox.take(), self.sender_gone.take())
         else {
             return;

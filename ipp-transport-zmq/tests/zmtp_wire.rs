@@ -436,3 +436,33 @@ async fn a_message_arriving_as_the_reader_drains_its_socket_is_not_lost() {
         dealer.await.expect("the dealer finished its rounds");
     }
 }
+
+/// Binds `port` on loopback again with a fresh socket of `kind`.
+async fn rebind(kind: SocketKind, port: u16) -> ipp_core::Result<Socket> {
+    ZmqTransport::new()
+        .bind(
+            kind,
+            &format!("tcp://127.0.0.1:{port}"),
+            SocketOptions::default(),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_dropped_sockets_port_can_be_bound_again_at_once() {
+    for kind in [SocketKind::Router, SocketKind::Pub, SocketKind::Sub] {
+        let socket = bind(kind).await;
+        let port = socket.port().expect("a bound port");
+        // A peer is connected while the socket closes.
+        let _peer = TcpStream::connect(host_port(&socket))
+            .await
+            .expect("connected");
+        let (sender, receiver) = socket.split();
+        // The receiving side first: a ROUTER keeps discarding on a task of its own until
+        // its sending side is dropped too.
+        drop(receiver);
+        drop(sender);
+        let again = rebind(kind, port).await;
+        assert!(again.is_ok(), "{kind:?}: {:?}", again.err());
+    }
+}

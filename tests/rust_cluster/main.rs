@@ -54,26 +54,6 @@ fn ports_of(controller: &Controller) -> Vec<u16> {
     ports
 }
 
-/// Starts a controller on the ports of one just shut down: its listening sockets close on
-/// their own tasks a moment after `shutdown` returns, so a port still taken is retried for a
-/// while (a noted limit of the transport, not of what is tested here).
-async fn restart_on_same_ports(config: ControllerConfig) -> Result<Controller> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Controller::builder(config.clone())
-            .with_transport(zmq())
-            .start()
-            .await
-        {
-            Ok(controller) => return Ok(controller),
-            Err(err) if err.to_string().contains("in use") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(err) => return Err(err.into()),
-        }
-    }
-}
-
 /// Functions every engine offers; `sleep` naps in small steps until `release` is set, so no
 /// blocking thread outlives the test.
 fn executor(release: Arc<AtomicBool>) -> Arc<RustExecutor> {
@@ -451,7 +431,10 @@ async fn a_restarted_controller_is_found_again_and_nothing_is_lost_silently() ->
         Err(other) => anyhow::bail!("unexpected outcome for a task sent while down: {other}"),
     }
 
-    let second = restart_on_same_ports(config).await?;
+    let second = Controller::builder(config)
+        .with_transport(zmq())
+        .start()
+        .await?;
     client.wait_connected(GUARD).await?;
     client.wait_for_engines(2, GUARD).await?;
     let after = tokio::time::timeout(GUARD, async {
@@ -514,7 +497,10 @@ async fn a_restored_controller_takes_its_engines_back_with_their_ids() -> Result
     client.close().await;
     first.shutdown().await;
 
-    let second = restart_on_same_ports(config).await?;
+    let second = Controller::builder(config)
+        .with_transport(zmq())
+        .start()
+        .await?;
     // A new engine at once: ids 0 and 1 stay with the restored engines (a controller that
     // forgot them would give this one id 0), the counter goes on at 2.
     let newcomer = start_engine(&second, &release).await?;

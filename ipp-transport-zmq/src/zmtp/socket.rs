@@ -83,15 +83,34 @@ pub(crate) struct Shared {
     next_id: AtomicU32,
     /// Cancelled when the socket is dropped: stops every task of the socket.
     cancel: CancellationToken,
+    /// Second handles on the listening sockets, shut down when the socket is dropped: the
+    /// ports are free again at once (a controller restarted on the same ports in the same
+    /// process binds them), not only once the accept tasks have run and closed theirs.
+    listeners: Mutex<Vec<socket2::Socket>>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.stop_listening();
     }
 }
 
 impl Shared {
+    /// Stops accepting connections and frees the bound ports now (the accept tasks' own
+    /// copies of the listening sockets see an error, then the cancel, and close later).
+    pub(crate) fn stop_listening(&self) {
+        let listeners = std::mem::take(
+            &mut *self
+                .listeners
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        for listener in listeners {
+            let _ = listener.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
     fn peers(&self) -> MutexGuard<'_, Peers> {
         self.peers
             .lock()
@@ -416,6 +435,7 @@ impl Socket {
             events: Mutex::new(None),
             next_id: AtomicU32::new(RandomState::new().hash_one(0u8) as u32),
             cancel: CancellationToken::new(),
+            listeners: Mutex::new(Vec::new()),
         });
         let inbox = Inbox {
             shared: Arc::clone(&shared),
@@ -441,6 +461,14 @@ impl Socket {
     pub(crate) async fn bind(&mut self, host_port: &str) -> std::io::Result<std::net::SocketAddr> {
         let listener = TcpListener::bind(host_port).await?;
         let local = listener.local_addr()?;
+        let listener = listener.into_std()?;
+        let handle = socket2::Socket::from(listener.try_clone()?);
+        let listener = TcpListener::from_std(listener)?;
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(handle);
         tokio::spawn(accept_loop(
             listener,
             Arc::downgrade(&self.shared),
