@@ -272,8 +272,9 @@ impl Hub {
                         tracing::warn!(engine.id = id, engine.uuid = %uuid,
                             "engine missed too many heartbeats; unregistering it");
                         self.unregister(id).await;
-                    } else {
-                        self.engines.cancel_pending(Some(&uuid), None);
+                    } else if self.engines.cancel_pending(Some(&uuid), None) {
+                        // A restored engine still listed in the state file may be among them.
+                        self.save_engine_state();
                     }
                 }
             }
@@ -361,7 +362,9 @@ impl Hub {
                 self.unregister(id).await;
             }
             Some(id) => {
-                self.engines.cancel_pending(None, Some(id));
+                if self.engines.cancel_pending(None, Some(id)) {
+                    self.save_engine_state();
+                }
             }
             None => tracing::debug!("unregistration_request without a known id"),
         }
