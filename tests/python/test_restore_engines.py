@@ -122,3 +122,26 @@ def test_a_broken_engine_state_file_stops_restore_with_a_message_saying_what_to_
         assert "engines.json" in output and "delete it" in output, output
     finally:
         cluster.stop()
+
+
+def test_without_restore_an_orphaned_ipengine_is_named_in_the_log():
+    # ipyparallel's engine never registers again: a controller restarted without --restore
+    # does not know it, and says so once, with what to do.
+    cluster = Cluster("ours", extra_args=("--reuse",))
+    try:
+        cluster.start(engines=1)
+        rc = cluster.client()
+        rc.wait_for_engines(1, timeout=TIMEOUT)
+        uuid = rc._engines[0]
+        restart_controller(cluster, "--reuse")
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            log = cluster.controller_log.read_text(errors="replace")
+            lines = [line for line in log.splitlines() if "not registered here" in line]
+            if lines:
+                break
+            assert time.monotonic() < deadline, f"no warning; log:\n{log_tail(cluster.controller_log)}"
+            time.sleep(0.1)
+        assert len(lines) == 1 and uuid in lines[0] and "--restore" in lines[0], lines
+    finally:
+        cluster.stop()

@@ -334,6 +334,14 @@ impl Hub {
     /// The engine's first heartbeat arrived: it is now usable.
     async fn finish_registration(&mut self, uuid: &str) {
         let Some(id) = self.engines.complete_registration(uuid) else {
+            if self.engines.id_of(uuid).is_none() {
+                // The heart monitor reports a heart once, so this is said once per engine.
+                tracing::warn!(engine.uuid = %uuid,
+                    "heartbeats from an engine that is not registered here (it registered \
+                     with an earlier controller, or its registration expired): it gets no \
+                     work. Restarting the controller with --restore takes back the engines \
+                     of the one before; an engine of ours registers again by itself");
+            }
             return;
         };
         tracing::info!(engine.id = id, engine.uuid = %uuid, "engine registered");
