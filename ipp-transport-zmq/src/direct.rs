@@ -212,6 +212,11 @@ impl DirectSend for PubSend {
         }
         Ok(())
     }
+
+    async fn send_batch(&self, batch: Vec<Frames>) -> ipp_core::Result<()> {
+        self.half.publish(&batch);
+        Ok(())
+    }
 }
 
 /// A bound SUB's receiving side.

@@ -90,6 +90,28 @@ impl Link {
         Taken(self)
     }
 
+    /// A PUB's [`Link::try_direct`] of several messages, written together; any other kind,
+    /// or a PUB that cannot send directly now, gives the batch back.
+    fn try_publish(&self, kind: SocketKind, batch: Vec<Frames>) -> Result<(), Vec<Frames>> {
+        if kind != SocketKind::Pub || self.queued.load(Ordering::Acquire) != 0 {
+            return Err(batch);
+        }
+        let Ok(half) = self.half.try_lock() else {
+            return Err(batch);
+        };
+        // Checked again under the lock: the driving task counts off under it.
+        if self.queued.load(Ordering::Acquire) != 0 {
+            return Err(batch);
+        }
+        match half.as_ref() {
+            Some(send) => {
+                send.publish(&batch);
+                Ok(())
+            }
+            None => Err(batch),
+        }
+    }
+
     /// Sends `frames` now if the connection is up, nothing is queued and the crate takes
     /// it without waiting; gives the frames back otherwise (to be queued).
     fn try_direct(&self, kind: SocketKind, frames: Frames) -> Result<(), Frames> {
@@ -210,6 +232,17 @@ impl DirectSend for LinkSend {
         let permit = self.outgoing.reserve().await.map_err(|_| self.closed())?;
         self.link.queued.fetch_add(1, Ordering::AcqRel);
         permit.send(frames);
+        Ok(())
+    }
+
+    async fn send_batch(&self, batch: Vec<Frames>) -> ipp_core::Result<()> {
+        let batch = match self.link.try_publish(self.kind, batch) {
+            Ok(()) => return Ok(()),
+            Err(batch) => batch,
+        };
+        for frames in batch {
+            self.send(frames).await?;
+        }
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Our ZMTP sockets against a hand-written peer on a raw TCP stream: malformed input drops
 //! the connection and nothing else, PING is answered, ZMTP 3.1 SUBSCRIBE works, and large
-//! frames arrive intact.
+//! frames arrive intact; and, between our own sockets, a batch published at once reaches
+//! each subscriber whole, in order, filtered by topic.
 
 use std::time::Duration;
 
@@ -465,4 +466,84 @@ async fn a_dropped_sockets_port_can_be_bound_again_at_once() {
         let again = rebind(kind, port).await;
         assert!(again.is_ok(), "{kind:?}: {:?}", again.err());
     }
+}
+
+/// Publishes `batch` with `send_batch` until the subscriber has something (subscriptions
+/// reach a PUB asynchronously), then returns what it received, in order, until `until`.
+async fn published_in_batches(
+    publisher: &ipp_core::transport::SocketSender,
+    subscriber: &mut Socket,
+    batch: &[Vec<Bytes>],
+    until: &[u8],
+) -> Vec<Vec<Bytes>> {
+    let first = guard("a publication", async {
+        loop {
+            publisher
+                .send_batch(batch.to_vec())
+                .await
+                .expect("on loopback");
+            if let Ok(received) =
+                tokio::time::timeout(Duration::from_millis(50), subscriber.recv()).await
+            {
+                break received.expect("the SUB is open");
+            }
+        }
+    })
+    .await;
+    // Batches sent before the subscription took hold were not received; from the first
+    // message received on, each batch arrives whole and in order.
+    let mut received = vec![first];
+    while received.last().map(|frames| &frames[1][..]) != Some(until) {
+        let next = guard("the rest of the batch", subscriber.recv()).await;
+        received.push(next.expect("the SUB is open"));
+    }
+    received
+}
+
+#[tokio::test]
+async fn a_batch_reaches_each_subscriber_in_order_filtered_by_topic() {
+    let batch = vec![
+        vec![b("news.1"), b("first")],
+        vec![b("sport.1"), b("not subscribed")],
+        vec![b("news.2"), b("second")],
+    ];
+    let expected = [
+        vec![b("news.1"), b("first")],
+        vec![b("news.2"), b("second")],
+    ];
+
+    // A bound PUB, as the controller's IOPub relay publishes to clients.
+    let publisher = bind(SocketKind::Pub).await;
+    let mut subscriber = ZmqTransport::new()
+        .connect(
+            SocketKind::Sub,
+            publisher.address(),
+            SocketOptions::default().with_subscription("news."),
+        )
+        .await
+        .expect("connect on loopback");
+    let (sender, _receiver) = publisher.split();
+    let got = published_in_batches(&sender, &mut subscriber, &batch, b"second").await;
+    assert_eq!(got[got.len() - 2..], expected[..], "bound PUB");
+
+    // A connecting PUB, as an engine publishes its status to the controller.
+    let mut subscriber = ZmqTransport::new()
+        .bind(
+            SocketKind::Sub,
+            "tcp://127.0.0.1:0",
+            SocketOptions::default().with_subscription("news."),
+        )
+        .await
+        .expect("bind on 127.0.0.1");
+    let publisher = ZmqTransport::new()
+        .connect(
+            SocketKind::Pub,
+            subscriber.address(),
+            SocketOptions::default(),
+        )
+        .await
+        .expect("connect on loopback");
+    let (sender, _receiver) = publisher.split();
+    let got = published_in_batches(&sender, &mut subscriber, &batch, b"second").await;
+    assert_eq!(got[got.len() - 2..], expected[..], "connecting PUB");
 }

@@ -190,6 +190,9 @@ fn hub_records(wire: &WireMessage) -> bool {
     serde_json::from_slice::<Kind<'_>>(&wire.header).map_or(true, |kind| kind.msg_type != "status")
 }
 
+/// At most this many IOPub messages already received are relayed in one write.
+const RELAY_BATCH: usize = 64;
+
 /// Relays what engines publish to every client, unchanged, and shows the Hub what it
 /// records.
 ///
@@ -207,29 +210,47 @@ pub(crate) async fn run_iopub_relay(
     let (_, mut engine_rx) = engines.split();
     let (client_tx, _) = clients.split();
     let mut warned = WarnOnce::default();
+    let mut received = Vec::with_capacity(RELAY_BATCH);
+    let mut relayed = Vec::with_capacity(RELAY_BATCH);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             frames = engine_rx.recv() => {
                 let Ok(frames) = frames else { break };
-                let Some(wire) = accept_from_peer(frames, &session, max_bytes, &mut warned, "iopub")
-                else { continue };
-                // What a client would choke on: replayed frames and parts that are not JSON.
-                if let Err(err) = session.remember_signature(&wire).and_then(|()| wire.check_json()) {
-                    tracing::debug!(error = %err, "dropped an IOPub message");
-                    continue;
-                }
-                let frames = if hub_records(&wire) {
-                    let frames = wire.clone().into_frames();
-                    let _ = hub.send(HubEvent::Iopub(wire)).await;
-                    frames
-                } else {
-                    wire.into_frames()
-                };
-                if client_tx.send(frames).await.is_err() {
-                    break;
-                }
+                received.push(frames);
             }
+        }
+        // What arrived with it (an engine's `status: busy` and `idle` come together) goes
+        // out to the clients in one write.
+        engine_rx.drain_ready(RELAY_BATCH, &mut received);
+        for frames in received.drain(..) {
+            let Some(wire) = accept_from_peer(frames, &session, max_bytes, &mut warned, "iopub")
+            else {
+                continue;
+            };
+            // What a client would choke on: replayed frames and parts that are not JSON.
+            if let Err(err) = session
+                .remember_signature(&wire)
+                .and_then(|()| wire.check_json())
+            {
+                tracing::debug!(error = %err, "dropped an IOPub message");
+                continue;
+            }
+            relayed.push(if hub_records(&wire) {
+                let frames = wire.clone().into_frames();
+                let _ = hub.send(HubEvent::Iopub(wire)).await;
+                frames
+            } else {
+                wire.into_frames()
+            });
+        }
+        let sent = match relayed.len() {
+            0 => Ok(()),
+            1 => client_tx.send(relayed.remove(0)).await,
+            _ => client_tx.send_batch(std::mem::take(&mut relayed)).await,
+        };
+        if sent.is_err() {
+            break;
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::protocol::{JsonMap, Message, RemoteError, Session};
 pub(crate) fn parent_json(request: &Message) -> Bytes {
     to_json_bytes(&request.header)
 }
-use crate::transport::SocketSender;
+use crate::transport::{Frames, SocketSender};
 
 /// What running one request produced.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,17 +187,30 @@ impl Publisher {
         content: Bytes,
         metadata: Bytes,
     ) -> Result<()> {
+        let frames = self.message(topic, msg_type, parent, content, metadata);
+        self.iopub.send(frames).await
+    }
+
+    /// The signed IOPub message [`Publisher::publish_json`] sends, built now (its header
+    /// dated now) to be sent later.
+    pub(crate) fn message(
+        &self,
+        topic: &str,
+        msg_type: &str,
+        parent: &Bytes,
+        content: Bytes,
+        metadata: Bytes,
+    ) -> Frames {
         let topic = Bytes::from(format!("engine.{}.{topic}", self.identity.id()));
         let header = to_json_bytes(&self.session.header(msg_type));
-        let frames = self.session.serialize_parts(
+        self.session.serialize_parts(
             vec![topic],
             header,
             parent.clone(),
             metadata,
             content,
             Vec::new(),
-        );
-        self.iopub.send(frames).await
+        )
     }
 
     /// [`Publisher::engine_metadata`] as JSON.
@@ -213,6 +226,50 @@ impl Publisher {
     }
 }
 
+/// A request's `status: busy`, signed (and dated) when the request starts but published
+/// only once something needs it: before the request's first output, once it has run for
+/// a while (see `request.rs`), or together with its `status: idle`, in one write, when
+/// it ends sooner. A no-op request then costs its engine, the controller's IOPub relay
+/// and every subscribed client one write and one wake-up fewer. Order on IOPub is kept
+/// (busy, outputs, idle); only the reply, on another socket, may now arrive before busy,
+/// which no ipyparallel client relies on (sockets never ordered messages between them).
+#[derive(Debug)]
+pub(crate) struct PendingBusy {
+    /// `None` once published.
+    frames: tokio::sync::Mutex<Option<Frames>>,
+}
+
+impl PendingBusy {
+    pub(crate) fn new(frames: Frames) -> Arc<Self> {
+        Arc::new(Self {
+            frames: tokio::sync::Mutex::new(Some(frames)),
+        })
+    }
+
+    /// Publishes busy now unless it already was. Whoever publishes after this returns
+    /// publishes after busy (the slot stays locked until busy is handed to the socket).
+    pub(crate) async fn publish(&self, publisher: &Publisher) {
+        let mut slot = self.frames.lock().await;
+        if let Some(frames) = slot.take() {
+            if let Err(err) = publisher.iopub.send(frames).await {
+                tracing::debug!(error = %err, "status not published: the engine is stopping");
+            }
+        }
+    }
+
+    /// Publishes `idle`, preceded by busy if that is still pending (both in one write).
+    pub(crate) async fn publish_with_idle(&self, publisher: &Publisher, idle: Frames) {
+        let mut slot = self.frames.lock().await;
+        let sent = match slot.take() {
+            Some(busy) => publisher.iopub.send_batch(vec![busy, idle]).await,
+            None => publisher.iopub.send(idle).await,
+        };
+        if let Err(err) = sent {
+            tracing::debug!(error = %err, "status not published: the engine is stopping");
+        }
+    }
+}
+
 /// Where an executor sends the current request's output: stdout/stderr text and display
 /// data, published on IOPub with the request as parent (so clients attach it to the right
 /// result) under the topics `engine.<id>.stdout`, `engine.<id>.stderr` and
@@ -223,15 +280,37 @@ pub struct Outputs {
     /// The request's header as JSON: the parent header of what is published.
     parent: Bytes,
     msg_id: Arc<str>,
+    /// Published before the first output.
+    busy: Arc<PendingBusy>,
 }
 
 impl Outputs {
-    pub(crate) fn new(publisher: Publisher, parent: &Message, parent_json: Bytes) -> Self {
+    pub(crate) fn new(
+        publisher: Publisher,
+        parent: &Message,
+        parent_json: Bytes,
+        busy: Arc<PendingBusy>,
+    ) -> Self {
         Self {
             publisher,
             parent: parent_json,
             msg_id: Arc::from(parent.header.msg_id.as_str()),
+            busy,
         }
+    }
+
+    /// Publishes one output of the request, after its `status: busy`.
+    async fn publish(
+        &self,
+        topic: &str,
+        msg_type: &str,
+        content: Value,
+        metadata: JsonMap,
+    ) -> Result<()> {
+        self.busy.publish(&self.publisher).await;
+        self.publisher
+            .publish(topic, msg_type, &self.parent, content, metadata)
+            .await
     }
 
     /// The engine's id (as the controller assigned it).
@@ -255,15 +334,13 @@ impl Outputs {
     /// # Errors
     /// [`crate::Error::Closed`] when the engine is stopping.
     pub async fn stream(&self, name: &str, text: &str) -> Result<()> {
-        self.publisher
-            .publish(
-                name,
-                "stream",
-                &self.parent,
-                json!({"name": name, "text": text}),
-                JsonMap::new(),
-            )
-            .await
+        self.publish(
+            name,
+            "stream",
+            json!({"name": name, "text": text}),
+            JsonMap::new(),
+        )
+        .await
     }
 
     /// Publishes `text` on stdout.
@@ -288,15 +365,13 @@ impl Outputs {
     /// # Errors
     /// As [`Outputs::stream`].
     pub async fn execute_input(&self, code: &str, execution_count: u64) -> Result<()> {
-        self.publisher
-            .publish(
-                "execute_input",
-                "execute_input",
-                &self.parent,
-                json!({"code": code, "execution_count": execution_count}),
-                self.publisher.engine_metadata(),
-            )
-            .await
+        self.publish(
+            "execute_input",
+            "execute_input",
+            json!({"code": code, "execution_count": execution_count}),
+            self.publisher.engine_metadata(),
+        )
+        .await
     }
 
     /// Publishes `execute_result {data, metadata, execution_count}` (topic
@@ -310,15 +385,13 @@ impl Outputs {
         metadata: JsonMap,
         execution_count: u64,
     ) -> Result<()> {
-        self.publisher
-            .publish(
-                "execute_result",
-                "execute_result",
-                &self.parent,
-                json!({"data": data, "metadata": metadata, "execution_count": execution_count}),
-                JsonMap::new(),
-            )
-            .await
+        self.publish(
+            "execute_result",
+            "execute_result",
+            json!({"data": data, "metadata": metadata, "execution_count": execution_count}),
+            JsonMap::new(),
+        )
+        .await
     }
 
     /// Publishes a `display_data` message (`data` maps MIME types to representations, e.g.
@@ -327,14 +400,12 @@ impl Outputs {
     /// # Errors
     /// As [`Outputs::stream`].
     pub async fn display_data(&self, data: JsonMap, metadata: JsonMap) -> Result<()> {
-        self.publisher
-            .publish(
-                "displaypub",
-                "display_data",
-                &self.parent,
-                json!({"data": data, "metadata": metadata, "transient": {}}),
-                JsonMap::new(),
-            )
-            .await
+        self.publish(
+            "displaypub",
+            "display_data",
+            json!({"data": data, "metadata": metadata, "transient": {}}),
+            JsonMap::new(),
+        )
+        .await
     }
 }

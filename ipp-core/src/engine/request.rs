@@ -10,7 +10,9 @@ use tokio::sync::Notify;
 
 use bytes::Bytes;
 
-use super::executor::{parent_json, EngineIdentity, Executor, Outcome, Outputs, Publisher};
+use super::executor::{
+    parent_json, EngineIdentity, Executor, Outcome, Outputs, PendingBusy, Publisher,
+};
 use crate::protocol::{date, to_json_bytes, JsonMap, Message, RemoteError, Session};
 use crate::transport::{Frames, SocketSender};
 
@@ -61,6 +63,8 @@ pub(crate) struct Finished {
     /// The request's header as JSON (see [`parent_json`]).
     pub(crate) parent: Bytes,
     pub(crate) msg_id: String,
+    /// Its `status: busy`, if not published yet: sent with `status: idle`.
+    pub(crate) busy: Arc<PendingBusy>,
 }
 
 /// What the request tasks share.
@@ -97,21 +101,32 @@ impl State {
     }
 }
 
+/// The signed `status {execution_state}` message for the request whose header is
+/// `parent` (JSON).
+pub(crate) fn status_message(publisher: &Publisher, parent: &Bytes, state: State) -> Frames {
+    publisher.message(
+        "status",
+        "status",
+        parent,
+        state.content(),
+        publisher.engine_metadata_json(),
+    )
+}
+
 /// Publishes `status {execution_state}` for the request whose header is `parent` (JSON).
 pub(crate) async fn publish_status(publisher: &Publisher, parent: &Bytes, state: State) {
     let sent = publisher
-        .publish_json(
-            "status",
-            "status",
-            parent,
-            state.content(),
-            publisher.engine_metadata_json(),
-        )
+        .iopub
+        .send(status_message(publisher, parent, state))
         .await;
     if let Err(err) = sent {
         tracing::debug!(error = %err, "status not published: the engine is stopping");
     }
 }
+
+/// How long a request runs before its `status: busy` is published on its own (see
+/// [`PendingBusy`]; a request that ends or publishes output sooner sends it then).
+const BUSY_AFTER: Duration = Duration::from_millis(1);
 
 /// How long an interrupted task gets to stop before the engine answers without it.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(1);
@@ -194,7 +209,8 @@ impl RequestEnv {
     }
 
     /// Runs one request (or answers it as aborted) and returns its reply. Status busy is
-    /// published here; status idle by the caller once the reply is sent.
+    /// published here if the request runs longer than [`BUSY_AFTER`] or has output;
+    /// otherwise by the caller, with status idle, once the reply is sent.
     pub(crate) async fn run(self, queued: Queued, abort: Arc<AbortHandle>) -> Finished {
         let Queued {
             msg,
@@ -202,7 +218,7 @@ impl RequestEnv {
             aborted,
         } = queued;
         let parent = parent_json(&msg);
-        publish_status(&self.publisher, &parent, State::Busy).await;
+        let busy = PendingBusy::new(status_message(&self.publisher, &parent, State::Busy));
         let started = date::format(&date::now());
         let method = if msg.header.msg_type == "execute_request" {
             "execute"
@@ -212,7 +228,12 @@ impl RequestEnv {
         let outcome = if aborted {
             None
         } else {
-            let outputs = Outputs::new(self.publisher.clone(), &msg, parent.clone());
+            let outputs = Outputs::new(
+                self.publisher.clone(),
+                &msg,
+                parent.clone(),
+                Arc::clone(&busy),
+            );
             let work = async {
                 match msg.header.msg_type.as_str() {
                     "apply_request" => self.executor.apply(&msg, &outputs).await,
@@ -223,10 +244,21 @@ impl RequestEnv {
                     ),
                 }
             };
+            let announced = async {
+                tokio::pin!(work);
+                tokio::select! {
+                    biased;
+                    outcome = &mut work => outcome,
+                    () = tokio::time::sleep(BUSY_AFTER) => {
+                        busy.publish(&self.publisher).await;
+                        work.await
+                    }
+                }
+            };
             let limited = async {
                 match time_limit(&msg) {
-                    None => work.await,
-                    Some(limit) => self.run_limited(work, limit).await,
+                    None => announced.await,
+                    Some(limit) => self.run_limited(announced, limit).await,
                 }
             };
             self.run_abortable(limited, &abort).await
@@ -256,6 +288,7 @@ impl RequestEnv {
             }
             Some(Outcome::Error(error)) => {
                 content = self.error_content(error, method, &mut metadata);
+                busy.publish(&self.publisher).await;
                 self.publish_error(&parent, &content).await;
             }
             Some(Outcome::UnmetDependency) => {
@@ -283,6 +316,7 @@ impl RequestEnv {
             reply_to,
             parent,
             msg_id: msg.header.msg_id,
+            busy,
         }
     }
 

@@ -22,7 +22,7 @@ use super::executor::{EngineIdentity, Executor, Publisher};
 use super::heartbeat::{self, HeartLink, Loss};
 use super::registration::{self, address, Registered, RegistrationFailure};
 use super::request::{
-    publish_status, reply_type, AbortHandle, Finished, Queued, RequestEnv, State,
+    publish_status, reply_type, status_message, AbortHandle, Finished, Queued, RequestEnv, State,
 };
 use super::EngineConfig;
 use crate::error::{Error, Result};
@@ -411,6 +411,7 @@ impl Runtime {
             reply_to,
             parent,
             msg_id,
+            busy,
         } = finished;
         self.running_request = None;
         if self.link == Link::Up {
@@ -427,7 +428,8 @@ impl Runtime {
             tracing::debug!(%msg_id, "reply held until the controller is back");
             self.held_replies.push_back((reply_to, reply));
         }
-        publish_status(&self.env.publisher, &parent, State::Idle).await;
+        let idle = status_message(&self.env.publisher, &parent, State::Idle);
+        busy.publish_with_idle(&self.env.publisher, idle).await;
     }
 
     /// Handles one control message; `true` when the engine must stop (shutdown_request).

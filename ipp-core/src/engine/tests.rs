@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use serde_json::{json, Value};
 
 use super::{
@@ -192,6 +193,25 @@ async fn recv(socket: &mut Socket) -> Message {
         .expect("no message within 60 s of paused time")
         .unwrap();
     WireMessage::split(frames).unwrap().parse().unwrap()
+}
+
+/// The `status: busy` of a request that keeps running on a blocking-pool thread: it is
+/// published once the request has run for a millisecond, and a blocked blocking-pool
+/// thread keeps paused time from advancing by itself, so this advances it.
+async fn busy_of_running(iopub: &mut Socket) -> Message {
+    for _ in 0..1_000 {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        if let Some(frames) = iopub.recv().now_or_never() {
+            return WireMessage::split(frames.unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    }
+    panic!("no status: busy within 1 s of paused time");
 }
 
 fn call(function: &str, arg: Payload) -> RustCall {
@@ -435,7 +455,7 @@ async fn status_and_stream_output_frame_each_request_on_iopub() {
 async fn aborted_requests_are_answered_aborted_when_their_turn_comes() {
     let mut c = Cluster::start().await;
     let running = c.call(&RustCall::new("gate", vec![])).await;
-    let busy = recv(&mut c.iopub).await; // the gate is running now
+    let busy = busy_of_running(&mut c.iopub).await; // the gate is running now
     assert_eq!(busy.parent_msg_id(), Some(running.as_str()));
     let doomed = c.call(&call("square", Json.encode(&2i64).unwrap())).await;
     let kept = c.call(&call("square", Json.encode(&3i64).unwrap())).await;
@@ -507,8 +527,8 @@ async fn shutdown_request_replies_on_control_and_iopub_then_unregisters() {
 async fn heartbeats_are_echoed_while_a_long_request_runs() {
     let mut c = Cluster::start().await;
     let running = c.call(&RustCall::new("gate", vec![])).await;
-    recv(&mut c.iopub).await; // busy: the gate blocks a blocking-pool thread now
-                              // Well past the controller's allowed misses (3 × 100 ms): the echo task keeps answering.
+    busy_of_running(&mut c.iopub).await; // the gate blocks a blocking-pool thread now
+                                         // Well past the controller's allowed misses (3 × 100 ms): the echo task keeps answering.
     for _ in 0..20 {
         tokio::time::advance(Duration::from_millis(100)).await;
         for _ in 0..20 {
@@ -659,7 +679,7 @@ async fn a_task_over_its_time_limit_is_answered_with_task_time_limit() {
     msg.metadata = json!({"time_limit": 1.0}).as_object().cloned().unwrap();
     msg.buffers = buffers;
     let limited = c.send(&c.mux, msg).await;
-    let busy = recv(&mut c.iopub).await; // the gate is running now
+    let busy = busy_of_running(&mut c.iopub).await; // the gate is running now
     assert_eq!(busy.parent_msg_id(), Some(limited.as_str()));
     // A blocked blocking-pool thread keeps paused time from advancing by itself.
     for _ in 0..5 {
@@ -737,7 +757,7 @@ async fn aborting_the_running_request_interrupts_it_and_answers_aborted() {
 async fn aborting_a_running_rust_function_lets_it_finish_and_answers_its_result() {
     let mut c = Cluster::start().await;
     let running = c.call(&RustCall::new("gate", vec![])).await;
-    let busy = recv(&mut c.iopub).await;
+    let busy = busy_of_running(&mut c.iopub).await;
     assert_eq!(busy.parent_msg_id(), Some(running.as_str()));
     let reply = c
         .control("abort_request", json!({"msg_ids": [running]}))

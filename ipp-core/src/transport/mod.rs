@@ -197,6 +197,20 @@ pub trait DirectSend: fmt::Debug + Send + Sync + 'static {
         }
     }
 
+    /// Hands several messages to the transport, in order. A transport that can should
+    /// write them together (one system call for the lot: a PUB publishing a request's
+    /// `status: busy` and `status: idle` at once). The default sends them one by one.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the socket is closed (messages before the failure may have
+    /// been sent).
+    async fn send_batch(&self, batch: Vec<Frames>) -> Result<()> {
+        for frames in batch {
+            self.send(frames).await?;
+        }
+        Ok(())
+    }
+
     /// Waits until the transport has room for a message (an [`DirectSend::offer`] by the
     /// only sender then succeeds). The default waits a millisecond: implementations that
     /// can wait for room should.
@@ -389,6 +403,25 @@ impl SocketSender {
                 what: self.label.to_string(),
             }),
             SendPath::Direct(direct) => direct.send(frames).await,
+        }
+    }
+
+    /// Sends several messages in order, waiting while the queue is full; a transport that
+    /// can writes them together (see [`DirectSend::send_batch`]).
+    ///
+    /// # Errors
+    /// As [`SocketSender::send`].
+    pub async fn send_batch(&self, batch: Vec<Frames>) -> Result<()> {
+        match &self.path {
+            SendPath::Direct(direct) if self.kind != SocketKind::Sub => {
+                direct.send_batch(batch).await
+            }
+            _ => {
+                for frames in batch {
+                    self.send(frames).await?;
+                }
+                Ok(())
+            }
         }
     }
 

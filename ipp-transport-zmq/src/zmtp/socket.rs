@@ -282,27 +282,43 @@ impl Shared {
                 // That connection just failed: try the others.
             },
             SocketKind::Pub => {
-                let topic = frames.first().cloned().unwrap_or_default();
-                let mut chunks = None;
-                let mut failed = Vec::new();
-                {
-                    let peers = self.peers();
-                    for conn in &peers.list {
-                        if !subscribed(conn, &topic) || conn.is_full() {
-                            continue;
-                        }
-                        let chunks = chunks.get_or_insert_with(|| codec::encode_message(&frames));
-                        if conn.write(chunks.clone()).is_err() {
-                            failed.push(Arc::clone(conn));
-                        }
-                    }
-                }
-                for conn in failed {
-                    self.detach(&conn);
-                }
+                self.publish(std::slice::from_ref(&frames));
                 Ok(())
             }
             SocketKind::Sub => Ok(()),
+        }
+    }
+
+    /// A PUB's send of `batch`, in order: each subscriber gets the messages it subscribed
+    /// to in one write. A subscriber whose outbox is full misses them (a PUB never waits).
+    pub(crate) fn publish(&self, batch: &[Frames]) {
+        let mut encoded: Vec<Option<Vec<Bytes>>> = vec![None; batch.len()];
+        let mut failed = Vec::new();
+        {
+            let peers = self.peers();
+            for conn in &peers.list {
+                if conn.is_full() {
+                    continue;
+                }
+                let mut chunks = Vec::new();
+                for (frames, encoded) in batch.iter().zip(encoded.iter_mut()) {
+                    let topic = frames.first().map_or(&[][..], |topic| &topic[..]);
+                    if subscribed(conn, topic) {
+                        chunks.extend(
+                            encoded
+                                .get_or_insert_with(|| codec::encode_message(frames))
+                                .iter()
+                                .cloned(),
+                        );
+                    }
+                }
+                if !chunks.is_empty() && conn.write(chunks).is_err() {
+                    failed.push(Arc::clone(conn));
+                }
+            }
+        }
+        for conn in failed {
+            self.detach(&conn);
         }
     }
 
