@@ -37,7 +37,11 @@
 //! - **Requests** from MUX, task and broadcast run one at a time in arrival order; each is
 //!   framed by IOPub `status busy` / `status idle`, and the reply carries ipyparallel's
 //!   metadata (`started`, `dependencies_met`, `engine`, `is_broadcast`, `is_coalescing`,
-//!   `original_msg_id`, `label`, `status`).
+//!   `original_msg_id`, `label`, `status`). Busy is dated when the request starts but
+//!   published only before its first output, once it has run for a millisecond, or else
+//!   with idle in one write after the reply: a no-op costs one write fewer here and at
+//!   the controller, IOPub order stays busy, outputs, idle, and only the reply (another
+//!   socket, never ordered against IOPub) may reach a client before busy.
 //! - **Control** requests are handled at once, even while a request runs: `abort_request`
 //!   (queued requests are answered `status: aborted` when their turn comes; a running one
 //!   named in `msg_ids` is interrupted through [`Executor::signal`] (SIGINT) and answered
