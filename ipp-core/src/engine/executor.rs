@@ -168,31 +168,18 @@ impl Publisher {
         content: Value,
         metadata: JsonMap,
     ) -> Result<()> {
-        self.publish_json(
+        let frames = self.message(
             topic,
             msg_type,
             parent,
             to_json_bytes(&content),
             to_json_bytes(&metadata),
-        )
-        .await
-    }
-
-    /// [`Publisher::publish`] with content and metadata already serialized.
-    pub(crate) async fn publish_json(
-        &self,
-        topic: &str,
-        msg_type: &str,
-        parent: &Bytes,
-        content: Bytes,
-        metadata: Bytes,
-    ) -> Result<()> {
-        let frames = self.message(topic, msg_type, parent, content, metadata);
+        );
         self.iopub.send(frames).await
     }
 
-    /// The signed IOPub message [`Publisher::publish_json`] sends, built now (its header
-    /// dated now) to be sent later.
+    /// A signed IOPub message with topic `engine.<id>.<topic>` and content and metadata
+    /// already serialized, built now (its header dated now) to be sent now or later.
     pub(crate) fn message(
         &self,
         topic: &str,
