@@ -451,12 +451,7 @@ async fn a_restarted_controller_is_found_again_and_nothing_is_lost_silently() ->
     })
     .await??;
     assert_eq!(after, 25);
-    let direct = client
-        .view_all()
-        .apply::<_, i64>("square", &6i64)
-        .await?
-        .get(GUARD)
-        .await?;
+    let direct = square_on_every_engine(&client, 6).await?;
     assert_eq!(direct, vec![36, 36]);
     client.close().await;
     for engine in engines {
@@ -464,6 +459,16 @@ async fn a_restarted_controller_is_found_again_and_nothing_is_lost_silently() ->
     }
     second.shutdown().await;
     Ok(())
+}
+
+/// `square(n)` run on every engine the client knows, one result per engine.
+async fn square_on_every_engine(client: &Client, n: i64) -> Result<Vec<i64>> {
+    Ok(client
+        .view_all()
+        .apply::<_, i64>("square", &n)
+        .await?
+        .get(GUARD)
+        .await?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -514,12 +519,7 @@ async fn a_restored_controller_takes_its_engines_back_with_their_ids() -> Result
         expected,
         "the same engines, with the same ids"
     );
-    let direct = client
-        .view_all()
-        .apply::<_, i64>("square", &6i64)
-        .await?
-        .get(GUARD)
-        .await?;
+    let direct = square_on_every_engine(&client, 6).await?;
     assert_eq!(direct, vec![36, 36, 36]);
     let balanced = client
         .load_balanced_view()
