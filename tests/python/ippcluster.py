@@ -234,19 +234,29 @@ class Cluster:
             self.start_controller()
             for _ in range(engines):
                 self.start_engine()
-            rc = self.client()
-            try:
-                rc.wait_for_engines(engines, timeout=60)
-            except Exception as exc:
-                raise RuntimeError(
-                    f"engines did not register with the {self.kind} controller: {exc}\n"
-                    f"controller log:\n{log_tail(self.controller_log)}\n"
-                    f"engine-0 log:\n{log_tail(self.tmp / 'engine-0.log')}"
-                ) from exc
+            self.wait_for_engines(engines)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def wait_for_engines(self, engines: int) -> None:
+        """Waits until a client sees `engines` engines, with a throw-away ipyparallel
+        client: one left connected would read every IOPub message of the cluster's
+        lifetime, costing the tests and benchmarks CPU they do not measure."""
+        import ipyparallel as ipp
+
+        rc = ipp.Client(str(self.client_file))
+        try:
+            rc.wait_for_engines(engines, timeout=60)
+        except Exception as exc:
+            raise RuntimeError(
+                f"engines did not register with the {self.kind} controller: {exc}\n"
+                f"controller log:\n{log_tail(self.controller_log)}\n"
+                f"engine-0 log:\n{log_tail(self.tmp / 'engine-0.log')}"
+            ) from exc
+        finally:
+            rc.close(linger=0)
 
     @property
     def client_info(self) -> dict:
