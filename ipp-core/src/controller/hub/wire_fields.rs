@@ -204,4 +204,42 @@ mod tests {
         assert_eq!(metadata.json_text(), r#"{"l": 1}"#);
         assert!(content.is_empty());
     }
+
+    /// A message of these header and metadata frames.
+    fn message(header: &[u8], metadata: &[u8]) -> WireMessage {
+        let frames = [&b"<IDS|MSG>"[..], b"", header, b"{}", metadata, b"{}"]
+            .map(Bytes::copy_from_slice)
+            .to_vec();
+        WireMessage::split(frames).unwrap()
+    }
+
+    #[test]
+    fn a_header_or_metadata_that_is_not_one_json_object_is_refused() {
+        let object = &br#"{"session": "s"}"#[..];
+        let bad: [&[u8]; 5] = [
+            br#"["s", "2026-11-27T20:00:00Z"]"#, // a struct's fields as an array
+            br#"{"session": "s"} {}"#,           // trailing text
+            br#"{"session": "s""#,               // cut short
+            b"{\"x\": \"\xff\"}",                // not UTF-8 in a skipped string
+            b"  ",
+        ];
+        for part in bad {
+            let shown = String::from_utf8_lossy(part);
+            assert!(
+                matches!(
+                    record_parts(&message(part, object)),
+                    Err(Error::InvalidMessage { .. })
+                ),
+                "header {shown}"
+            );
+            assert!(
+                matches!(
+                    record_parts(&message(object, part)),
+                    Err(Error::InvalidMessage { .. })
+                ),
+                "metadata {shown}"
+            );
+        }
+        assert!(record_parts(&message(b" {} ", object)).is_ok());
+    }
 }
