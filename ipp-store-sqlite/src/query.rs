@@ -48,9 +48,11 @@ pub(crate) fn translate(query: &Query) -> Where {
     Where { sql, params }
 }
 
-/// `ORDER BY` for submission order: undated records last, ties in insertion order (as
-/// DictDb orders them).
-pub(crate) const SUBMISSION_ORDER: &str = "submitted IS NULL, submitted, rowid";
+/// `ORDER BY` for submission order over [`Tables::select_records`] with its `_order`:
+/// undated records last, ties in insertion order (as DictDb orders them).
+///
+/// [`Tables::select_records`]: crate::schema::Tables::select_records
+pub(crate) const SUBMISSION_ORDER: &str = "submitted IS NULL, submitted, _order";
 
 fn constant(holds: bool) -> String {
     if holds { "1" } else { "0" }.to_owned()
@@ -248,7 +250,7 @@ mod tests {
         let marks = vec!["?"; RecordKey::ALL.len()].join(", ");
         let mut insert = conn
             .prepare(&format!(
-                "INSERT INTO t ({}) VALUES ({marks})",
+                "INSERT INTO t_requests ({}) VALUES ({marks})",
                 all_columns()
             ))
             .unwrap();

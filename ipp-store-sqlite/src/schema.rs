@@ -1,4 +1,5 @@
-//! The table: ipyparallel's SQLiteDB columns, and how each TaskRecord field is stored.
+//! The tables: ipyparallel's SQLiteDB columns (as a view over a requests table and a
+//! results table, see [`Tables`]), and how each TaskRecord field is stored.
 //!
 //! Columns, order and declared types are ipyparallel's (spec §8.3). Values:
 //! - `dict text` columns and `execute_result` / `error`: JSON text of the object;
@@ -78,8 +79,109 @@ pub(crate) fn all_columns() -> String {
     RecordKey::ALL.map(RecordKey::as_str).join(", ")
 }
 
-/// Creates `table` (and an index on `submitted`) if missing; checks an existing table's
-/// columns and declared types against ipyparallel's schema.
+/// The columns a request's record changes in after it is recorded (its assignment, its
+/// result, its output). Updates write them as rows of [`Tables::results`], an append
+/// rather than a rewrite of the request's row; [`Tables::records`] reads them from there
+/// when a record has them.
+const RESULT_SIDE: [RecordKey; 14] = [
+    RecordKey::EngineUuid,
+    RecordKey::Started,
+    RecordKey::Completed,
+    RecordKey::Resubmitted,
+    RecordKey::Received,
+    RecordKey::ResultHeader,
+    RecordKey::ResultMetadata,
+    RecordKey::ResultContent,
+    RecordKey::ResultBuffers,
+    RecordKey::ExecuteInput,
+    RecordKey::ExecuteResult,
+    RecordKey::Error,
+    RecordKey::Stdout,
+    RecordKey::Stderr,
+];
+
+/// Whether updates write `key` to [`Tables::results`] (else to [`Tables::requests`]).
+pub(crate) fn is_result_side(key: RecordKey) -> bool {
+    RESULT_SIDE.contains(&key)
+}
+
+/// The SQL names (quoted) behind the store's table `name`.
+///
+/// `name` itself is a view with ipyparallel's columns, in its order: what every read uses,
+/// and what `SELECT * FROM "ipython-tasks"` shows a person. Behind it, `<name>_requests`
+/// holds each record as added (every column), and `<name>_results` the result-side columns
+/// an update changed later, keyed by `msg_id`. A result that arrives after its request's
+/// row was committed is then an `INSERT` of a small row instead of an `UPDATE` that grows
+/// the request's row in place: the `UPDATE` was the writer's largest cost (BENCHMARKS.md).
+#[derive(Clone, Debug)]
+pub(crate) struct Tables {
+    /// The view of whole records, named as configured.
+    pub(crate) records: String,
+    /// Records as added.
+    pub(crate) requests: String,
+    /// Result-side columns changed after the add.
+    pub(crate) results: String,
+    /// The trigger that drops a request's results with it.
+    drop_results: String,
+    /// The index on the requests' `submitted`.
+    submitted_index: String,
+}
+
+impl Tables {
+    /// The names for the store table `name`.
+    pub(crate) fn new(name: &str) -> Self {
+        Self {
+            records: quote(name),
+            requests: quote(&format!("{name}_requests")),
+            results: quote(&format!("{name}_results")),
+            drop_results: quote(&format!("{name}_drop_results")),
+            submitted_index: quote(&format!("{name}_submitted")),
+        }
+    }
+
+    /// `SELECT` of whole records with ipyparallel's columns (a result-side column from
+    /// the results row when that has it), plus `_order`, the request's insertion order,
+    /// when `with_order`.
+    pub(crate) fn select_records(&self, with_order: bool) -> String {
+        let columns: Vec<String> = RecordKey::ALL
+            .iter()
+            .map(|key| {
+                let column = key.as_str();
+                if is_result_side(*key) {
+                    format!("coalesce(x.{column}, t.{column}) AS {column}")
+                } else {
+                    format!("t.{column} AS {column}")
+                }
+            })
+            .collect();
+        let order = if with_order {
+            ", t.rowid AS _order"
+        } else {
+            ""
+        };
+        format!(
+            "SELECT {}{order} FROM {} AS t LEFT JOIN {} AS x ON x.row = t.rowid",
+            columns.join(", "),
+            self.requests,
+            self.results
+        )
+    }
+}
+
+/// What the name of the store's table is in the file.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    Nothing,
+    /// A table: ipyparallel's layout, or this store's before results had a table of
+    /// their own. It becomes the requests table.
+    OldTable,
+    /// This store's view.
+    View,
+}
+
+/// Creates the store's tables, view, trigger and index for `table` where missing, after
+/// checking what exists: an existing requests table (or an old single table, which is
+/// renamed to become it, keeping its records) must have ipyparallel's columns.
 pub(crate) fn ensure(conn: &Connection, path: &Path, table: &str) -> Result<()> {
     let sql_err = |operation| {
         move |source| Error::Sqlite {
@@ -88,44 +190,105 @@ pub(crate) fn ensure(conn: &Connection, path: &Path, table: &str) -> Result<()> 
             source,
         }
     };
-    let existing: Vec<(String, String)> = {
-        let mut stmt = conn
-            .prepare(&format!("PRAGMA table_info({})", quote(table)))
-            .map_err(sql_err("schema check"))?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(1)?, row.get::<_, String>(2)?))
-            })
-            .map_err(sql_err("schema check"))?;
-        rows.collect::<rusqlite::Result<_>>()
-            .map_err(sql_err("schema check"))?
+    let schema_err = |reason: String| Error::Schema {
+        table: table.to_owned(),
+        path: path.to_path_buf(),
+        reason,
     };
-    if existing.is_empty() {
-        let columns: Vec<String> = RecordKey::ALL
-            .iter()
-            .map(|key| format!("{} {}", key.as_str(), declared_type(*key)))
-            .collect();
-        conn.execute_batch(&format!(
-            "CREATE TABLE {} ({});",
-            quote(table),
-            columns.join(", ")
-        ))
-        .map_err(sql_err("create table"))?;
-    } else {
-        check_columns(&existing).map_err(|reason| Error::Schema {
-            table: table.to_owned(),
-            path: path.to_path_buf(),
-            reason,
-        })?;
+    let names = Tables::new(table);
+    let tx = conn
+        .unchecked_transaction()
+        .map_err(sql_err("schema check"))?;
+    let found = match object_type(&tx, table).map_err(sql_err("schema check"))? {
+        None => Found::Nothing,
+        Some(kind) if kind == "table" => Found::OldTable,
+        Some(kind) if kind == "view" => Found::View,
+        Some(kind) => return Err(schema_err(format!("it is an SQLite {kind}, not a table"))),
+    };
+    let requests = format!("{table}_requests");
+    let requests_exist = object_type(&tx, &requests)
+        .map_err(sql_err("schema check"))?
+        .is_some();
+    match found {
+        Found::OldTable if requests_exist => {
+            return Err(schema_err(format!(
+                "both the table and a table {requests} exist; remove one"
+            )));
+        }
+        Found::OldTable => {
+            check_columns(&columns_of(&tx, &names.records).map_err(sql_err("schema check"))?)
+                .map_err(&schema_err)?;
+            tx.execute_batch(&format!(
+                "ALTER TABLE {} RENAME TO {};",
+                names.records, names.requests
+            ))
+            .map_err(sql_err("rename the old table"))?;
+            tracing::info!(path = %path.display(), table,
+                "task table moved to {requests}; results now have a table of their own, \
+                 and {table} is a view of whole records");
+        }
+        Found::Nothing | Found::View if requests_exist => {
+            check_columns(&columns_of(&tx, &names.requests).map_err(sql_err("schema check"))?)
+                .map_err(&schema_err)?;
+        }
+        Found::Nothing | Found::View => {
+            let columns: Vec<String> = RecordKey::ALL
+                .iter()
+                .map(|key| format!("{} {}", key.as_str(), declared_type(*key)))
+                .collect();
+            tx.execute_batch(&format!(
+                "CREATE TABLE {} ({});",
+                names.requests,
+                columns.join(", ")
+            ))
+            .map_err(sql_err("create table"))?;
+        }
     }
-    // Not in ipyparallel's schema, but harmless to it: history and date ranges use it.
-    conn.execute_batch(&format!(
-        "CREATE INDEX IF NOT EXISTS {} ON {} (submitted);",
-        quote(&format!("{table}_submitted")),
-        quote(table)
+    let result_columns: Vec<String> = RESULT_SIDE
+        .iter()
+        .map(|key| format!("{} {}", key.as_str(), declared_type(*key)))
+        .collect();
+    tx.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {results} (row INTEGER PRIMARY KEY, msg_id text, {columns});
+         CREATE TRIGGER IF NOT EXISTS {trigger} AFTER DELETE ON {requests}
+             BEGIN DELETE FROM {results} WHERE row = old.rowid; END;
+         CREATE INDEX IF NOT EXISTS {index} ON {requests} (submitted);",
+        results = names.results,
+        columns = result_columns.join(", "),
+        trigger = names.drop_results,
+        requests = names.requests,
+        index = names.submitted_index,
     ))
-    .map_err(sql_err("create index"))?;
-    Ok(())
+    .map_err(sql_err("create the results table"))?;
+    if found != Found::View {
+        tx.execute_batch(&format!(
+            "CREATE VIEW {} AS {};",
+            names.records,
+            names.select_records(false)
+        ))
+        .map_err(sql_err("create the records view"))?;
+    }
+    tx.commit().map_err(sql_err("schema check"))
+}
+
+/// The type (`table`, `view`, `index`, `trigger`) of the schema object `name`, if any.
+fn object_type(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row(
+        "SELECT type FROM sqlite_master WHERE name = ?",
+        [name],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+/// `(name, declared type)` of each column of the (quoted) table `table`.
+fn columns_of(conn: &Connection, table: &str) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+    let rows = stmt.query_map([], |row| {
+        Ok((row.get::<_, String>(1)?, row.get::<_, String>(2)?))
+    })?;
+    rows.collect()
 }
 
 /// Compares `(name, declared type)` pairs from `PRAGMA table_info` with the schema.

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::graveyard::Graveyard;
 use crate::ids::{Fingerprints, KnownIds};
 use crate::query::{register_functions, translate, SUBMISSION_ORDER};
-use crate::schema::{ensure, quote, set_from_sql};
+use crate::schema::{ensure, set_from_sql, Tables};
 use crate::writer::{Op, PendingError, Writer};
 
 /// How long a connection waits for a lock held by another connection to the same file.
@@ -261,16 +261,16 @@ impl SqliteStore {
     async fn with_conn<T, F>(&self, operation: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &str) -> Result<T> + Send + 'static,
+        F: FnOnce(&Connection, &Tables) -> Result<T> + Send + 'static,
     {
         // Wait first, so that a failure of the writes waited for is reported by this read.
         self.flush().await?;
         self.take_error()?;
         let conn = Arc::clone(&self.reader); // std Mutex, locked only inside the closure
-        let table = quote(&self.table);
+        let tables = Tables::new(&self.table);
         let out = tokio::task::spawn_blocking(move || {
             let conn = conn.lock().map_err(|_| Error::Poisoned)?;
-            f(&conn, &table)
+            f(&conn, &tables)
         })
         .await
         .map_err(|source| Error::Worker { operation, source })?;
@@ -340,7 +340,10 @@ pub(crate) fn open_connections(path: &Path, table: &str) -> Result<Opened> {
     let mut known = KnownIds::default();
     {
         let mut stmt = writer
-            .prepare(&format!("SELECT msg_id FROM {}", quote(table)))
+            .prepare(&format!(
+                "SELECT msg_id FROM {}",
+                Tables::new(table).requests
+            ))
             .map_err(sql_err("load ids"))?;
         let mut rows = stmt.query([]).map_err(sql_err("load ids"))?;
         while let Some(row) = rows.next().map_err(sql_err("load ids"))? {
@@ -457,11 +460,12 @@ impl Store for SqliteStore {
         let id = msg_id.to_owned();
         let sql_err = self.sql_err("get");
         let found = self
-            .with_conn("get", move |conn, table| {
+            .with_conn("get", move |conn, tables| {
                 let keys = columns_for(None);
                 let sql = format!(
-                    "SELECT {} FROM {table} WHERE msg_id = ?",
-                    select_list(&keys)
+                    "SELECT {} FROM {} WHERE msg_id = ?",
+                    select_list(&keys),
+                    tables.records
                 );
                 read_records(conn, &sql, vec![Value::Text(id)], &keys).map_err(sql_err)?
             })
@@ -483,10 +487,11 @@ impl Store for SqliteStore {
         let clause = translate(query);
         let sql_err = self.sql_err("find");
         let found = self
-            .with_conn("find", move |conn, table| {
+            .with_conn("find", move |conn, tables| {
                 let sql = format!(
-                    "SELECT {} FROM {table} WHERE {} ORDER BY {SUBMISSION_ORDER}",
+                    "SELECT {} FROM ({}) WHERE {} ORDER BY {SUBMISSION_ORDER}",
                     select_list(&columns),
+                    tables.select_records(true),
                     clause.sql
                 );
                 read_records(conn, &sql, clause.params, &columns).map_err(sql_err)?
@@ -527,9 +532,11 @@ impl Store for SqliteStore {
     async fn history(&self) -> ipp_core::Result<Vec<String>> {
         let sql_err = self.sql_err("history");
         let ids = self
-            .with_conn("history", move |conn, table| {
+            .with_conn("history", move |conn, tables| {
+                // `submitted` is a request-side column: the requests table has it.
                 let sql = format!(
-                    "SELECT msg_id FROM {table} WHERE submitted IS NOT NULL ORDER BY submitted, rowid"
+                    "SELECT msg_id FROM {} WHERE submitted IS NOT NULL ORDER BY submitted, rowid",
+                    tables.requests
                 );
                 let mut stmt = conn.prepare_cached(&sql).map_err(&sql_err)?;
                 let ids = stmt

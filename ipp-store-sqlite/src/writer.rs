@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::graveyard::Graveyard;
 use crate::ids::BuildBatchHasher;
 use crate::query::translate;
-use crate::schema::{all_columns, quote};
+use crate::schema::{all_columns, is_result_side, Tables};
 
 /// One queued write.
 #[derive(Debug)]
@@ -89,7 +89,7 @@ impl Writer {
     /// Runs until every sender is gone or a [`Op::Close`] is processed.
     pub(crate) fn run(mut self) {
         let mut binder = Binder::default();
-        let insert_sql = insert_sql(&quote(&self.table));
+        let mut sql = Sql::new(Tables::new(&self.table));
         let mut finished: u64 = 0;
         let mut failing = false;
         let mut batch = Vec::with_capacity(self.batch_size);
@@ -102,7 +102,7 @@ impl Writer {
             let started = Instant::now();
             let full = batch.len() >= self.full_batch;
             let count = batch.len() as u64;
-            let (replies, errors) = self.commit(&mut batch, &insert_sql, &mut binder);
+            let (replies, errors) = self.commit(&mut batch, &mut sql, &mut binder);
             finished += count;
             if errors.is_empty() {
                 if failing {
@@ -181,13 +181,12 @@ impl Writer {
     fn commit(
         &mut self,
         batch: &mut Vec<Op>,
-        insert_sql: &str,
+        sql: &mut Sql,
         binder: &mut Binder,
     ) -> (Vec<Reply>, Vec<Error>) {
         let mut replies = Vec::new();
         let mut errors = Vec::new();
         let path = self.path.clone();
-        let table = quote(&self.table);
         let sql_err = |operation: &'static str| {
             let path = path.clone();
             move |source| Error::Sqlite {
@@ -214,8 +213,9 @@ impl Writer {
             for op in batch.drain(..) {
                 match op {
                     Op::Add(record) => {
-                        if let Err(err) = insert(&tx, &mut insert_stmt, insert_sql, binder, &record)
-                            .map_err(sql_err("add"))
+                        if let Err(err) =
+                            insert(&tx, &mut insert_stmt, &sql.insert, binder, &record)
+                                .map_err(sql_err("add"))
                         {
                             errors.push(err);
                         }
@@ -223,7 +223,7 @@ impl Writer {
                     }
                     Op::Update(msg_id, update) => {
                         if let Err(err) =
-                            apply(&tx, &table, binder, &msg_id, &update).map_err(sql_err("update"))
+                            apply(&tx, sql, binder, &msg_id, &update).map_err(sql_err("update"))
                         {
                             errors.push(err);
                         }
@@ -231,7 +231,8 @@ impl Writer {
                     }
                     Op::DropIds(ids) => {
                         let sql = format!(
-                            "DELETE FROM {table} WHERE msg_id IN (SELECT value FROM json_each(?))"
+                            "DELETE FROM {} WHERE msg_id IN (SELECT value FROM json_each(?))",
+                            sql.tables.requests
                         );
                         let list = serde_json::Value::from(ids).to_string();
                         if let Err(err) = tx.execute(&sql, [list]).map_err(sql_err("drop records"))
@@ -240,8 +241,8 @@ impl Writer {
                         }
                     }
                     Op::DropMatching(query, reply) => {
-                        let result =
-                            delete_matching(&tx, &table, &query).map_err(sql_err("drop matching"));
+                        let result = delete_matching(&tx, &sql.tables, &query)
+                            .map_err(sql_err("drop matching"));
                         replies.push(Reply::Dropped(reply, result));
                     }
                     Op::Close(reply) => replies.push(Reply::Closed(reply)),
@@ -342,10 +343,85 @@ fn error_chain(err: &Error) -> String {
     text
 }
 
-/// The `INSERT` statement for `table` (already quoted).
-fn insert_sql(table: &str) -> String {
-    let marks = vec!["?"; RecordKey::ALL.len()].join(", ");
-    format!("INSERT INTO {table} ({}) VALUES ({marks})", all_columns())
+/// The writer's statements' text, built once: the `INSERT` of a record, and the results
+/// row's upsert for each set of columns an update changes (a handful of shapes; building
+/// the text per update showed in profiles).
+struct Sql {
+    tables: Tables,
+    insert: String,
+    upserts: HashMap<u32, String>,
+}
+
+impl Sql {
+    fn new(tables: Tables) -> Self {
+        let marks = vec!["?"; RecordKey::ALL.len()].join(", ");
+        let insert = format!(
+            "INSERT INTO {} ({}) VALUES ({marks})",
+            tables.requests,
+            all_columns()
+        );
+        Self {
+            tables,
+            insert,
+            upserts: HashMap::new(),
+        }
+    }
+
+    /// The upsert for `update`'s result-side columns and appended output (`None` when it
+    /// has none): `?1` is the msg_id, then each value in order.
+    fn upsert(&mut self, update: &RecordUpdate) -> Option<&str> {
+        let mut shape = 0u32;
+        for (key, _) in update_fields(update).filter(|(key, _)| is_result_side(*key)) {
+            shape |= 1 << (key as u32);
+        }
+        let appended = [
+            ("stdout", update.append_stdout.is_some()),
+            ("stderr", update.append_stderr.is_some()),
+        ];
+        for (bit, (_, present)) in appended.iter().enumerate() {
+            if *present {
+                shape |= 1 << (RecordKey::ALL.len() + bit);
+            }
+        }
+        if shape == 0 {
+            return None;
+        }
+        let tables = &self.tables;
+        let text = self.upserts.entry(shape).or_insert_with(|| {
+            let (mut columns, mut values, mut set) = (
+                String::from("row, msg_id"),
+                String::from("rowid, msg_id"),
+                Vec::new(),
+            );
+            let mut index = 1;
+            for (key, _) in update_fields(update).filter(|(key, _)| is_result_side(*key)) {
+                index += 1;
+                let column = key.as_str();
+                let _ = write!(columns, ", {column}");
+                let _ = write!(values, ", ?{index}");
+                set.push(format!("{column} = excluded.{column}"));
+            }
+            let results = &tables.results;
+            for (column, present) in appended {
+                if present {
+                    index += 1;
+                    let _ = write!(columns, ", {column}");
+                    let _ = write!(values, ", ifnull({column}, '') || ?{index}");
+                    set.push(format!(
+                        "{column} = CASE WHEN {results}.{column} IS NULL THEN \
+                         excluded.{column} ELSE {results}.{column} || ?{index} END"
+                    ));
+                }
+            }
+            format!(
+                "INSERT INTO {results} ({columns}) SELECT {values} FROM {} \
+                 WHERE msg_id = ?1 ON CONFLICT (row) DO UPDATE SET {}",
+                tables.requests,
+                set.join(", ")
+            )
+        });
+        Some(text)
+    }
 }
 
 /// Inserts `record` with the batch's insert statement, preparing it on first use.
@@ -366,57 +442,91 @@ fn insert<'tx>(
     Ok(())
 }
 
-/// Changes the columns `update` gives of the record `msg_id`.
+/// Changes the columns `update` gives of the record `msg_id`: request-side columns in its
+/// requests row (rare: a request recorded after output that overtook it), result-side
+/// columns and appended output in its results row, made by its first change.
 fn apply(
     conn: &Connection,
-    table: &str,
+    sql: &mut Sql,
     binder: &mut Binder,
     msg_id: &str,
     update: &RecordUpdate,
 ) -> rusqlite::Result<()> {
-    let appended = [
-        ("stdout", update.append_stdout.as_deref()),
-        ("stderr", update.append_stderr.as_deref()),
-    ];
-    let mut sql = format!("UPDATE {table} SET ");
-    let mut first = true;
-    let mut separator = |sql: &mut String| {
-        if !std::mem::take(&mut first) {
-            sql.push_str(", ");
-        }
-    };
-    for (key, _) in update_fields(update) {
-        separator(&mut sql);
-        let _ = write!(sql, "{} = ?", key.as_str());
+    if update_fields(update).any(|(key, _)| !is_result_side(key)) {
+        update_request(conn, &sql.tables, binder, msg_id, update)?;
     }
-    for (column, text) in appended {
-        if text.is_some() {
-            separator(&mut sql);
-            let _ = write!(sql, "{column} = ifnull({column}, '') || ?");
-        }
-    }
-    if first {
-        return Ok(()); // nothing to change
-    }
-    sql.push_str(" WHERE msg_id = ?");
+    upsert_result(conn, sql, binder, msg_id, update)
+}
+
+/// `UPDATE`s the request-side columns of `update` in the requests row.
+fn update_request(
+    conn: &Connection,
+    tables: &Tables,
+    binder: &mut Binder,
+    msg_id: &str,
+    update: &RecordUpdate,
+) -> rusqlite::Result<()> {
+    let fields = || update_fields(update).filter(|(key, _)| !is_result_side(*key));
+    let assignments: Vec<String> = fields()
+        .map(|(key, _)| format!("{} = ?", key.as_str()))
+        .collect();
+    let sql = format!(
+        "UPDATE {} SET {} WHERE msg_id = ?",
+        tables.requests,
+        assignments.join(", ")
+    );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut index = 0;
-    for (_, field) in update_fields(update) {
+    for (_, field) in fields() {
         index += 1;
         binder.bind(&mut stmt, index, field)?;
-    }
-    for text in appended.into_iter().filter_map(|(_, text)| text) {
-        index += 1;
-        binder.bind(&mut stmt, index, Field::Text(text))?;
     }
     binder.bind(&mut stmt, index + 1, Field::Text(msg_id))?;
     stmt.raw_execute()?;
     Ok(())
 }
 
-fn delete_matching(conn: &Connection, table: &str, query: &Query) -> rusqlite::Result<Vec<String>> {
+/// Writes the result-side columns and appended output of `update` into the results row,
+/// adding the row on the record's first change (only while its request is recorded).
+/// Appended output starts from what the request's row holds.
+fn upsert_result(
+    conn: &Connection,
+    sql: &mut Sql,
+    binder: &mut Binder,
+    msg_id: &str,
+    update: &RecordUpdate,
+) -> rusqlite::Result<()> {
+    let Some(text) = sql.upsert(update) else {
+        return Ok(()); // nothing to change
+    };
+    let mut stmt = conn.prepare_cached(text)?;
+    binder.bind(&mut stmt, 1, Field::Text(msg_id))?;
+    let mut index = 1;
+    for (_, field) in update_fields(update).filter(|(key, _)| is_result_side(*key)) {
+        index += 1;
+        binder.bind(&mut stmt, index, field)?;
+    }
+    for text in [&update.append_stdout, &update.append_stderr]
+        .into_iter()
+        .filter_map(Option::as_deref)
+    {
+        index += 1;
+        binder.bind(&mut stmt, index, Field::Text(text))?;
+    }
+    stmt.raw_execute()?;
+    Ok(())
+}
+
+fn delete_matching(
+    conn: &Connection,
+    tables: &Tables,
+    query: &Query,
+) -> rusqlite::Result<Vec<String>> {
     let clause = translate(query);
-    let sql = format!("DELETE FROM {table} WHERE {} RETURNING msg_id", clause.sql);
+    let sql = format!(
+        "DELETE FROM {} WHERE msg_id IN (SELECT msg_id FROM {} WHERE {}) RETURNING msg_id",
+        tables.requests, tables.records, clause.sql
+    );
     let mut stmt = conn.prepare(&sql)?;
     let ids = stmt
         .query_map(params_from_iter(clause.params), |row| {
@@ -656,6 +766,60 @@ mod tests {
         want.execute_result = output().execute_result;
         want.label = output().label;
         assert_eq!(**old, want);
+    }
+
+    #[test]
+    fn late_updates_are_rows_of_the_results_table_and_leave_with_their_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let (ops, _) = sequence();
+        let old = TaskRecord {
+            submitted: when(9),
+            ..request("old")
+        };
+        assert!(write(&path, 1, vec![Op::Add(Box::new(old))]).is_none());
+        // One op per batch: no update folds into its add.
+        assert!(write(&path, 1, ops).is_none());
+        let conn = Connection::open(&path).unwrap();
+        let ids = |sql: &str| -> Vec<String> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |row| row.get(0)).unwrap();
+            rows.collect::<rusqlite::Result<_>>().unwrap()
+        };
+        // "c" was dropped before its update, the first "d" with its results.
+        assert_eq!(
+            ids("SELECT msg_id FROM \"ipython-tasks_results\" ORDER BY msg_id"),
+            ["a", "b", "d", "old"]
+        );
+        // Requests rows keep what was added; the view shows the whole record.
+        let (completed, label): (Option<String>, Option<String>) = conn
+            .query_row(
+                "SELECT completed, label FROM \"ipython-tasks_requests\" WHERE msg_id = 'old'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(completed, None);
+        assert_eq!(
+            label.as_deref(),
+            Some("relabelled"),
+            "request-side: in place"
+        );
+        let (completed, stdout): (String, String) = conn
+            .query_row(
+                "SELECT completed, stdout FROM \"ipython-tasks\" WHERE msg_id = 'old'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(completed, "2026-03-01T00:00:00.000003+00:00");
+        assert_eq!(
+            stdout, "early printed more more",
+            "appended to what the add had"
+        );
+        conn.execute_batch("DELETE FROM \"ipython-tasks_requests\"")
+            .unwrap();
+        assert!(ids("SELECT msg_id FROM \"ipython-tasks_results\"").is_empty());
     }
 
     #[test]

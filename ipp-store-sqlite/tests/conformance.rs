@@ -130,9 +130,11 @@ async fn a_failed_write_is_reported_by_the_next_call_once() {
     let store = SqliteStore::open(&path).await.unwrap();
     store.add(task("ok", 0)).await.unwrap();
     store.flush().await.unwrap();
-    // Another connection drops the table under the store: its next write fails.
+    // Another connection drops the table of requests under the store: its next write fails.
     let other = rusqlite::Connection::open(&path).unwrap();
-    other.execute_batch("DROP TABLE \"ipython-tasks\"").unwrap();
+    other
+        .execute_batch("DROP TABLE \"ipython-tasks_requests\"")
+        .unwrap();
     store.add(task("lost", 1)).await.unwrap();
     // The read waits for that write, and reports its failure.
     let err = store.history().await.unwrap_err();
@@ -299,4 +301,90 @@ async fn waiting_for_writes_ends_the_writers_wait_between_transactions() {
     tokio::time::timeout(std::time::Duration::from_secs(120), run)
         .await
         .expect("a wait for the writer's commit interval was not ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_the_single_table_layout_keeps_its_records_and_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    {
+        // The layout this store wrote before results had a table of their own
+        // (ipyparallel's columns, one table), with one finished and one pending task.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE \"ipython-tasks\" (msg_id text PRIMARY KEY, header dict text, \
+             metadata dict text, content dict text, buffers bufs blob, submitted timestamp, \
+             client_uuid text, engine_uuid text, started timestamp, completed timestamp, \
+             resubmitted text, received timestamp, result_header dict text, \
+             result_metadata dict text, result_content dict text, result_buffers bufs blob, \
+             queue text, execute_input text, execute_result text, error text, stdout text, \
+             stderr text, label text);
+             CREATE INDEX \"ipython-tasks_submitted\" ON \"ipython-tasks\" (submitted);
+             INSERT INTO \"ipython-tasks\" (msg_id, submitted, completed, stdout, stderr) VALUES
+               ('done', '2026-03-01T00:00:00.000001+00:00', '2026-03-01T00:00:01.000000+00:00', 'out', ''),
+               ('pending', '2026-03-01T00:00:00.000002+00:00', NULL, '', '');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.history().await.unwrap(), ["done", "pending"]);
+    let done = store.get("done").await.unwrap();
+    assert_eq!(done.completed, date::parse("2026-03-01T00:00:01Z"));
+    assert_eq!(done.stdout, "out");
+    store
+        .update(
+            "pending",
+            RecordUpdate {
+                completed: date::parse("2026-03-01T00:00:02Z"),
+                append_stdout: Some("late".to_owned()),
+                ..RecordUpdate::default()
+            },
+        )
+        .await
+        .unwrap();
+    let pending = store.get("pending").await.unwrap();
+    assert_eq!(pending.completed, date::parse("2026-03-01T00:00:02Z"));
+    assert_eq!(pending.stdout, "late");
+    store.close().await.unwrap();
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let kind = |name: &str| -> String {
+        conn.query_row(
+            "SELECT type FROM sqlite_master WHERE name = ?",
+            [name],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(kind("ipython-tasks"), "view");
+    assert_eq!(kind("ipython-tasks_requests"), "table");
+    assert_eq!(kind("ipython-tasks_results"), "table");
+    // The view reads as ipyparallel's table did: its columns, whole records.
+    let columns: Vec<String> = conn
+        .prepare("SELECT * FROM \"ipython-tasks\"")
+        .unwrap()
+        .column_names()
+        .map(str::to_owned)
+        .collect();
+    let want: Vec<&str> = RecordKey::ALL.iter().map(|key| key.as_str()).collect();
+    assert_eq!(columns, want);
+    let completed: Vec<Option<String>> = conn
+        .prepare("SELECT completed FROM \"ipython-tasks\" ORDER BY msg_id")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(
+        completed,
+        [
+            Some("2026-03-01T00:00:01.000000+00:00".to_owned()),
+            Some("2026-03-01T00:00:02.000000+00:00".to_owned())
+        ]
+    );
+    // And it opens again as it now is.
+    drop(conn);
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.history().await.unwrap(), ["done", "pending"]);
+    store.close().await.unwrap();
 }
