@@ -694,19 +694,25 @@ mod tests {
         (ops, want)
     }
 
+    /// Writes "old" (as an earlier writer, a previous controller say, would have), then
+    /// [`sequence`]'s ops in batches of `batch_size`; returns the records it must leave.
+    fn write_sequence(path: &std::path::Path, batch_size: usize) -> Vec<TaskRecord> {
+        let (ops, want) = sequence();
+        let old = TaskRecord {
+            submitted: when(9),
+            ..request("old")
+        };
+        assert!(write(path, 1, vec![Op::Add(Box::new(old))]).is_none());
+        assert!(write(path, batch_size, ops).is_none());
+        want
+    }
+
     #[test]
     fn folding_an_update_into_its_add_leaves_the_add_then_update_record() {
         for batch_size in [1, 2, 3, 1000] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("tasks.db");
-            let (ops, want) = sequence();
-            // "old" was added by an earlier writer (a previous controller, say).
-            let old = TaskRecord {
-                submitted: when(9),
-                ..request("old")
-            };
-            assert!(write(&path, 1, vec![Op::Add(Box::new(old))]).is_none());
-            assert!(write(&path, batch_size, ops).is_none());
+            let want = write_sequence(&path, batch_size);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
@@ -772,14 +778,8 @@ mod tests {
     fn late_updates_are_rows_of_the_results_table_and_leave_with_their_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tasks.db");
-        let (ops, _) = sequence();
-        let old = TaskRecord {
-            submitted: when(9),
-            ..request("old")
-        };
-        assert!(write(&path, 1, vec![Op::Add(Box::new(old))]).is_none());
         // One op per batch: no update folds into its add.
-        assert!(write(&path, 1, ops).is_none());
+        write_sequence(&path, 1);
         let conn = Connection::open(&path).unwrap();
         let ids = |sql: &str| -> Vec<String> {
             let mut stmt = conn.prepare(sql).unwrap();
