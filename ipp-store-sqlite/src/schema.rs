@@ -110,7 +110,8 @@ pub(crate) fn is_result_side(key: RecordKey) -> bool {
 /// `name` itself is a view with ipyparallel's columns, in its order: what every read uses,
 /// and what `SELECT * FROM "ipython-tasks"` shows a person. Behind it, `<name>_requests`
 /// holds each record as added (every column), and `<name>_results` the result-side columns
-/// an update changed later, keyed by `msg_id`. A result that arrives after its request's
+/// an update changed later, keyed by the request's row (and carrying its `msg_id`, which
+/// the view checks too: see [`relink_results`]). A result that arrives after its request's
 /// row was committed is then an `INSERT` of a small row instead of an `UPDATE` that grows
 /// the request's row in place: the `UPDATE` was the writer's largest cost (BENCHMARKS.md).
 #[derive(Clone, Debug)]
@@ -160,7 +161,8 @@ impl Tables {
             ""
         };
         format!(
-            "SELECT {}{order} FROM {} AS t LEFT JOIN {} AS x ON x.row = t.rowid",
+            "SELECT {}{order} FROM {} AS t LEFT JOIN {} AS x \
+             ON x.row = t.rowid AND x.msg_id = t.msg_id",
             columns.join(", "),
             self.requests,
             self.results
@@ -169,7 +171,7 @@ impl Tables {
 }
 
 /// What the name of the store's table is in the file.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Found {
     Nothing,
     /// A table: ipyparallel's layout, or this store's before results had a table of
@@ -260,15 +262,49 @@ pub(crate) fn ensure(conn: &Connection, path: &Path, table: &str) -> Result<()> 
         index = names.submitted_index,
     ))
     .map_err(sql_err("create the results table"))?;
-    if found != Found::View {
-        tx.execute_batch(&format!(
-            "CREATE VIEW {} AS {};",
-            names.records,
-            names.select_records(false)
-        ))
-        .map_err(sql_err("create the records view"))?;
-    }
+    relink_results(&tx, &names).map_err(sql_err("relink results"))?;
+    // Made afresh on every open, so the view always matches this code's layout.
+    tx.execute_batch(&format!(
+        "DROP VIEW IF EXISTS {records}; CREATE VIEW {records} AS {select};",
+        records = names.records,
+        select = names.select_records(false)
+    ))
+    .map_err(sql_err("create the records view"))?;
     tx.commit().map_err(sql_err("schema check"))
+}
+
+/// Points every results row at its request's row again, when some do not: `VACUUM` may
+/// renumber the rows of a table without an `INTEGER PRIMARY KEY`, as the requests table
+/// (ipyparallel's schema) is. Until then the view shows no results for such rows rather
+/// than another record's (it joins on the row and the msg_id). Results whose request is
+/// gone are dropped.
+fn relink_results(conn: &Connection, names: &Tables) -> rusqlite::Result<()> {
+    let (requests, results) = (&names.requests, &names.results);
+    let stale: bool = conn.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {results} AS x LEFT JOIN {requests} AS t \
+             ON t.rowid = x.row WHERE t.msg_id IS NOT x.msg_id)"
+        ),
+        [],
+        |row| row.get(0),
+    )?;
+    if !stale {
+        return Ok(());
+    }
+    let columns = RESULT_SIDE.map(RecordKey::as_str).join(", ");
+    let from_x = RESULT_SIDE
+        .map(|key| format!("x.{}", key.as_str()))
+        .join(", ");
+    conn.execute_batch(&format!(
+        "CREATE TEMP TABLE ipp_relinked AS SELECT t.rowid AS row, x.msg_id AS msg_id, {from_x}
+             FROM {results} AS x JOIN {requests} AS t ON t.msg_id = x.msg_id;
+         DELETE FROM {results};
+         INSERT INTO {results} (row, msg_id, {columns})
+             SELECT row, msg_id, {columns} FROM ipp_relinked;
+         DROP TABLE ipp_relinked;"
+    ))?;
+    tracing::info!(table = %names.records, "task results relinked to their requests' rows");
+    Ok(())
 }
 
 /// The type (`table`, `view`, `index`, `trigger`) of the schema object `name`, if any.

@@ -388,3 +388,52 @@ async fn a_file_with_the_single_table_layout_keeps_its_records_and_moves_on() {
     assert_eq!(store.history().await.unwrap(), ["done", "pending"]);
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_follow_their_requests_when_rows_are_renumbered() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tasks.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    for i in 0..3 {
+        store.add(task(&format!("t{i}"), i)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    // Committed before their results: each result is a row of the results table.
+    for i in 0..3 {
+        let update = RecordUpdate {
+            completed: date::parse(&format!("2026-03-01T00:00:0{i}Z")),
+            ..RecordUpdate::default()
+        };
+        store.update(&format!("t{i}"), update).await.unwrap();
+    }
+    store.close().await.unwrap();
+    {
+        // What a VACUUM may do to a table without an INTEGER PRIMARY KEY: new row numbers
+        // (here 1, 2, 3 become 3, 2, 1: t0 and t2 swap numbers).
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "UPDATE \"ipython-tasks_requests\" SET rowid = 100 - rowid;
+             UPDATE \"ipython-tasks_requests\" SET rowid = rowid - 96;",
+        )
+        .unwrap();
+        let shown: Vec<String> = conn
+            .prepare("SELECT msg_id FROM \"ipython-tasks\" WHERE completed IS NOT NULL")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            shown,
+            ["t1"],
+            "a stale link shows no result, never another record's"
+        );
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    for i in 0..3 {
+        let record = store.get(&format!("t{i}")).await.unwrap();
+        let want = date::parse(&format!("2026-03-01T00:00:0{i}Z"));
+        assert_eq!(record.completed, want, "t{i}");
+    }
+    store.close().await.unwrap();
+}
