@@ -774,6 +774,15 @@ mod tests {
         assert_eq!(**old, want);
     }
 
+    /// The two columns of the first row `sql` returns.
+    fn pair<A: rusqlite::types::FromSql, B: rusqlite::types::FromSql>(
+        conn: &Connection,
+        sql: &str,
+    ) -> (A, B) {
+        conn.query_row(sql, [], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+    }
+
     #[test]
     fn late_updates_are_rows_of_the_results_table_and_leave_with_their_record() {
         let dir = tempfile::tempdir().unwrap();
@@ -792,26 +801,20 @@ mod tests {
             ["a", "b", "d", "old"]
         );
         // Requests rows keep what was added; the view shows the whole record.
-        let (completed, label): (Option<String>, Option<String>) = conn
-            .query_row(
-                "SELECT completed, label FROM \"ipython-tasks_requests\" WHERE msg_id = 'old'",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .unwrap();
+        let (completed, label): (Option<String>, Option<String>) = pair(
+            &conn,
+            "SELECT completed, label FROM \"ipython-tasks_requests\" WHERE msg_id = 'old'",
+        );
         assert_eq!(completed, None);
         assert_eq!(
             label.as_deref(),
             Some("relabelled"),
             "request-side: in place"
         );
-        let (completed, stdout): (String, String) = conn
-            .query_row(
-                "SELECT completed, stdout FROM \"ipython-tasks\" WHERE msg_id = 'old'",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .unwrap();
+        let (completed, stdout): (String, String) = pair(
+            &conn,
+            "SELECT completed, stdout FROM \"ipython-tasks\" WHERE msg_id = 'old'",
+        );
         assert_eq!(completed, "2026-03-01T00:00:00.000003+00:00");
         assert_eq!(
             stdout, "early printed more more",
@@ -831,13 +834,8 @@ mod tests {
         record.completed = date::parse("2026-11-22T17:59:21Z");
         assert!(write(&path, 10, vec![Op::Add(Box::new(record))]).is_none());
         let conn = Connection::open(&path).unwrap();
-        let (submitted, completed): (String, String) = conn
-            .query_row(
-                "SELECT submitted, completed FROM \"ipython-tasks\"",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .unwrap();
+        let (submitted, completed): (String, String) =
+            pair(&conn, "SELECT submitted, completed FROM \"ipython-tasks\"");
         assert_eq!(submitted, "0999-12-31T23:59:59.123456+00:00");
         assert_eq!(completed, "2026-11-22T17:59:21.000000+00:00");
     }

@@ -303,6 +303,16 @@ async fn waiting_for_writes_ends_the_writers_wait_between_transactions() {
         .expect("a wait for the writer's commit interval was not ended");
 }
 
+/// The first column of every row `sql` returns, read through a plain connection.
+fn column<T: rusqlite::types::FromSql>(conn: &rusqlite::Connection, sql: &str) -> Vec<T> {
+    conn.prepare(sql)
+        .expect("the query prepares")
+        .query_map([], |row| row.get(0))
+        .expect("the query runs")
+        .collect::<rusqlite::Result<_>>()
+        .expect("every row reads")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_with_the_single_table_layout_keeps_its_records_and_moves_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -368,13 +378,10 @@ async fn a_file_with_the_single_table_layout_keeps_its_records_and_moves_on() {
         .collect();
     let want: Vec<&str> = RecordKey::ALL.iter().map(|key| key.as_str()).collect();
     assert_eq!(columns, want);
-    let completed: Vec<Option<String>> = conn
-        .prepare("SELECT completed FROM \"ipython-tasks\" ORDER BY msg_id")
-        .unwrap()
-        .query_map([], |row| row.get(0))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
+    let completed: Vec<Option<String>> = column(
+        &conn,
+        "SELECT completed FROM \"ipython-tasks\" ORDER BY msg_id",
+    );
     assert_eq!(
         completed,
         [
@@ -416,13 +423,10 @@ async fn results_follow_their_requests_when_rows_are_renumbered() {
              UPDATE \"ipython-tasks_requests\" SET rowid = rowid - 96;",
         )
         .unwrap();
-        let shown: Vec<String> = conn
-            .prepare("SELECT msg_id FROM \"ipython-tasks\" WHERE completed IS NOT NULL")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
+        let shown: Vec<String> = column(
+            &conn,
+            "SELECT msg_id FROM \"ipython-tasks\" WHERE completed IS NOT NULL",
+        );
         assert_eq!(
             shown,
             ["t1"],
