@@ -322,6 +322,13 @@ impl ControllerProcess {
         CpuTime::of(&format!("/proc/{}/stat", self.child.id()))
     }
 
+    /// CPU time the controller's main thread (the one that runs its runtime, with the
+    /// current-thread runtime: every socket, the Hub and the schedulers) has used so far.
+    fn main_thread_cpu(&self) -> CpuTime {
+        let pid = self.child.id();
+        CpuTime::of(&format!("/proc/{pid}/task/{pid}/stat"))
+    }
+
     async fn stop(mut self) -> Result<()> {
         drop(self.stdin.take());
         let status = tokio::task::spawn_blocking(move || self.child.wait()).await??;
@@ -416,6 +423,15 @@ impl Cluster {
         })
     }
 
+    /// CPU time the client and the engines have used so far: this process, and the
+    /// engines' processes when they have their own.
+    fn client_and_engines_cpu(&self) -> CpuTime {
+        self.engine_processes
+            .iter()
+            .map(|engine| CpuTime::of(&format!("/proc/{}/stat", engine.child.id())))
+            .fold(CpuTime::of("/proc/self/stat"), CpuTime::plus)
+    }
+
     async fn stop(self) -> Result<()> {
         self.client.close().await;
         for engine in self.engines {
@@ -468,6 +484,22 @@ impl CpuTime {
             user: user / USER_HZ,
             system: system / USER_HZ,
         }
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            user: self.user + other.user,
+            system: self.system + other.system,
+        }
+    }
+
+    /// The CPU time used since `earlier` per task, and the CPUs that kept busy at `rate`
+    /// tasks per second, as a table cell: a process or thread near one CPU (or a machine
+    /// near all of them) is what sets the pace.
+    fn busy_since(self, earlier: Self, tasks: usize, rate: f64) -> String {
+        let seconds = (self.user - earlier.user) + (self.system - earlier.system);
+        let per_task = seconds / tasks as f64;
+        format!("{:.0} µs · {:.2} CPUs", per_task * 1e6, per_task * rate)
     }
 
     /// The CPU time used since `earlier`, per task, as a table cell: total (user + system).
@@ -683,7 +715,7 @@ async fn run(mut args: Args) -> Result<()> {
     }
 
     println!(
-        "\n| store | hwm | {} no-op LB tasks | controller CPU per task | controller RSS before → after | every task recorded |\n|---|---|---|---|---|---|",
+        "\n| store | hwm | {} no-op LB tasks | controller CPU per task | of it, the controller's main thread | client + engines CPU per task | controller RSS before → after | every task recorded |\n|---|---|---|---|---|---|---|---|",
         args.tasks
     );
     let dir = tempfile::tempdir()?;
@@ -693,16 +725,27 @@ async fn run(mut args: Args) -> Result<()> {
             no_op_map(&cluster.client, 1_000.min(args.tasks)).await?; // warm up
             let before = cluster.controller.rss_mib();
             let cpu_before = cluster.controller.cpu();
+            let main_before = cluster.controller.main_thread_cpu();
+            let client_before = cluster.client_and_engines_cpu();
             let rate = no_op_map(&cluster.client, args.tasks).await?;
             let cpu = cluster
                 .controller
                 .cpu()
                 .per_task_since(cpu_before, args.tasks);
+            let main =
+                cluster
+                    .controller
+                    .main_thread_cpu()
+                    .busy_since(main_before, args.tasks, rate);
+            let client_side =
+                cluster
+                    .client_and_engines_cpu()
+                    .busy_since(client_before, args.tasks, rate);
             let after = cluster.controller.rss_mib();
             let recorded =
                 check_recorded(&cluster.client, name, 1_000.min(args.tasks) + args.tasks).await?;
             println!(
-                "| {name} | {hwm} | {rate:.0} tasks/s | {cpu} | {before:.0} → {after:.0} MiB | {recorded} |"
+                "| {name} | {hwm} | {rate:.0} tasks/s | {cpu} | {main} | {client_side} | {before:.0} → {after:.0} MiB | {recorded} |"
             );
             cluster.stop().await?;
             if name == "sqlite" {
