@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -289,5 +290,58 @@ def test_a_restarted_controller_serves_the_old_sqlite_records():
         assert rc.get_result(ids[1]).get(timeout=TIMEOUT) == values[1]
         again = rc.resubmit(ids[2])
         assert again.get(timeout=TIMEOUT) == [values[2]]
+    finally:
+        cluster.stop()
+
+
+def test_a_locked_sqlite_file_drops_records_and_tasks_still_run():
+    """Another process holds the SQLite file's write lock: the store cannot write and its
+    queue fills. The Hub stops waiting for it: tasks keep running, queries say why they
+    fail, and once the lock is gone the Hub finds out by itself and records again."""
+    cluster = Cluster(extra_args=("--sqlitedb",))
+    cluster.profile_dir.mkdir(parents=True, exist_ok=True)
+    # A queue of two writes, one per transaction: a blocked writer fills it at once.
+    (cluster.profile_dir / "ipcontroller.toml").write_text(
+        '[store]\ndb = "sqlite"\nbatch_size = 1\nqueue_capacity = 2\n'
+    )
+    try:
+        cluster.start(engines=1)
+        rc = cluster.client()
+        rc.wait_for_engines(1, timeout=TIMEOUT)
+        view = rc.load_balanced_view()
+        before = view.apply_async(triple, 1)
+        assert before.get(timeout=TIMEOUT) == 3
+
+        lock = sqlite3.connect(cluster.profile_dir / "tasks.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            ars = [view.apply_async(triple, i) for i in range(40)]
+            assert [ar.get(timeout=TIMEOUT) for ar in ars] == [3 * i for i in range(40)]
+            # The Hub waited for the store about once (a second), not per task.
+            assert time.monotonic() - started < 20
+            with pytest.raises(Exception) as refused:
+                rc.db_query({"msg_id": before.msg_ids[0]}, keys=["msg_id"])
+            assert "task database" in str(refused.value), refused.value
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                found = rc.db_query({"msg_id": before.msg_ids[0]}, keys=["msg_id"])
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert [r["msg_id"] for r in found] == before.msg_ids
+        after = view.apply_async(triple, 2)
+        assert after.get(timeout=TIMEOUT) == 6
+        found = rc.db_query({"msg_id": after.msg_ids[0]}, keys=["msg_id", "completed"])
+        assert [r["msg_id"] for r in found] == after.msg_ids
+        log = cluster.controller_log.read_text(errors="replace")
+        assert "not keeping up" in log and "caught up" in log, log_tail(cluster.controller_log)
     finally:
         cluster.stop()

@@ -816,3 +816,145 @@ async fn with_nodb_an_unknown_id_is_invalid_at_once() {
     let msg_id = c.submit(json!({"after": ["forgotten"]})).await;
     assert_eq!(c.outcome_of(&msg_id).await, "InvalidDependency");
 }
+
+// ---- a store that stops answering -----------------------------------------------------
+
+/// A DictDb that can be made to stop answering, as a store on a stalled disk (or with its
+/// server gone and its queue full) would: every call then waits until it is resumed.
+#[derive(Debug)]
+struct StallingStore {
+    inner: DictDb,
+    stalled: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for StallingStore {
+    fn default() -> Self {
+        Self {
+            inner: DictDb::default(),
+            stalled: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl StallingStore {
+    fn stall(&self, stalled: bool) {
+        self.stalled.send_replace(stalled);
+    }
+
+    async fn wait(&self) {
+        let mut stalled = self.stalled.subscribe();
+        let _ = stalled.wait_for(|stalled| !stalled).await;
+    }
+}
+
+impl std::fmt::Display for StallingStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a stalling store")
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for StallingStore {
+    fn capabilities(&self) -> crate::store::StoreCapabilities {
+        self.inner.capabilities()
+    }
+    async fn add(&self, record: TaskRecord) -> crate::Result<()> {
+        self.wait().await;
+        self.inner.add(record).await
+    }
+    async fn update(&self, msg_id: &str, update: crate::store::RecordUpdate) -> crate::Result<()> {
+        self.wait().await;
+        self.inner.update(msg_id, update).await
+    }
+    async fn get(&self, msg_id: &str) -> crate::Result<TaskRecord> {
+        self.wait().await;
+        self.inner.get(msg_id).await
+    }
+    async fn find(
+        &self,
+        query: &crate::store::Query,
+        keys: Option<&[crate::store::RecordKey]>,
+    ) -> crate::Result<Vec<TaskRecord>> {
+        self.wait().await;
+        self.inner.find(query, keys).await
+    }
+    async fn drop_matching(&self, query: &crate::store::Query) -> crate::Result<usize> {
+        self.wait().await;
+        self.inner.drop_matching(query).await
+    }
+    async fn drop_records(&self, msg_ids: &[String]) -> crate::Result<()> {
+        self.wait().await;
+        self.inner.drop_records(msg_ids).await
+    }
+    async fn history(&self) -> crate::Result<Vec<String>> {
+        self.wait().await;
+        self.inner.history().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_store_drops_records_and_routing_goes_on() {
+    let store = Arc::new(StallingStore::default());
+    // A queue of a few events between the scheduler and the Hub: a Hub stuck on the store
+    // would stop the scheduler within a few tasks.
+    let config = ControllerConfig {
+        event_queue: 4,
+        ..unlimited()
+    };
+    let mut c = Cluster::start(config, "leastload", store.clone()).await;
+    let mut engines = c.add_engines(&["a"]).await;
+    let client = c.h.controller.client_info().clone();
+    let mut hub =
+        c.h.connect(
+            SocketKind::Dealer,
+            client.registration,
+            SocketOptions::default(),
+        )
+        .await;
+
+    store.stall(true);
+    let started = tokio::time::Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(c.submit(json!({})).await);
+    }
+    for _ in 0..40 {
+        serve(&c.h, &mut engines[0], Answer::Ok).await;
+    }
+    for id in &ids {
+        assert_eq!(c.outcome_of(id).await, "ok");
+    }
+    // The Hub waited for the store once (one write's patience), not per task.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Queries are answered (with an error that says why) rather than left waiting.
+    let reply = super::tests::query(&c.h, &mut hub, "db_request", json!({"query": {}})).await;
+    assert_eq!(reply.content["status"], "error", "{:?}", reply.content);
+    let evalue = reply.content["evalue"].as_str().unwrap_or_default();
+    assert!(evalue.contains("task database"), "{evalue}");
+
+    // The store recovers: the Hub finds out by itself (no task needed), answers queries
+    // again, and records new tasks.
+    store.stall(false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reply = super::tests::query(&c.h, &mut hub, "db_request", json!({"query": {}})).await;
+    assert_eq!(reply.content["status"], "ok", "{:?}", reply.content);
+    let first = c.submit(json!({})).await;
+    serve(&c.h, &mut engines[0], Answer::Ok).await;
+    assert_eq!(c.outcome_of(&first).await, "ok");
+    let found = super::tests::query(
+        &c.h,
+        &mut hub,
+        "db_request",
+        json!({"query": {"msg_id": first}, "keys": ["msg_id", "result_content"]}),
+    )
+    .await;
+    assert_eq!(found.content["status"], "ok", "{:?}", found.content);
+    assert_eq!(
+        found.content["records"][0]["result_content"]["status"],
+        "ok"
+    );
+}

@@ -52,6 +52,13 @@ impl StoreCapabilities {
 ///   carry those fields (and always `msg_id`); the others may be left at their defaults.
 /// - What a backend cannot do returns [`Error::Unsupported`](crate::Error::Unsupported); it
 ///   never silently succeeds.
+/// - The controller's Hub records every task on the loop that also serves registration
+///   and queries, so a store should queue writes and return. The Hub waits at most a
+///   second for a write: one that takes longer is cancelled and dropped, the store counts
+///   as not keeping up (logged once), and until it has taken every write at once for a
+///   second again, writes are offered once and dropped if not taken, and queries get an
+///   error. A read may take up to 30 s. A cancelled call must leave the store consistent:
+///   the write happened or it did not.
 #[async_trait]
 pub trait Store: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// What this store can do.

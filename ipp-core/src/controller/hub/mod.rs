@@ -2,6 +2,7 @@
 
 mod engine_state;
 mod engines;
+mod gate;
 mod queries;
 mod records;
 mod wire_fields;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::engine_state::{EngineState, Restore};
 use self::engines::{Engines, RegisterError};
+use self::gate::StoreGate;
 use super::events::{EngineEvent, HubEvent, TaskCommand};
 use super::heartbeat::HeartCommand;
 use super::ordered::OrderedIds;
@@ -78,7 +80,8 @@ pub(crate) struct Hub {
     /// Whether the store records anything (false for NoDb: then requests are not parsed).
     recording: bool,
     warned: WarnOnce,
-    warned_store: bool,
+    /// How long store calls may take, and what the store's failures and delays have been.
+    gate: StoreGate,
 }
 
 /// Runs the Hub until shutdown.
@@ -125,7 +128,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
         stubbed: RecentSet::default(),
         recording: store_records,
         warned: WarnOnce::default(),
-        warned_store: false,
+        gate: StoreGate::default(),
     };
     if let Some(restore) = restored {
         hub.restore_engines(restore);
@@ -144,7 +147,10 @@ pub(crate) async fn run_hub(parts: HubParts) {
                 let Ok(frames) = frames else { break };
                 hub.handle_query(frames, &mut events).await;
             }
-            _ = housekeeping.tick() => hub.purge_stalled_registrations(),
+            _ = housekeeping.tick() => {
+                hub.purge_stalled_registrations();
+                hub.gate.probe(&hub.store);
+            }
         }
     }
 }

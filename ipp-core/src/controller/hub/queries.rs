@@ -145,7 +145,11 @@ impl Hub {
                         (RecordKey::Completed, Condition::Ne(QueryValue::Null)),
                     ],
                 };
-                match self.store.find(&done, Some(&[RecordKey::MsgId])).await {
+                match self
+                    .gate
+                    .read(self.store.find(&done, Some(&[RecordKey::MsgId])))
+                    .await
+                {
                     Ok(records) => json!(records.into_iter().map(|r| r.msg_id).collect::<Vec<_>>()),
                     Err(err) => return self.answer(&msg, "queue_reply", store_error(&err)).await,
                 }
@@ -210,7 +214,11 @@ impl Hub {
             completed.iter().chain(&unknown).cloned().collect()
         };
         if !wanted.is_empty() {
-            match self.store.find(&msg_ids_query(&wanted), None).await {
+            match self
+                .gate
+                .read(self.store.find(&msg_ids_query(&wanted), None))
+                .await
+            {
                 Ok(found) => records = found,
                 Err(err) => return self.answer(&msg, "result_reply", store_error(&err)).await,
             }
@@ -268,7 +276,7 @@ impl Hub {
     }
 
     pub(super) async fn history_request(&mut self, msg: Message) {
-        let content = match self.store.history().await {
+        let content = match self.gate.read(self.store.history()).await {
             Ok(history) => json!({"status": "ok", "history": history}),
             Err(err) => store_error(&err),
         };
@@ -294,7 +302,11 @@ impl Hub {
                 }
             }
         };
-        let records = match self.store.find(&query, keys.as_deref()).await {
+        let records = match self
+            .gate
+            .read(self.store.find(&query, keys.as_deref()))
+            .await
+        {
             Ok(records) => records,
             Err(err) => return self.answer(&msg, "db_reply", store_error(&err)).await,
         };
@@ -335,7 +347,7 @@ impl Hub {
             let done = Query {
                 clauses: vec![(RecordKey::Completed, Condition::Ne(QueryValue::Null))],
             };
-            match self.store.drop_matching(&done).await {
+            match self.gate.read(self.store.drop_matching(&done)).await {
                 Ok(_) => json!({"status": "ok"}),
                 Err(err) => store_error(&err),
             }
@@ -353,7 +365,7 @@ impl Hub {
         if let Some(busy) = msg_ids.iter().find(|id| self.pending.contains(*id)) {
             return error_content("IndexError", &format!("msg pending: '{busy}'"));
         }
-        if let Err(err) = self.store.drop_records(msg_ids).await {
+        if let Err(err) = self.gate.read(self.store.drop_records(msg_ids)).await {
             return store_error(&err);
         }
         let engine_ids: Vec<Value> = engine_ids
@@ -375,7 +387,7 @@ impl Hub {
                     (RecordKey::Completed, Condition::Ne(QueryValue::Null)),
                 ],
             };
-            if let Err(err) = self.store.drop_matching(&query).await {
+            if let Err(err) = self.gate.read(self.store.drop_matching(&query)).await {
                 return store_error(&err);
             }
         }
@@ -384,7 +396,11 @@ impl Hub {
 
     pub(super) async fn resubmit_request(&mut self, msg: Message) {
         let ids = string_list(msg.content_map().get("msg_ids"));
-        let records = match self.store.find(&msg_ids_query(&ids), None).await {
+        let records = match self
+            .gate
+            .read(self.store.find(&msg_ids_query(&ids), None))
+            .await
+        {
             Ok(records) => records,
             Err(err) => return self.answer(&msg, "resubmit_reply", store_error(&err)).await,
         };
@@ -437,7 +453,8 @@ impl Hub {
                 resubmitted: Some(new_id.clone()),
                 ..crate::store::RecordUpdate::default()
             };
-            if let Err(err) = self.store.update(&record.msg_id, update).await {
+            let marked = self.store.update(&record.msg_id, update);
+            if let Some(Err(err)) = self.gate.write("update", &record.msg_id, marked).await {
                 tracing::debug!(error = %err, "could not mark a task resubmitted");
             }
             resubmitted.insert(record.msg_id.clone(), json!(new_id));

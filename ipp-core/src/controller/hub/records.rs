@@ -99,35 +99,26 @@ fn result_update(wire: &WireMessage) -> crate::Result<RecordUpdate> {
 }
 
 impl Hub {
-    fn note_store_error(&mut self, operation: &str, msg_id: &str, err: &Error) {
-        if matches!(err, Error::Unsupported { .. }) {
-            return; // NoDb: recording nothing is its job.
-        }
-        if !self.warned_store {
-            self.warned_store = true;
-            tracing::error!(operation, msg_id, error = %err,
-                "task database failed; recording is degraded, scheduling goes on");
-        } else {
-            tracing::debug!(operation, msg_id, error = %err, "task database failed");
-        }
-    }
-
     /// Adds a request's record, or merges it into the stub that early IOPub output created.
     ///
     /// The record is moved into the store, not copied (this runs once per task): only a
     /// stub the Hub made itself is known to exist already.
     async fn save_request(&mut self, record: TaskRecord) {
-        if self.stubbed.contains(&record.msg_id) {
-            let msg_id = record.msg_id.clone();
-            if let Err(err) = self.store.update(&msg_id, request_update(record)).await {
-                self.note_store_error("update", &msg_id, &err);
+        let msg_id = record.msg_id.clone();
+        if self.stubbed.contains(&msg_id) {
+            let update = self.store.update(&msg_id, request_update(record));
+            if let Some(Err(err)) = self.gate.write("update", &msg_id, update).await {
+                self.gate.note_error("update", &msg_id, &err);
             }
             return;
         }
-        let msg_id = record.msg_id.clone();
-        match self.store.add(record).await {
-            Ok(()) => {}
-            Err(Error::AlreadyExists { .. }) => {
+        match self
+            .gate
+            .write("add", &msg_id, self.store.add(record))
+            .await
+        {
+            None | Some(Ok(())) => {}
+            Some(Err(Error::AlreadyExists { .. })) => {
                 // Only a client reusing a msg_id (or one recorded by an earlier run of a
                 // reused database) gets here: the earlier record is kept.
                 tracing::warn!(
@@ -136,7 +127,7 @@ impl Hub {
                      the earlier record is kept"
                 );
             }
-            Err(err) => self.note_store_error("add", &msg_id, &err),
+            Some(Err(err)) => self.gate.note_error("add", &msg_id, &err),
         }
     }
 
@@ -159,14 +150,19 @@ impl Hub {
                 msg_id: msg_id.to_owned(),
                 ..TaskRecord::default()
             };
-            match self.store.add(stub).await {
-                Ok(()) => self.stubbed.insert(msg_id),
-                Err(Error::AlreadyExists { .. }) => {}
-                Err(err) => return self.note_store_error("add", msg_id, &err),
+            match self.gate.write("add", msg_id, self.store.add(stub)).await {
+                Some(Ok(())) => self.stubbed.insert(msg_id),
+                Some(Err(Error::AlreadyExists { .. })) => {}
+                Some(Err(err)) => return self.gate.note_error("add", msg_id, &err),
+                None => return,
             }
         }
-        if let Err(err) = self.store.update(msg_id, update).await {
-            self.note_store_error("update", msg_id, &err);
+        let written = self
+            .gate
+            .write("update", msg_id, self.store.update(msg_id, update))
+            .await;
+        if let Some(Err(err)) = written {
+            self.gate.note_error("update", msg_id, &err);
         }
     }
 
