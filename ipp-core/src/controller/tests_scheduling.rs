@@ -820,30 +820,41 @@ async fn with_nodb_an_unknown_id_is_invalid_at_once() {
 // ---- a store that stops answering -----------------------------------------------------
 
 /// A DictDb that can be made to stop answering, as a store on a stalled disk (or with its
-/// server gone and its queue full) would: every call then waits until it is resumed.
+/// server gone and its queue full) would: its calls then wait until it is resumed. Reads
+/// alone can be held too, as a long query over a large table would be.
 #[derive(Debug)]
 struct StallingStore {
     inner: DictDb,
-    stalled: tokio::sync::watch::Sender<bool>,
+    writes_stalled: tokio::sync::watch::Sender<bool>,
+    reads_stalled: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for StallingStore {
     fn default() -> Self {
         Self {
             inner: DictDb::default(),
-            stalled: tokio::sync::watch::Sender::new(false),
+            writes_stalled: tokio::sync::watch::Sender::new(false),
+            reads_stalled: tokio::sync::watch::Sender::new(false),
         }
     }
 }
 
 impl StallingStore {
     fn stall(&self, stalled: bool) {
-        self.stalled.send_replace(stalled);
+        self.writes_stalled.send_replace(stalled);
+        self.reads_stalled.send_replace(stalled);
     }
 
-    async fn wait(&self) {
-        let mut stalled = self.stalled.subscribe();
-        let _ = stalled.wait_for(|stalled| !stalled).await;
+    fn stall_reads(&self, stalled: bool) {
+        self.reads_stalled.send_replace(stalled);
+    }
+
+    async fn write(&self) {
+        let _ = self.writes_stalled.subscribe().wait_for(|s| !s).await;
+    }
+
+    async fn read(&self) {
+        let _ = self.reads_stalled.subscribe().wait_for(|s| !s).await;
     }
 }
 
@@ -859,15 +870,15 @@ impl Store for StallingStore {
         self.inner.capabilities()
     }
     async fn add(&self, record: TaskRecord) -> crate::Result<()> {
-        self.wait().await;
+        self.write().await;
         self.inner.add(record).await
     }
     async fn update(&self, msg_id: &str, update: crate::store::RecordUpdate) -> crate::Result<()> {
-        self.wait().await;
+        self.write().await;
         self.inner.update(msg_id, update).await
     }
     async fn get(&self, msg_id: &str) -> crate::Result<TaskRecord> {
-        self.wait().await;
+        self.read().await;
         self.inner.get(msg_id).await
     }
     async fn find(
@@ -875,19 +886,19 @@ impl Store for StallingStore {
         query: &crate::store::Query,
         keys: Option<&[crate::store::RecordKey]>,
     ) -> crate::Result<Vec<TaskRecord>> {
-        self.wait().await;
+        self.read().await;
         self.inner.find(query, keys).await
     }
     async fn drop_matching(&self, query: &crate::store::Query) -> crate::Result<usize> {
-        self.wait().await;
+        self.read().await;
         self.inner.drop_matching(query).await
     }
     async fn drop_records(&self, msg_ids: &[String]) -> crate::Result<()> {
-        self.wait().await;
+        self.read().await;
         self.inner.drop_records(msg_ids).await
     }
     async fn history(&self) -> crate::Result<Vec<String>> {
-        self.wait().await;
+        self.read().await;
         self.inner.history().await
     }
 }
@@ -957,4 +968,55 @@ async fn a_stalled_store_drops_records_and_routing_goes_on() {
         found.content["records"][0]["result_content"]["status"],
         "ok"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_query_does_not_hold_up_routing() {
+    let store = Arc::new(StallingStore::default());
+    let config = ControllerConfig {
+        event_queue: 4,
+        ..unlimited()
+    };
+    let mut c = Cluster::start(config, "leastload", store.clone()).await;
+    let mut engines = c.add_engines(&["a"]).await;
+    let client = c.h.controller.client_info().clone();
+    let mut hub =
+        c.h.connect(
+            SocketKind::Dealer,
+            client.registration,
+            SocketOptions::default(),
+        )
+        .await;
+    let first = c.submit(json!({})).await;
+    serve(&c.h, &mut engines[0], Answer::Ok).await;
+    assert_eq!(c.outcome_of(&first).await, "ok");
+
+    // A query the store takes its time over, asked before a burst of tasks.
+    store.stall_reads(true);
+    let started = tokio::time::Instant::now();
+    let query = c.h.session.message(
+        "db_request",
+        json!({"query": {"msg_id": first}, "keys": ["msg_id"]}),
+    );
+    c.h.send(&hub, vec![], query).await;
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        ids.push(c.submit(json!({})).await);
+    }
+    for _ in 0..40 {
+        serve(&c.h, &mut engines[0], Answer::Ok).await;
+    }
+    for id in &ids {
+        assert_eq!(c.outcome_of(id).await, "ok");
+    }
+    // Routed, recorded and answered while the query waited (no read timeout passed).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    store.stall_reads(false);
+    let reply = c.h.recv(&mut hub).await;
+    assert_eq!(reply.content["status"], "ok", "{:?}", reply.content);
+    assert_eq!(reply.content["records"][0]["msg_id"], first.as_str());
 }

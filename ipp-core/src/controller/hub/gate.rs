@@ -31,6 +31,24 @@ pub(super) const READ_PATIENCE: Duration = Duration::from_secs(30);
 /// How long a probe of a store that is behind may go unanswered before another is sent.
 const PROBE_PATIENCE: Duration = Duration::from_secs(5);
 
+/// Runs `read`, waiting at most [`READ_PATIENCE`] (a read may run off the Hub's loop).
+///
+/// # Errors
+/// [`Error::Timeout`] when the store does not answer in time; the read's own error
+/// otherwise.
+pub(super) async fn bounded_read<T>(read: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(READ_PATIENCE, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::error!(after = ?READ_PATIENCE, "task database did not answer a query");
+            Err(Error::Timeout {
+                what: "the task database to answer",
+                after: READ_PATIENCE,
+            })
+        }
+    }
+}
+
 /// What the Hub knows about its store keeping up.
 #[derive(Debug, Default)]
 pub(super) struct StoreGate {
@@ -83,13 +101,12 @@ impl StoreGate {
         }
     }
 
-    /// Runs `read`, waiting at most [`READ_PATIENCE`]; fails at once while the store is
-    /// behind on writes (it would answer without them, or not at all).
+    /// Whether a read may be sent to the store: not while it is behind on writes (it would
+    /// answer without them, or not at all).
     ///
     /// # Errors
-    /// [`Error::Timeout`] when the store is behind or does not answer in time; the read's
-    /// own error otherwise.
-    pub(super) async fn read<T>(&mut self, read: impl Future<Output = Result<T>>) -> Result<T> {
+    /// [`Error::Timeout`] while the store is behind.
+    pub(super) fn admit_read(&self) -> Result<()> {
         if self.is_behind() {
             // Whether it caught up is for the probe to find out, off the Hub's loop.
             return Err(Error::Timeout {
@@ -98,22 +115,26 @@ impl StoreGate {
                 after: WRITE_PATIENCE,
             });
         }
-        match tokio::time::timeout(READ_PATIENCE, read).await {
-            Ok(result) => result,
-            Err(_) => {
-                // A store that cannot answer in this long is stuck: stop waiting on writes.
-                let now = Instant::now();
-                self.behind_since.get_or_insert(now);
-                self.last_drop = Some(now);
-                tracing::error!(after = ?READ_PATIENCE,
-                    "task database did not answer a query; the Hub stops waiting for it \
-                     (records are dropped) until it takes writes again; routing goes on");
-                Err(Error::Timeout {
-                    what: "the task database to answer",
-                    after: READ_PATIENCE,
-                })
-            }
+        Ok(())
+    }
+
+    /// Runs `read` on the Hub's loop (for queries that change the Hub's state): as
+    /// [`bounded_read`], after [`StoreGate::admit_read`]; a read that times out makes the
+    /// store count as behind.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when the store is behind or does not answer in time; the read's
+    /// own error otherwise.
+    pub(super) async fn read<T>(&mut self, read: impl Future<Output = Result<T>>) -> Result<T> {
+        self.admit_read()?;
+        let result = bounded_read(read).await;
+        if matches!(result, Err(Error::Timeout { .. })) {
+            // A store that cannot answer in this long is stuck: stop waiting on writes.
+            let now = Instant::now();
+            self.behind_since.get_or_insert(now);
+            self.last_drop = Some(now);
         }
+        result
     }
 
     /// While the store is behind, checks (off the Hub's loop) whether it answers again: a

@@ -84,6 +84,36 @@ pub(crate) struct Hub {
     gate: StoreGate,
 }
 
+/// Signs and sends answers on the query socket; cheap to clone.
+#[derive(Clone)]
+struct Replies {
+    session: Arc<Session>,
+    query_tx: SocketSender,
+}
+
+impl Replies {
+    /// Sends a signed message to a peer of the query socket.
+    async fn send_to(&self, idents: Vec<bytes::Bytes>, mut msg: Message) {
+        msg.idents = idents;
+        if let Err(err) = self.query_tx.send(self.session.serialize(&msg)).await {
+            tracing::debug!(error = %err, "query socket closed");
+        }
+    }
+
+    /// Answers `request` with `content` and `buffers`.
+    async fn answer(
+        &self,
+        request: &Message,
+        msg_type: &str,
+        content: Value,
+        buffers: Vec<bytes::Bytes>,
+    ) {
+        let mut reply = self.session.reply(&request.header, msg_type, content);
+        reply.buffers = buffers;
+        self.send_to(request.idents.clone(), reply).await;
+    }
+}
+
 /// Runs the Hub until shutdown.
 pub(crate) async fn run_hub(parts: HubParts) {
     let HubParts {
@@ -162,10 +192,15 @@ impl Hub {
     }
 
     /// Sends a signed message to a peer of the query socket.
-    async fn send_to(&self, idents: Vec<bytes::Bytes>, mut msg: Message) {
-        msg.idents = idents;
-        if let Err(err) = self.query_tx.send(self.session.serialize(&msg)).await {
-            tracing::debug!(error = %err, "query socket closed");
+    async fn send_to(&self, idents: Vec<bytes::Bytes>, msg: Message) {
+        self.replies().send_to(idents, msg).await;
+    }
+
+    /// What answers queries, for an answer sent from outside the Hub's loop.
+    fn replies(&self) -> Replies {
+        Replies {
+            session: Arc::clone(&self.session),
+            query_tx: self.query_tx.clone(),
         }
     }
 
@@ -253,8 +288,9 @@ impl Hub {
 
     /// Replies to a query with `parent = request header`.
     async fn answer(&self, request: &Message, msg_type: &str, content: Value) {
-        let reply = self.session.reply(&request.header, msg_type, content);
-        self.send_to(request.idents.clone(), reply).await;
+        self.replies()
+            .answer(request, msg_type, content, Vec::new())
+            .await;
     }
 
     async fn handle_event(&mut self, event: HubEvent) {

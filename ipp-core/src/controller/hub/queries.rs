@@ -2,11 +2,13 @@
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::gate::bounded_read;
 use super::Hub;
 use crate::controller::events::TaskCommand;
 use crate::error::Error;
@@ -55,6 +57,37 @@ fn date_value(value: Option<crate::protocol::Timestamp>) -> Value {
 
 fn map_value(value: Option<&JsonObject>) -> Value {
     value.map_or(Value::Null, JsonObject::to_value)
+}
+
+/// A `db_reply`'s content and buffers for `records`, each with `keys` (or every field);
+/// the request's and result's buffers travel as frames when their keys are asked for.
+fn db_reply(records: &[TaskRecord], keys: Option<&[RecordKey]>) -> (Value, Vec<Bytes>) {
+    let wants = |key: RecordKey| keys.is_some_and(|keys| keys.contains(&key));
+    let (with_buffers, with_results) = (wants(RecordKey::Buffers), wants(RecordKey::ResultBuffers));
+    let mut buffers = Vec::new();
+    let mut buffer_lens = Vec::new();
+    let mut result_buffer_lens = Vec::new();
+    let rendered: Vec<Value> = records
+        .iter()
+        .map(|record| {
+            if with_buffers {
+                buffer_lens.push(record.buffers.len());
+                buffers.extend(record.buffers.iter().cloned());
+            }
+            if with_results {
+                result_buffer_lens.push(record.result_buffers.len());
+                buffers.extend(record.result_buffers.iter().cloned());
+            }
+            Value::Object(record.to_json(keys))
+        })
+        .collect();
+    let content = json!({
+        "status": "ok",
+        "records": rendered,
+        "buffer_lens": if with_buffers { json!(buffer_lens) } else { Value::Null },
+        "result_buffer_lens": if with_results { json!(result_buffer_lens) } else { Value::Null },
+    });
+    (content, buffers)
 }
 
 impl Hub {
@@ -275,14 +308,28 @@ impl Hub {
         self.send_to(msg.idents.clone(), reply).await;
     }
 
+    /// Answers off the Hub's loop (a long history must not hold up recording and routing).
     pub(super) async fn history_request(&mut self, msg: Message) {
-        let content = match self.gate.read(self.store.history()).await {
-            Ok(history) => json!({"status": "ok", "history": history}),
-            Err(err) => store_error(&err),
-        };
-        self.answer(&msg, "history_reply", content).await;
+        if let Err(err) = self.gate.admit_read() {
+            return self.answer(&msg, "history_reply", store_error(&err)).await;
+        }
+        let store = Arc::clone(&self.store);
+        let replies = self.replies();
+        tokio::spawn(async move {
+            let content = match bounded_read(store.history()).await {
+                Ok(history) => json!({"status": "ok", "history": history}),
+                Err(err) => store_error(&err),
+            };
+            replies
+                .answer(&msg, "history_reply", content, Vec::new())
+                .await;
+        });
     }
 
+    /// Answers off the Hub's loop (a query over a large table must not hold up recording
+    /// and routing). It sees every record of what the client had seen when it asked: the
+    /// Hub handled the events queued before the query, and a store's reads wait for the
+    /// writes queued before them.
     pub(super) async fn db_request(&mut self, msg: Message) {
         let content = msg.content_map();
         let query = match Query::from_json(content.get("query").unwrap_or(&json!({}))) {
@@ -302,43 +349,18 @@ impl Hub {
                 }
             }
         };
-        let records = match self
-            .gate
-            .read(self.store.find(&query, keys.as_deref()))
-            .await
-        {
-            Ok(records) => records,
-            Err(err) => return self.answer(&msg, "db_reply", store_error(&err)).await,
-        };
-        let wants = |key: RecordKey| keys.as_ref().is_some_and(|keys| keys.contains(&key));
-        let (with_buffers, with_results) =
-            (wants(RecordKey::Buffers), wants(RecordKey::ResultBuffers));
-        let mut buffers = Vec::new();
-        let mut buffer_lens = Vec::new();
-        let mut result_buffer_lens = Vec::new();
-        let rendered: Vec<Value> = records
-            .iter()
-            .map(|record| {
-                if with_buffers {
-                    buffer_lens.push(record.buffers.len());
-                    buffers.extend(record.buffers.iter().cloned());
-                }
-                if with_results {
-                    result_buffer_lens.push(record.result_buffers.len());
-                    buffers.extend(record.result_buffers.iter().cloned());
-                }
-                Value::Object(record.to_json(keys.as_deref()))
-            })
-            .collect();
-        let content = json!({
-            "status": "ok",
-            "records": rendered,
-            "buffer_lens": if with_buffers { json!(buffer_lens) } else { Value::Null },
-            "result_buffer_lens": if with_results { json!(result_buffer_lens) } else { Value::Null },
+        if let Err(err) = self.gate.admit_read() {
+            return self.answer(&msg, "db_reply", store_error(&err)).await;
+        }
+        let store = Arc::clone(&self.store);
+        let replies = self.replies();
+        tokio::spawn(async move {
+            let (content, buffers) = match bounded_read(store.find(&query, keys.as_deref())).await {
+                Ok(records) => db_reply(&records, keys.as_deref()),
+                Err(err) => (store_error(&err), Vec::new()),
+            };
+            replies.answer(&msg, "db_reply", content, buffers).await;
         });
-        let mut reply = self.session.reply(&msg.header, "db_reply", content);
-        reply.buffers = buffers;
-        self.send_to(msg.idents.clone(), reply).await;
     }
 
     pub(super) async fn purge_request(&mut self, msg: Message) {
