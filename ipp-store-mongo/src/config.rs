@@ -6,6 +6,8 @@ use std::fmt;
 pub const DEFAULT_URL: &str = "mongodb://127.0.0.1:27017";
 /// The default collection, as in ipyparallel.
 pub const DEFAULT_COLLECTION: &str = "task_records";
+/// The default [`MongoConfig::queue_capacity`].
+pub const DEFAULT_QUEUE_CAPACITY: usize = 10_000;
 
 /// Settings for [`MongoStore`](crate::MongoStore): the `[store]` table when `db = "mongodb"`.
 ///
@@ -26,6 +28,9 @@ pub struct MongoConfig {
     pub database: Option<String>,
     /// Collection name. Default: `task_records`.
     pub collection: Option<String>,
+    /// Writes that may wait for the writer task at once. Default: 10,000. When the queue
+    /// is full, callers wait for room (the controller's Hub at most a second).
+    pub queue_capacity: Option<usize>,
 }
 
 impl MongoConfig {
@@ -52,6 +57,13 @@ impl MongoConfig {
     #[must_use]
     pub fn with_collection(mut self, collection: impl Into<String>) -> Self {
         self.collection = Some(collection.into());
+        self
+    }
+
+    /// Sets [`MongoConfig::queue_capacity`].
+    #[must_use]
+    pub fn with_queue_capacity(mut self, queue_capacity: usize) -> Self {
+        self.queue_capacity = Some(queue_capacity);
         self
     }
 
@@ -89,6 +101,7 @@ impl fmt::Debug for MongoConfig {
             .field("url", &self.url.as_deref().map(redact))
             .field("database", &self.database)
             .field("collection", &self.collection)
+            .field("queue_capacity", &self.queue_capacity)
             .finish()
     }
 }

@@ -14,15 +14,13 @@ use mongodb::{Client, Collection, IndexModel};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{MongoConfig, DEFAULT_COLLECTION, DEFAULT_URL};
+use crate::config::{MongoConfig, DEFAULT_COLLECTION, DEFAULT_QUEUE_CAPACITY, DEFAULT_URL};
 use crate::error::{Error, Result};
 use crate::ops::{self, timed};
 use crate::writer::{Op, PendingError, Writer};
 
 /// How long the driver looks for a usable server.
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Writes that may wait for the writer task before callers wait.
-const QUEUE_CAPACITY: usize = 10_000;
 
 /// The Hub's task database in a MongoDB collection (ipyparallel's `MongoDB` backend).
 ///
@@ -38,6 +36,7 @@ pub struct MongoStore {
     database: String,
     url: String,
     sender: mpsc::Sender<Op>,
+    queue_capacity: usize,
     known: Mutex<HashSet<String>>,
     enqueued: AtomicU64,
     done: watch::Receiver<u64>,
@@ -56,6 +55,12 @@ impl MongoStore {
     /// [`Error::Driver`] for a bad URL or a server that cannot be reached or refuses the
     /// indexes; [`Error::Timeout`] when it does not answer.
     pub async fn connect(config: MongoConfig) -> Result<Self> {
+        let queue_capacity = config.queue_capacity.unwrap_or(DEFAULT_QUEUE_CAPACITY);
+        if queue_capacity == 0 {
+            return Err(Error::Config(
+                "queue_capacity must be at least 1".to_owned(),
+            ));
+        }
         let url = config.redacted_url();
         let mut options = timed(
             "parse url",
@@ -91,7 +96,7 @@ impl MongoStore {
         let known: HashSet<String> = ops::all_ids(&collection).await?.into_iter().collect();
         tracing::info!(url = %url, database = %database, collection = %collection_name,
             records = known.len(), "mongodb task database connected");
-        let (sender, inbox) = mpsc::channel(QUEUE_CAPACITY);
+        let (sender, inbox) = mpsc::channel(queue_capacity);
         let (done_tx, done) = watch::channel(0);
         let pending_error = PendingError::default();
         let writer = Writer {
@@ -107,6 +112,7 @@ impl MongoStore {
             database,
             url,
             sender,
+            queue_capacity,
             known: Mutex::new(known),
             enqueued: AtomicU64::new(0),
             done,
@@ -196,7 +202,7 @@ impl MongoStore {
             permit.send(op);
             self.enqueued.fetch_add(1, Ordering::SeqCst);
         }
-        let depth = QUEUE_CAPACITY - self.sender.capacity();
+        let depth = self.queue_capacity - self.sender.capacity();
         self.high_water.fetch_max(depth, Ordering::Relaxed);
         Ok(())
     }

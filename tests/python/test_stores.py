@@ -294,54 +294,90 @@ def test_a_restarted_controller_serves_the_old_sqlite_records():
         cluster.stop()
 
 
+def check_a_stalled_store_degrades_recording(cluster, stall, resume):
+    """Runs tasks while `stall()` holds the store up, then `resume()`s it: tasks keep
+    running, queries say why they fail, and once the store answers again the Hub finds out
+    by itself and records again. The store's queue must be tiny, so that it fills at once."""
+    rc = cluster.client()
+    rc.wait_for_engines(1, timeout=TIMEOUT)
+    view = rc.load_balanced_view()
+    before = view.apply_async(triple, 1)
+    assert before.get(timeout=TIMEOUT) == 3
+
+    stall()
+    try:
+        started = time.monotonic()
+        ars = [view.apply_async(triple, i) for i in range(40)]
+        assert [ar.get(timeout=TIMEOUT) for ar in ars] == [3 * i for i in range(40)]
+        # The Hub waited for the store about once (a second), not per task.
+        assert time.monotonic() - started < 20
+        with pytest.raises(Exception) as refused:
+            rc.db_query({"msg_id": before.msg_ids[0]}, keys=["msg_id"])
+        assert "task database" in str(refused.value), refused.value
+    finally:
+        resume()
+
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            found = rc.db_query({"msg_id": before.msg_ids[0]}, keys=["msg_id"])
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert [r["msg_id"] for r in found] == before.msg_ids
+    after = view.apply_async(triple, 2)
+    assert after.get(timeout=TIMEOUT) == 6
+    found = rc.db_query({"msg_id": after.msg_ids[0]}, keys=["msg_id"])
+    assert [r["msg_id"] for r in found] == after.msg_ids
+    log = cluster.controller_log.read_text(errors="replace")
+    assert "not keeping up" in log and "caught up" in log, log_tail(cluster.controller_log)
+
+
 def test_a_locked_sqlite_file_drops_records_and_tasks_still_run():
-    """Another process holds the SQLite file's write lock: the store cannot write and its
-    queue fills. The Hub stops waiting for it: tasks keep running, queries say why they
-    fail, and once the lock is gone the Hub finds out by itself and records again."""
+    """Another process holds the SQLite file's write lock: the writer cannot commit."""
     cluster = Cluster(extra_args=("--sqlitedb",))
     cluster.profile_dir.mkdir(parents=True, exist_ok=True)
     # A queue of two writes, one per transaction: a blocked writer fills it at once.
     (cluster.profile_dir / "ipcontroller.toml").write_text(
         '[store]\ndb = "sqlite"\nbatch_size = 1\nqueue_capacity = 2\n'
     )
-    try:
-        cluster.start(engines=1)
-        rc = cluster.client()
-        rc.wait_for_engines(1, timeout=TIMEOUT)
-        view = rc.load_balanced_view()
-        before = view.apply_async(triple, 1)
-        assert before.get(timeout=TIMEOUT) == 3
+    lock = None
 
+    def stall():
+        nonlocal lock
         lock = sqlite3.connect(cluster.profile_dir / "tasks.db", isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
-        try:
-            started = time.monotonic()
-            ars = [view.apply_async(triple, i) for i in range(40)]
-            assert [ar.get(timeout=TIMEOUT) for ar in ars] == [3 * i for i in range(40)]
-            # The Hub waited for the store about once (a second), not per task.
-            assert time.monotonic() - started < 20
-            with pytest.raises(Exception) as refused:
-                rc.db_query({"msg_id": before.msg_ids[0]}, keys=["msg_id"])
-            assert "task database" in str(refused.value), refused.value
-        finally:
-            lock.execute("ROLLBACK")
-            lock.close()
 
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            try:
-                found = rc.db_query({"msg_id": before.msg_ids[0]}, keys=["msg_id"])
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-        assert [r["msg_id"] for r in found] == before.msg_ids
-        after = view.apply_async(triple, 2)
-        assert after.get(timeout=TIMEOUT) == 6
-        found = rc.db_query({"msg_id": after.msg_ids[0]}, keys=["msg_id", "completed"])
-        assert [r["msg_id"] for r in found] == after.msg_ids
-        log = cluster.controller_log.read_text(errors="replace")
-        assert "not keeping up" in log and "caught up" in log, log_tail(cluster.controller_log)
+    def resume():
+        lock.execute("ROLLBACK")
+        lock.close()
+
+    try:
+        cluster.start(engines=1)
+        check_a_stalled_store_degrades_recording(cluster, stall, resume)
     finally:
         cluster.stop()
+
+
+def test_a_hung_mongodb_server_drops_records_and_tasks_still_run(tmp_path):
+    """The MongoDB-wire server stops answering (SIGSTOP, as a hung server would)."""
+    server = MongoServer(tmp_path)
+    cluster = Cluster(extra_args=("--mongodb",))
+    cluster.profile_dir.mkdir(parents=True, exist_ok=True)
+    (cluster.profile_dir / "ipcontroller.toml").write_text(
+        f'[store]\ndb = "mongodb"\nurl = "{server.url}"\nqueue_capacity = 2\n'
+        f'database = "ipp-pytest-{uuid.uuid4().hex[:8]}"\n'
+    )
+    try:
+        cluster.start(engines=1)
+        check_a_stalled_store_degrades_recording(
+            cluster,
+            lambda: os.kill(server.proc.pid, signal.SIGSTOP),
+            lambda: os.kill(server.proc.pid, signal.SIGCONT),
+        )
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        cluster.stop()
+        server.stop()
