@@ -903,38 +903,50 @@ impl Store for StallingStore {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_stalled_store_drops_records_and_routing_goes_on() {
+/// A cluster on a [`StallingStore`] with one engine and a socket for Hub queries, and a
+/// queue of a few events between the scheduler and the Hub: a Hub stuck on the store would
+/// stop the scheduler within a few tasks.
+async fn on_a_stalling_store() -> (Arc<StallingStore>, Cluster, FakeEngine, Socket) {
     let store = Arc::new(StallingStore::default());
-    // A queue of a few events between the scheduler and the Hub: a Hub stuck on the store
-    // would stop the scheduler within a few tasks.
     let config = ControllerConfig {
         event_queue: 4,
         ..unlimited()
     };
     let mut c = Cluster::start(config, "leastload", store.clone()).await;
-    let mut engines = c.add_engines(&["a"]).await;
+    let engine = c.add_engines(&["a"]).await.remove(0);
     let client = c.h.controller.client_info().clone();
-    let mut hub =
+    let hub =
         c.h.connect(
             SocketKind::Dealer,
             client.registration,
             SocketOptions::default(),
         )
         .await;
+    (store, c, engine, hub)
+}
 
-    store.stall(true);
-    let started = tokio::time::Instant::now();
+/// Submits `n` tasks, serves them on `engine`, and checks that each succeeded.
+async fn run_ok(c: &mut Cluster, engine: &mut FakeEngine, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
-    for _ in 0..40 {
+    for _ in 0..n {
         ids.push(c.submit(json!({})).await);
     }
-    for _ in 0..40 {
-        serve(&c.h, &mut engines[0], Answer::Ok).await;
+    for _ in 0..n {
+        serve(&c.h, engine, Answer::Ok).await;
     }
     for id in &ids {
         assert_eq!(c.outcome_of(id).await, "ok");
     }
+    ids
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_store_drops_records_and_routing_goes_on() {
+    let (store, mut c, mut engine, mut hub) = on_a_stalling_store().await;
+
+    store.stall(true);
+    let started = tokio::time::Instant::now();
+    run_ok(&mut c, &mut engine, 40).await;
     // The Hub waited for the store once (one write's patience), not per task.
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -953,9 +965,7 @@ async fn a_stalled_store_drops_records_and_routing_goes_on() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let reply = super::tests::query(&c.h, &mut hub, "db_request", json!({"query": {}})).await;
     assert_eq!(reply.content["status"], "ok", "{:?}", reply.content);
-    let first = c.submit(json!({})).await;
-    serve(&c.h, &mut engines[0], Answer::Ok).await;
-    assert_eq!(c.outcome_of(&first).await, "ok");
+    let first = run_ok(&mut c, &mut engine, 1).await.remove(0);
     let found = super::tests::query(
         &c.h,
         &mut hub,
@@ -972,24 +982,8 @@ async fn a_stalled_store_drops_records_and_routing_goes_on() {
 
 #[tokio::test(start_paused = true)]
 async fn a_long_query_does_not_hold_up_routing() {
-    let store = Arc::new(StallingStore::default());
-    let config = ControllerConfig {
-        event_queue: 4,
-        ..unlimited()
-    };
-    let mut c = Cluster::start(config, "leastload", store.clone()).await;
-    let mut engines = c.add_engines(&["a"]).await;
-    let client = c.h.controller.client_info().clone();
-    let mut hub =
-        c.h.connect(
-            SocketKind::Dealer,
-            client.registration,
-            SocketOptions::default(),
-        )
-        .await;
-    let first = c.submit(json!({})).await;
-    serve(&c.h, &mut engines[0], Answer::Ok).await;
-    assert_eq!(c.outcome_of(&first).await, "ok");
+    let (store, mut c, mut engine, mut hub) = on_a_stalling_store().await;
+    let first = run_ok(&mut c, &mut engine, 1).await.remove(0);
 
     // A query the store takes its time over, asked before a burst of tasks.
     store.stall_reads(true);
@@ -999,16 +993,7 @@ async fn a_long_query_does_not_hold_up_routing() {
         json!({"query": {"msg_id": first}, "keys": ["msg_id"]}),
     );
     c.h.send(&hub, vec![], query).await;
-    let mut ids = Vec::new();
-    for _ in 0..40 {
-        ids.push(c.submit(json!({})).await);
-    }
-    for _ in 0..40 {
-        serve(&c.h, &mut engines[0], Answer::Ok).await;
-    }
-    for id in &ids {
-        assert_eq!(c.outcome_of(id).await, "ok");
-    }
+    run_ok(&mut c, &mut engine, 40).await;
     // Routed, recorded and answered while the query waited (no read timeout passed).
     assert!(
         started.elapsed() < Duration::from_secs(5),
