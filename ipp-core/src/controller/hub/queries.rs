@@ -1,6 +1,6 @@
 //! The Hub's query protocol (spec §5): each `*_request` and its reply.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +57,74 @@ fn date_value(value: Option<crate::protocol::Timestamp>) -> Value {
 
 fn map_value(value: Option<&JsonObject>) -> Value {
     value.map_or(Value::Null, JsonObject::to_value)
+}
+
+/// The ids of a `result_request`, by what the Hub knows of them.
+#[derive(Default)]
+struct ResultIds {
+    pending: Vec<String>,
+    completed: Vec<String>,
+    /// Neither pending nor recently completed: only the task database can say.
+    unknown: Vec<String>,
+}
+
+/// A `result_reply`'s content and buffers: `records` are the store's for the completed and
+/// unknown ids (the unknown ones only, with `status_only`). An id nobody knows is a
+/// `KeyError`, as in ipyparallel.
+fn result_reply(
+    mut ids: ResultIds,
+    records: Vec<TaskRecord>,
+    status_only: bool,
+) -> (Value, Vec<Bytes>) {
+    let records: HashMap<String, TaskRecord> = records
+        .into_iter()
+        .map(|record| (record.msg_id.clone(), record))
+        .collect();
+    // Ids only the database knows (another Hub run, a culled table entry…).
+    for id in std::mem::take(&mut ids.unknown) {
+        match records.get(&id) {
+            Some(record) if record.completed.is_some() => ids.completed.push(id),
+            Some(_) => ids.pending.push(id),
+            None => {
+                let evalue = key_error_value(&format!("No such message: {id}"));
+                return (error_content("KeyError", &evalue), Vec::new());
+            }
+        }
+    }
+    ids.completed.sort();
+    let mut reply = JsonMap::new();
+    reply.insert("status".into(), json!("ok"));
+    reply.insert("pending".into(), json!(ids.pending));
+    reply.insert("completed".into(), json!(ids.completed));
+    let mut buffers: Vec<Bytes> = Vec::new();
+    if !status_only {
+        for id in &ids.completed {
+            let Some(record) = records.get(id) else {
+                let error = store_error(&Error::NotFound { msg_id: id.clone() });
+                return (error, Vec::new());
+            };
+            reply.insert(
+                id.clone(),
+                json!({
+                    "header": map_value(record.header.as_ref()),
+                    "metadata": map_value(record.metadata.as_ref()),
+                    "result_metadata": map_value(record.result_metadata.as_ref()),
+                    "result_header": map_value(record.result_header.as_ref()),
+                    "result_content": map_value(record.result_content.as_ref()),
+                    "received": date_value(record.received),
+                    "io": {
+                        "execute_input": record.execute_input,
+                        "execute_result": map_value(record.execute_result.as_ref()),
+                        "error": map_value(record.error.as_ref()),
+                        "stdout": record.stdout,
+                        "stderr": record.stderr,
+                    },
+                }),
+            );
+            buffers.extend(record.result_buffers.iter().cloned());
+        }
+    }
+    (Value::Object(reply), buffers)
 }
 
 /// A `db_reply`'s content and buffers for `records`, each with `keys` (or every field);
@@ -221,6 +289,8 @@ impl Hub {
         self.answer(&msg, "load_reply", Value::Object(reply)).await;
     }
 
+    /// Sorts the ids by what the Hub knows of them here; the records come from the store
+    /// off the Hub's loop (a `get_result` of many tasks must not hold up routing).
     pub(super) async fn result_request(&mut self, msg: Message) {
         let content = msg.content_map();
         let status_only = content
@@ -228,84 +298,46 @@ impl Hub {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let ids: BTreeSet<String> = string_list(content.get("msg_ids")).into_iter().collect();
-        let mut pending = Vec::new();
-        let mut completed = Vec::new();
-        let mut unknown = Vec::new();
-        for id in &ids {
-            if self.pending.contains(id) {
-                pending.push(id.clone());
-            } else if self.completed.contains(id) {
-                completed.push(id.clone());
+        let mut known = ResultIds::default();
+        for id in ids {
+            if self.pending.contains(&id) {
+                known.pending.push(id);
+            } else if self.completed.contains(&id) {
+                known.completed.push(id);
             } else {
-                unknown.push(id.clone());
+                known.unknown.push(id);
             }
         }
-        let mut records: Vec<TaskRecord> = Vec::new();
         let wanted: Vec<String> = if status_only {
-            unknown.clone()
+            known.unknown.clone()
         } else {
-            completed.iter().chain(&unknown).cloned().collect()
+            known
+                .completed
+                .iter()
+                .chain(&known.unknown)
+                .cloned()
+                .collect()
         };
-        if !wanted.is_empty() {
-            match self
-                .gate
-                .read(self.store.find(&msg_ids_query(&wanted), None))
-                .await
-            {
-                Ok(found) => records = found,
-                Err(err) => return self.answer(&msg, "result_reply", store_error(&err)).await,
-            }
+        if wanted.is_empty() {
+            let (content, buffers) = result_reply(known, Vec::new(), status_only);
+            return self
+                .replies()
+                .answer(&msg, "result_reply", content, buffers)
+                .await;
         }
-        // Ids only the database knows (another Hub run, a culled table entry…).
-        for id in unknown {
-            match records.iter().find(|r| r.msg_id == id) {
-                Some(record) if record.completed.is_some() => completed.push(id),
-                Some(_) => pending.push(id),
-                None => {
-                    let evalue = key_error_value(&format!("No such message: {id}"));
-                    let error = error_content("KeyError", &evalue);
-                    return self.answer(&msg, "result_reply", error).await;
-                }
-            }
+        if let Err(err) = self.gate.admit_read() {
+            return self.answer(&msg, "result_reply", store_error(&err)).await;
         }
-        completed.sort();
-        let mut reply = JsonMap::new();
-        reply.insert("status".into(), json!("ok"));
-        reply.insert("pending".into(), json!(pending));
-        reply.insert("completed".into(), json!(completed));
-        let mut buffers: Vec<Bytes> = Vec::new();
-        if !status_only {
-            for id in &completed {
-                let Some(record) = records.iter().find(|r| &r.msg_id == id) else {
-                    let error = store_error(&Error::NotFound { msg_id: id.clone() });
-                    return self.answer(&msg, "result_reply", error).await;
+        let store = Arc::clone(&self.store);
+        let replies = self.replies();
+        tokio::spawn(async move {
+            let (content, buffers) =
+                match bounded_read(store.find(&msg_ids_query(&wanted), None)).await {
+                    Ok(records) => result_reply(known, records, status_only),
+                    Err(err) => (store_error(&err), Vec::new()),
                 };
-                reply.insert(
-                    id.clone(),
-                    json!({
-                        "header": map_value(record.header.as_ref()),
-                        "metadata": map_value(record.metadata.as_ref()),
-                        "result_metadata": map_value(record.result_metadata.as_ref()),
-                        "result_header": map_value(record.result_header.as_ref()),
-                        "result_content": map_value(record.result_content.as_ref()),
-                        "received": date_value(record.received),
-                        "io": {
-                            "execute_input": record.execute_input,
-                            "execute_result": map_value(record.execute_result.as_ref()),
-                            "error": map_value(record.error.as_ref()),
-                            "stdout": record.stdout,
-                            "stderr": record.stderr,
-                        },
-                    }),
-                );
-                buffers.extend(record.result_buffers.iter().cloned());
-            }
-        }
-        let mut reply = self
-            .session
-            .reply(&msg.header, "result_reply", Value::Object(reply));
-        reply.buffers = buffers;
-        self.send_to(msg.idents.clone(), reply).await;
+            replies.answer(&msg, "result_reply", content, buffers).await;
+        });
     }
 
     /// Answers off the Hub's loop (a long history must not hold up recording and routing).
