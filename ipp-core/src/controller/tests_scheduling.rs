@@ -1019,3 +1019,25 @@ async fn a_long_query_does_not_hold_up_routing() {
     answered.sort();
     assert_eq!(answered, ["db_reply", "result_reply"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_purge_naming_an_unknown_engine_drops_nothing() {
+    let (_store, mut c, mut engine, mut hub) = on_a_stalling_store().await;
+    let first = run_ok(&mut c, &mut engine, 1).await.remove(0);
+    let query = |id: &str| json!({"query": {"msg_id": id}, "keys": ["msg_id"]});
+    let purge = json!({"msg_ids": [first], "engine_ids": [99]});
+    let refused = super::tests::query(&c.h, &mut hub, "purge_request", purge).await;
+    assert_eq!(
+        refused.content["ename"], "IndexError",
+        "{:?}",
+        refused.content
+    );
+    let kept = super::tests::query(&c.h, &mut hub, "db_request", query(&first)).await;
+    assert_eq!(kept.content["records"].as_array().map(Vec::len), Some(1));
+
+    let purge = json!({"msg_ids": [first]});
+    let purged = super::tests::query(&c.h, &mut hub, "purge_request", purge).await;
+    assert_eq!(purged.content["status"], "ok", "{:?}", purged.content);
+    let gone = super::tests::query(&c.h, &mut hub, "db_request", query(&first)).await;
+    assert_eq!(gone.content["records"].as_array().map(Vec::len), Some(0));
+}

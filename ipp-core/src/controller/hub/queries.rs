@@ -59,6 +59,14 @@ fn map_value(value: Option<&JsonObject>) -> Value {
     value.map_or(Value::Null, JsonObject::to_value)
 }
 
+/// One deletion a `purge_request` asks for.
+enum Purge {
+    /// These records.
+    Listed(Vec<String>),
+    /// The records matching this query.
+    Matching(Query),
+}
+
 /// The ids of a `result_request`, by what the Hub knows of them.
 #[derive(Default)]
 struct ResultIds {
@@ -395,57 +403,84 @@ impl Hub {
         });
     }
 
+    /// Checks the request here (no id still pending, every engine known: nothing is
+    /// dropped otherwise), then drops off the Hub's loop (purging a large table takes a
+    /// while).
     pub(super) async fn purge_request(&mut self, msg: Message) {
         let content = msg.content_map();
-        let reply = if content.get("msg_ids").and_then(Value::as_str) == Some("all") {
-            let done = Query {
+        let drops = if content.get("msg_ids").and_then(Value::as_str) == Some("all") {
+            vec![Purge::Matching(Query {
                 clauses: vec![(RecordKey::Completed, Condition::Ne(QueryValue::Null))],
-            };
-            match self.gate.read(self.store.drop_matching(&done)).await {
-                Ok(_) => json!({"status": "ok"}),
-                Err(err) => store_error(&err),
-            }
+            })]
         } else {
-            self.purge_listed(
-                &string_list(content.get("msg_ids")),
-                content.get("engine_ids"),
-            )
-            .await
+            let ids = string_list(content.get("msg_ids"));
+            match self.purges(ids, content.get("engine_ids")) {
+                Ok(drops) => drops,
+                Err(error) => return self.answer(&msg, "purge_reply", error).await,
+            }
         };
-        self.answer(&msg, "purge_reply", reply).await;
+        if let Err(err) = self.gate.admit_read() {
+            return self.answer(&msg, "purge_reply", store_error(&err)).await;
+        }
+        let store = Arc::clone(&self.store);
+        let replies = self.replies();
+        tokio::spawn(async move {
+            let mut reply = json!({"status": "ok"});
+            for drop in drops {
+                let dropped = match drop {
+                    Purge::Listed(ids) => bounded_read(store.drop_records(&ids)).await,
+                    Purge::Matching(query) => {
+                        bounded_read(store.drop_matching(&query)).await.map(|_| ())
+                    }
+                };
+                if let Err(err) = dropped {
+                    reply = store_error(&err);
+                    break;
+                }
+            }
+            replies.answer(&msg, "purge_reply", reply, Vec::new()).await;
+        });
     }
 
-    async fn purge_listed(&mut self, msg_ids: &[String], engine_ids: Option<&Value>) -> Value {
+    /// What purging `msg_ids` and the finished tasks of `engine_ids` drops.
+    ///
+    /// # Errors
+    /// The `IndexError` content for an id still pending or an unknown engine.
+    fn purges(
+        &self,
+        msg_ids: Vec<String>,
+        engine_ids: Option<&Value>,
+    ) -> Result<Vec<Purge>, Value> {
         if let Some(busy) = msg_ids.iter().find(|id| self.pending.contains(*id)) {
-            return error_content("IndexError", &format!("msg pending: '{busy}'"));
+            return Err(error_content(
+                "IndexError",
+                &format!("msg pending: '{busy}'"),
+            ));
         }
-        if let Err(err) = self.gate.read(self.store.drop_records(msg_ids)).await {
-            return store_error(&err);
-        }
-        let engine_ids: Vec<Value> = engine_ids
+        let mut drops = vec![Purge::Listed(msg_ids)];
+        let engine_ids = engine_ids
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+            .map_or(&[][..], Vec::as_slice);
         for eid in engine_ids {
             let Some(uuid) = self
                 .engines
-                .resolve(&eid)
+                .resolve(eid)
                 .and_then(|id| self.engines.get(id))
                 .map(|e| e.uuid.clone())
             else {
-                return error_content("IndexError", &format!("No such engine: {eid}"));
+                return Err(error_content(
+                    "IndexError",
+                    &format!("No such engine: {eid}"),
+                ));
             };
-            let query = Query {
+            drops.push(Purge::Matching(Query {
                 clauses: vec![
                     (RecordKey::EngineUuid, Condition::Eq(QueryValue::Str(uuid))),
                     (RecordKey::Completed, Condition::Ne(QueryValue::Null)),
                 ],
-            };
-            if let Err(err) = self.gate.read(self.store.drop_matching(&query)).await {
-                return store_error(&err);
-            }
+            }));
         }
-        json!({"status": "ok"})
+        Ok(drops)
     }
 
     pub(super) async fn resubmit_request(&mut self, msg: Message) {
