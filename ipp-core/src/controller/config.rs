@@ -38,6 +38,11 @@ pub struct ControllerConfig {
     pub event_queue: usize,
     /// Largest message, in bytes, the controller accepts from a client (summed over frames).
     pub max_message_bytes: usize,
+    /// How long the Hub waits for the task database to take one write, in milliseconds.
+    /// A store that takes longer is not keeping up: the Hub drops records (logged) until
+    /// it catches up, so that a stalled disk or a hung server never holds up routing.
+    /// 0: wait as long as the store needs (nothing is dropped; routing waits with it).
+    pub store_write_patience_ms: u64,
     /// The engine state file the Hub rewrites whenever an engine registers or goes away
     /// (`{"engines": {"<id>": "<uuid>"}, "next_id": N}`, ipyparallel's
     /// `Hub.engine_state_file`; `ipcontroller` uses `<profile_dir>/log/engines<cluster_id>.json`).
@@ -69,6 +74,7 @@ impl Default for ControllerConfig {
             broadcast_leaves: 2,
             event_queue: 65_536,
             max_message_bytes: 1 << 30,
+            store_write_patience_ms: 1000,
             engine_state_file: None,
             restore_engines: false,
         }
@@ -79,6 +85,12 @@ impl ControllerConfig {
     /// The heartbeat period.
     pub fn heartbeat_period(&self) -> Duration {
         Duration::from_millis(self.heartbeat_period_ms.max(1))
+    }
+
+    /// How long the Hub waits for the store to take a write (`None`: as long as it takes).
+    pub fn store_write_patience(&self) -> Option<Duration> {
+        (self.store_write_patience_ms > 0)
+            .then(|| Duration::from_millis(self.store_write_patience_ms))
     }
 
     /// How long after its last beat an engine is declared dead, at most.

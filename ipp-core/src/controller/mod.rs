@@ -260,6 +260,7 @@ impl Controller {
             shutdown: shutdown.clone(),
             engine_state_file: config.engine_state_file.clone(),
             restored,
+            store_write_patience: config.store_write_patience(),
         }));
         tasks.spawn(relay::run_router_relay(
             relay::RelayKind::Mux,

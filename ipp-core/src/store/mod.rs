@@ -53,12 +53,13 @@ impl StoreCapabilities {
 /// - What a backend cannot do returns [`Error::Unsupported`](crate::Error::Unsupported); it
 ///   never silently succeeds.
 /// - The controller's Hub records every task on the loop that also serves registration
-///   and queries, so a store should queue writes and return. The Hub waits at most a
-///   second for a write: one that takes longer is cancelled and dropped, the store counts
-///   as not keeping up (logged once), and until it has taken every write at once for a
-///   second again, writes are offered once and dropped if not taken, and queries get an
-///   error. A read may take up to 30 s. A cancelled call must leave the store consistent:
-///   the write happened or it did not.
+///   and queries, so a store should queue writes and return. The Hub waits for a write
+///   at most `ControllerConfig::store_write_patience_ms` (1 s by default): one that takes
+///   longer is cancelled and dropped, the store counts as not keeping up (logged once),
+///   and until it has taken every write at once for that long again (or answered a read
+///   the Hub sends it now and then), writes are offered once and dropped if not taken,
+///   and queries get an error. A read may take up to 30 s. A cancelled call must leave the
+///   store consistent: the write happened or it did not.
 #[async_trait]
 pub trait Store: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// What this store can do.

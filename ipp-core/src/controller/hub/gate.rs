@@ -4,12 +4,14 @@
 //! The Hub runs registration, queries and the recording of every task on one loop, and the
 //! schedulers hand it their events through a bounded queue: a Hub stuck on a store call
 //! would, once that queue fills, stop routing too. Stores take writes onto queues of their
-//! own and return, so a write that does not return within [`WRITE_PATIENCE`] means the
-//! store is not keeping up. The Hub then drops that write, logs it once, and stops waiting:
-//! until the store has taken every write at once for [`WRITE_PATIENCE`] again, or answers a
-//! read sent off the loop ([`StoreGate::probe`]), each write is offered once and dropped if
-//! the store cannot take it right away, and reads are answered with an error instead of
-//! being waited for. Reads otherwise wait at most [`READ_PATIENCE`].
+//! own and return, so a write that does not return within the write patience
+//! (`ControllerConfig::store_write_patience_ms`, 1 s by default) means the store is not
+//! keeping up. The Hub then drops that write, logs it once, and stops waiting: until the
+//! store has taken every write at once for that long again, or answers a read sent off the
+//! loop ([`StoreGate::probe`]), each write is offered once and dropped if the store cannot
+//! take it right away, and reads are answered with an error instead of being waited for.
+//! Reads otherwise wait at most [`READ_PATIENCE`]. With no write patience (0) the Hub waits
+//! for every write as long as the store needs: nothing is dropped, and routing waits too.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,8 +24,9 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
-/// How long one write may wait for room in the store before it is dropped.
-pub(super) const WRITE_PATIENCE: Duration = Duration::from_secs(1);
+/// The default write patience (`ControllerConfig::store_write_patience_ms`).
+#[cfg(test)]
+const WRITE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long a read (a client's query) may take before the client gets a timeout error.
 pub(super) const READ_PATIENCE: Duration = Duration::from_secs(30);
@@ -52,10 +55,12 @@ pub(super) async fn bounded_read<T>(read: impl Future<Output = Result<T>>) -> Re
 /// What the Hub knows about its store keeping up.
 #[derive(Debug, Default)]
 pub(super) struct StoreGate {
+    /// How long a write may wait (`None`: as long as it takes; nothing is dropped).
+    patience: Option<Duration>,
     /// When the store last failed to take a write in time, while it is behind.
     behind_since: Option<Instant>,
     /// When the last write was dropped (the store is behind until it takes writes for
-    /// [`WRITE_PATIENCE`] after this).
+    /// the write patience after this).
     last_drop: Option<Instant>,
     /// Writes dropped since the store fell behind.
     dropped: u64,
@@ -67,14 +72,23 @@ pub(super) struct StoreGate {
 }
 
 impl StoreGate {
+    /// A gate that lets a write wait `patience` (`None`: as long as the store needs).
+    pub(super) fn new(patience: Option<Duration>) -> Self {
+        Self {
+            patience,
+            ..Self::default()
+        }
+    }
+
     /// Whether writes are being dropped rather than waited for.
     pub(super) fn is_behind(&self) -> bool {
         self.behind_since.is_some()
     }
 
-    /// Runs `write` (a store call that queues a write): waits for it at most
-    /// [`WRITE_PATIENCE`], or not at all while the store is behind. `None` when it did not
-    /// finish: the write is dropped (the call is cancelled, which stores' queueing allows).
+    /// Runs `write` (a store call that queues a write): waits for it at most the write
+    /// patience (without a bound if there is none), or not at all while the store is
+    /// behind. `None` when it did not finish: the write is dropped (the call is cancelled,
+    /// which stores' queueing allows).
     pub(super) async fn write<T>(
         &mut self,
         operation: &str,
@@ -84,10 +98,11 @@ impl StoreGate {
         // One poll first: a store with room takes the write at once, and then no timer is
         // made (this runs for every record the Hub writes).
         let mut write = std::pin::pin!(write);
-        let done = match write.as_mut().now_or_never() {
-            Some(result) => Some(result),
-            None if self.is_behind() => None,
-            None => tokio::time::timeout(WRITE_PATIENCE, write).await.ok(),
+        let done = match (write.as_mut().now_or_never(), self.patience) {
+            (Some(result), _) => Some(result),
+            (None, None) => Some(write.await),
+            (None, Some(_)) if self.is_behind() => None,
+            (None, Some(patience)) => tokio::time::timeout(patience, write).await.ok(),
         };
         match done {
             Some(result) => {
@@ -112,7 +127,7 @@ impl StoreGate {
             return Err(Error::Timeout {
                 what: "the task database to catch up with the Hub's writes (records are \
                        being dropped until it does; try again later)",
-                after: WRITE_PATIENCE,
+                after: self.patience.unwrap_or_default(),
             });
         }
         Ok(())
@@ -186,7 +201,7 @@ impl StoreGate {
         self.dropped += 1;
         if self.behind_since.is_none() {
             self.behind_since = Some(now);
-            tracing::error!(operation, msg_id, after = ?WRITE_PATIENCE,
+            tracing::error!(operation, msg_id, after = ?self.patience,
                 "task database is not keeping up: a write waited too long; the Hub drops \
                  records until it catches up, and routing goes on");
         } else {
@@ -198,7 +213,7 @@ impl StoreGate {
         let Some(last_drop) = self.last_drop else {
             return;
         };
-        if last_drop.elapsed() >= WRITE_PATIENCE {
+        if last_drop.elapsed() >= self.patience.unwrap_or_default() {
             self.caught_up();
         }
     }
@@ -224,7 +239,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_write_that_waits_too_long_is_dropped_and_later_ones_are_not_waited_for() {
-        let mut gate = StoreGate::default();
+        let mut gate = StoreGate::new(Some(WRITE_PATIENCE));
         assert_eq!(gate.write("add", "a", async { 1 }).await, Some(1));
         let started = Instant::now();
         assert_eq!(
@@ -256,7 +271,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_read_that_does_not_answer_times_out_and_stops_the_waiting_on_writes() {
-        let mut gate = StoreGate::default();
+        let mut gate = StoreGate::new(Some(WRITE_PATIENCE));
         let read = gate
             .read(std::future::pending::<Result<()>>())
             .await
@@ -275,7 +290,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_store_behind_is_probed_off_the_loop_until_it_answers() {
         let store: Arc<dyn Store> = Arc::new(crate::store::DictDb::default());
-        let mut gate = StoreGate::default();
+        let mut gate = StoreGate::new(Some(WRITE_PATIENCE));
         assert_eq!(
             gate.write("add", "a", std::future::pending::<u8>()).await,
             None
@@ -287,5 +302,16 @@ mod tests {
         gate.probe(&store); // sees the answer
         assert!(!gate.is_behind());
         assert!(gate.read(async { Ok(()) }).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_patience_a_write_is_waited_for_as_long_as_it_takes() {
+        let mut gate = StoreGate::new(None);
+        let slow = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            8
+        };
+        assert_eq!(gate.write("add", "a", slow).await, Some(8));
+        assert!(!gate.is_behind());
     }
 }

@@ -48,6 +48,8 @@ pub(crate) struct HubParts {
     pub(crate) engine_state_file: Option<PathBuf>,
     /// Engines of an earlier controller to take back (read from the state file).
     pub(crate) restored: Option<Restore>,
+    /// How long to wait for the store to take a write (`None`: as long as it takes).
+    pub(crate) store_write_patience: Option<Duration>,
 }
 
 /// The Hub's state; one task owns it.
@@ -132,6 +134,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
         shutdown,
         engine_state_file,
         restored,
+        store_write_patience,
     } = parts;
     let store_records = store.capabilities().records;
     let (query_tx, mut query_rx) = query.split();
@@ -158,7 +161,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
         stubbed: RecentSet::default(),
         recording: store_records,
         warned: WarnOnce::default(),
-        gate: StoreGate::default(),
+        gate: StoreGate::new(store_write_patience),
     };
     if let Some(restore) = restored {
         hub.restore_engines(restore);
