@@ -13,7 +13,7 @@ use bytes::Bytes;
 use chrono::{DateTime, NaiveDateTime};
 use ipp_core::protocol::{date, JsonMap, Timestamp};
 use ipp_core::store::JsonObject;
-use ipp_core::store::{RecordKey, TaskRecord};
+use ipp_core::store::{FieldValue, RecordKey, TaskRecord};
 use mongodb::bson::{self, doc, spec::BinarySubtype, Binary, Bson, Document};
 
 use crate::error::{Error, Result};
@@ -149,39 +149,63 @@ fn set(
     exact: Option<&Document>,
 ) -> Result<()> {
     let field = key.as_str();
-    let bad = |reason: String| Error::Decode {
-        msg_id: record.msg_id.clone(),
-        field,
-        reason,
-    };
-    let text = |value: &Bson| -> Result<Option<String>> {
-        match value {
+    record
+        .set_field(
+            key,
+            Stored {
+                value,
+                exact,
+                field,
+            },
+        )
+        .map_err(|reason| Error::Decode {
+            msg_id: record.msg_id.clone(),
+            field,
+            reason,
+        })
+}
+
+/// A field's value as this store writes it, with the document's exact microseconds (for
+/// dates, which BSON keeps to the millisecond).
+#[derive(Clone, Copy)]
+struct Stored<'a> {
+    value: &'a Bson,
+    exact: Option<&'a Document>,
+    field: &'static str,
+}
+
+impl FieldValue for Stored<'_> {
+    fn text(self) -> std::result::Result<Option<String>, String> {
+        match self.value {
             Bson::Null | Bson::Undefined => Ok(None),
             Bson::String(text) => Ok(Some(text.clone())),
-            other => Err(bad(format!("expected a string, found {other:?}"))),
+            other => Err(format!("expected a string, found {other:?}")),
         }
-    };
-    let json = |value: &Bson| -> Result<Option<JsonObject>> {
-        match value {
+    }
+
+    fn json(self) -> std::result::Result<Option<JsonObject>, String> {
+        match self.value {
             Bson::Null | Bson::Undefined => Ok(None),
             Bson::Document(d) => bson::from_document::<JsonMap>(d.clone())
                 .map(|map| Some(map.into()))
-                .map_err(|err| bad(err.to_string())),
-            other => Err(bad(format!("expected a document, found {other:?}"))),
+                .map_err(|err| err.to_string()),
+            other => Err(format!("expected a document, found {other:?}")),
         }
-    };
-    let when = |value: &Bson| -> Result<Option<Timestamp>> {
-        let coarse = match value {
+    }
+
+    fn date(self) -> std::result::Result<Option<Timestamp>, String> {
+        let coarse = match self.value {
             Bson::Null | Bson::Undefined => return Ok(None),
             Bson::DateTime(d) => DateTime::from_timestamp_millis(d.timestamp_millis())
-                .ok_or_else(|| bad(format!("date {d} is out of range")))?,
+                .ok_or_else(|| format!("date {d} is out of range"))?,
             Bson::String(text) => {
-                parse_lenient(text).ok_or_else(|| bad(format!("{text:?} is not a date")))?
+                parse_lenient(text).ok_or_else(|| format!("{text:?} is not a date"))?
             }
-            other => return Err(bad(format!("expected a date, found {other:?}"))),
+            other => return Err(format!("expected a date, found {other:?}")),
         };
-        let precise = exact
-            .and_then(|d| match d.get(field) {
+        let precise = self
+            .exact
+            .and_then(|d| match d.get(self.field) {
                 Some(Bson::Int64(us)) => Some(*us),
                 Some(Bson::Int32(us)) => Some(i64::from(*us)),
                 _ => None,
@@ -190,46 +214,21 @@ fn set(
             // Only if it is the same instant to the millisecond (guards a stale companion).
             .filter(|p| p.timestamp_millis() == coarse.timestamp_millis());
         Ok(Some(precise.unwrap_or(coarse)))
-    };
-    let buffers = |value: &Bson| -> Result<Vec<Bytes>> {
-        match value {
+    }
+
+    fn buffers(self) -> std::result::Result<Vec<Bytes>, String> {
+        match self.value {
             Bson::Null | Bson::Undefined => Ok(Vec::new()),
             Bson::Array(items) => items
                 .iter()
                 .map(|item| match item {
                     Bson::Binary(b) => Ok(Bytes::from(b.bytes.clone())),
-                    other => Err(bad(format!("expected binary, found {other:?}"))),
+                    other => Err(format!("expected binary, found {other:?}")),
                 })
                 .collect(),
-            other => Err(bad(format!("expected an array of binary, found {other:?}"))),
+            other => Err(format!("expected an array of binary, found {other:?}")),
         }
-    };
-    match key {
-        RecordKey::MsgId => {}
-        RecordKey::Header => record.header = json(value)?,
-        RecordKey::Metadata => record.metadata = json(value)?,
-        RecordKey::Content => record.content = json(value)?,
-        RecordKey::Buffers => record.buffers = buffers(value)?,
-        RecordKey::Submitted => record.submitted = when(value)?,
-        RecordKey::ClientUuid => record.client_uuid = text(value)?,
-        RecordKey::EngineUuid => record.engine_uuid = text(value)?,
-        RecordKey::Started => record.started = when(value)?,
-        RecordKey::Completed => record.completed = when(value)?,
-        RecordKey::Resubmitted => record.resubmitted = text(value)?,
-        RecordKey::Received => record.received = when(value)?,
-        RecordKey::ResultHeader => record.result_header = json(value)?,
-        RecordKey::ResultMetadata => record.result_metadata = json(value)?,
-        RecordKey::ResultContent => record.result_content = json(value)?,
-        RecordKey::ResultBuffers => record.result_buffers = buffers(value)?,
-        RecordKey::Queue => record.queue = text(value)?,
-        RecordKey::ExecuteInput => record.execute_input = text(value)?,
-        RecordKey::ExecuteResult => record.execute_result = json(value)?,
-        RecordKey::Error => record.error = json(value)?,
-        RecordKey::Stdout => record.stdout = text(value)?.unwrap_or_default(),
-        RecordKey::Stderr => record.stderr = text(value)?.unwrap_or_default(),
-        RecordKey::Label => record.label = text(value)?,
     }
-    Ok(())
 }
 
 /// ISO dates, and the `YYYY-MM-DD HH:MM:SS[.ffffff]` text (UTC) some servers return for

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use ipp_core::protocol::{date, Timestamp};
-use ipp_core::store::{JsonObject, RecordKey, TaskRecord};
+use ipp_core::store::{FieldValue, JsonObject, RecordKey, TaskRecord};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 
@@ -487,76 +487,61 @@ pub(crate) fn decode_buffers(blob: &[u8]) -> std::result::Result<Vec<Bytes>, Str
 }
 
 /// Sets `record`'s `key` field from a stored value.
+///
+/// # Errors
+/// [`Error::Decode`] when the value is not of the field's type.
 pub(crate) fn set_from_sql(
     record: &mut TaskRecord,
     key: RecordKey,
     value: ValueRef<'_>,
 ) -> Result<()> {
-    let column = key.as_str();
-    let bad = |reason: String| Error::Decode {
-        msg_id: record.msg_id.clone(),
-        column,
-        reason,
-    };
-    let text = |value: ValueRef<'_>| -> Result<Option<String>> {
-        match value {
+    record
+        .set_field(key, Stored(value))
+        .map_err(|reason| Error::Decode {
+            msg_id: record.msg_id.clone(),
+            column: key.as_str(),
+            reason,
+        })
+}
+
+/// A column's value as this store writes it: JSON and dates as text, buffers as one blob.
+#[derive(Clone, Copy)]
+struct Stored<'a>(ValueRef<'a>);
+
+impl FieldValue for Stored<'_> {
+    fn text(self) -> std::result::Result<Option<String>, String> {
+        match self.0 {
             ValueRef::Null => Ok(None),
             ValueRef::Text(bytes) => String::from_utf8(bytes.to_vec())
                 .map(Some)
-                .map_err(|_| bad("text is not UTF-8".to_owned())),
-            other => Err(bad(format!("expected text, found {:?}", other.data_type()))),
+                .map_err(|_| "text is not UTF-8".to_owned()),
+            other => Err(format!("expected text, found {:?}", other.data_type())),
         }
-    };
-    // Checked now, parsed only when read.
-    let json = |value: ValueRef<'_>| -> Result<Option<JsonObject>> {
-        text(value)?
+    }
+
+    /// Checked now, parsed only when read.
+    fn json(self) -> std::result::Result<Option<JsonObject>, String> {
+        self.text()?
             .map(|text| {
                 JsonObject::from_json(Bytes::from(text))
-                    .map_err(|err| bad(format!("not a JSON object: {err}")))
+                    .map_err(|err| format!("not a JSON object: {err}"))
             })
             .transpose()
-    };
-    let when = |value: ValueRef<'_>| -> Result<Option<Timestamp>> {
-        text(value)?
-            .map(|text| date::parse(&text).ok_or_else(|| bad(format!("{text:?} is not a date"))))
-            .transpose()
-    };
-    let buffers = |value: ValueRef<'_>| -> Result<Vec<Bytes>> {
-        match value {
-            ValueRef::Null => Ok(Vec::new()),
-            ValueRef::Blob(bytes) => decode_buffers(bytes).map_err(&bad),
-            other => Err(bad(format!(
-                "expected a blob, found {:?}",
-                other.data_type()
-            ))),
-        }
-    };
-    match key {
-        RecordKey::MsgId => {}
-        RecordKey::Header => record.header = json(value)?,
-        RecordKey::Metadata => record.metadata = json(value)?,
-        RecordKey::Content => record.content = json(value)?,
-        RecordKey::Buffers => record.buffers = buffers(value)?,
-        RecordKey::Submitted => record.submitted = when(value)?,
-        RecordKey::ClientUuid => record.client_uuid = text(value)?,
-        RecordKey::EngineUuid => record.engine_uuid = text(value)?,
-        RecordKey::Started => record.started = when(value)?,
-        RecordKey::Completed => record.completed = when(value)?,
-        RecordKey::Resubmitted => record.resubmitted = text(value)?,
-        RecordKey::Received => record.received = when(value)?,
-        RecordKey::ResultHeader => record.result_header = json(value)?,
-        RecordKey::ResultMetadata => record.result_metadata = json(value)?,
-        RecordKey::ResultContent => record.result_content = json(value)?,
-        RecordKey::ResultBuffers => record.result_buffers = buffers(value)?,
-        RecordKey::Queue => record.queue = text(value)?,
-        RecordKey::ExecuteInput => record.execute_input = text(value)?,
-        RecordKey::ExecuteResult => record.execute_result = json(value)?,
-        RecordKey::Error => record.error = json(value)?,
-        RecordKey::Stdout => record.stdout = text(value)?.unwrap_or_default(),
-        RecordKey::Stderr => record.stderr = text(value)?.unwrap_or_default(),
-        RecordKey::Label => record.label = text(value)?,
     }
-    Ok(())
+
+    fn date(self) -> std::result::Result<Option<Timestamp>, String> {
+        self.text()?
+            .map(|text| date::parse(&text).ok_or_else(|| format!("{text:?} is not a date")))
+            .transpose()
+    }
+
+    fn buffers(self) -> std::result::Result<Vec<Bytes>, String> {
+        match self.0 {
+            ValueRef::Null => Ok(Vec::new()),
+            ValueRef::Blob(bytes) => decode_buffers(bytes),
+            other => Err(format!("expected a blob, found {:?}", other.data_type())),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub use dictdb::{DictDb, DictDbConfig};
 pub use json_object::JsonObject;
 pub use nodb::NoDb;
 pub use query::{Condition, Query, QueryValue};
-pub use record::{RecordKey, RecordUpdate, RecordValue, TaskRecord};
+pub use record::{FieldValue, RecordKey, RecordUpdate, RecordValue, TaskRecord};
 
 /// What a store can do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -261,7 +261,60 @@ impl FromStr for RecordKey {
     }
 }
 
+/// One stored field as a backend holds it, read as the type its [`RecordKey`] holds: what a
+/// store implements over its own value type to fill a record with
+/// [`TaskRecord::set_field`]. Each method fails with the reason a person should read (the
+/// caller adds which record and field).
+pub trait FieldValue {
+    /// A JSON object (`header`, `content`, `execute_result`, …), `None` when unset.
+    fn json(self) -> std::result::Result<Option<JsonObject>, String>;
+    /// A list of buffers (`buffers`, `result_buffers`), empty when unset.
+    fn buffers(self) -> std::result::Result<Vec<Bytes>, String>;
+    /// A date (`submitted`, `started`, …), `None` when unset.
+    fn date(self) -> std::result::Result<Option<Timestamp>, String>;
+    /// Text (`client_uuid`, `stdout`, …), `None` when unset.
+    fn text(self) -> std::result::Result<Option<String>, String>;
+}
+
 impl TaskRecord {
+    /// Sets the field of `key` from a stored value; `msg_id` is left as it is (a record is
+    /// made with its id first).
+    ///
+    /// # Errors
+    /// Why `value` is not of the field's type.
+    pub fn set_field(
+        &mut self,
+        key: RecordKey,
+        value: impl FieldValue,
+    ) -> std::result::Result<(), String> {
+        match key {
+            RecordKey::MsgId => {}
+            RecordKey::Header => self.header = value.json()?,
+            RecordKey::Metadata => self.metadata = value.json()?,
+            RecordKey::Content => self.content = value.json()?,
+            RecordKey::Buffers => self.buffers = value.buffers()?,
+            RecordKey::Submitted => self.submitted = value.date()?,
+            RecordKey::ClientUuid => self.client_uuid = value.text()?,
+            RecordKey::EngineUuid => self.engine_uuid = value.text()?,
+            RecordKey::Started => self.started = value.date()?,
+            RecordKey::Completed => self.completed = value.date()?,
+            RecordKey::Resubmitted => self.resubmitted = value.text()?,
+            RecordKey::Received => self.received = value.date()?,
+            RecordKey::ResultHeader => self.result_header = value.json()?,
+            RecordKey::ResultMetadata => self.result_metadata = value.json()?,
+            RecordKey::ResultContent => self.result_content = value.json()?,
+            RecordKey::ResultBuffers => self.result_buffers = value.buffers()?,
+            RecordKey::Queue => self.queue = value.text()?,
+            RecordKey::ExecuteInput => self.execute_input = value.text()?,
+            RecordKey::ExecuteResult => self.execute_result = value.json()?,
+            RecordKey::Error => self.error = value.json()?,
+            RecordKey::Stdout => self.stdout = value.text()?.unwrap_or_default(),
+            RecordKey::Stderr => self.stderr = value.text()?.unwrap_or_default(),
+            RecordKey::Label => self.label = value.text()?,
+        }
+        Ok(())
+    }
+
     /// An empty record for `msg_id`: every optional field unset, no buffers, no output.
     pub fn new(msg_id: impl Into<String>) -> Self {
         Self {
@@ -530,6 +583,67 @@ impl RecordUpdate {
 
 #[cfg(test)]
 mod tests {
+    /// A stored value that is a piece of text or nothing.
+    #[derive(Clone, Copy)]
+    struct Stored(Option<&'static str>);
+
+    impl FieldValue for Stored {
+        fn json(self) -> std::result::Result<Option<JsonObject>, String> {
+            self.0
+                .map(|text| JsonObject::from_json(Bytes::from(text)).map_err(|e| e.to_string()))
+                .transpose()
+        }
+        fn buffers(self) -> std::result::Result<Vec<Bytes>, String> {
+            Ok(self
+                .0
+                .map(|text| vec![Bytes::from(text)])
+                .unwrap_or_default())
+        }
+        fn date(self) -> std::result::Result<Option<Timestamp>, String> {
+            self.0
+                .map(|text| date::parse(text).ok_or_else(|| format!("{text:?} is not a date")))
+                .transpose()
+        }
+        fn text(self) -> std::result::Result<Option<String>, String> {
+            Ok(self.0.map(str::to_owned))
+        }
+    }
+
+    #[test]
+    fn set_field_reads_each_key_as_its_type() {
+        let mut record = TaskRecord::new("a");
+        record
+            .set_field(RecordKey::ClientUuid, Stored(Some("c")))
+            .unwrap();
+        record
+            .set_field(RecordKey::Header, Stored(Some(r#"{"k": 1}"#)))
+            .unwrap();
+        record
+            .set_field(RecordKey::ResultBuffers, Stored(Some("b")))
+            .unwrap();
+        let date = "2026-11-28T10:00:00.000001Z";
+        record
+            .set_field(RecordKey::Started, Stored(Some(date)))
+            .unwrap();
+        record.set_field(RecordKey::Stdout, Stored(None)).unwrap();
+        record
+            .set_field(RecordKey::MsgId, Stored(Some("ignored")))
+            .unwrap();
+        assert_eq!(record.client_uuid.as_deref(), Some("c"));
+        assert_eq!(
+            record.header.as_ref().map(JsonObject::json_text),
+            Some(r#"{"k": 1}"#.into())
+        );
+        assert_eq!(record.result_buffers, [Bytes::from("b")]);
+        assert_eq!(record.started, date::parse(date));
+        assert_eq!(record.stdout, "");
+        assert_eq!(record.msg_id, "a");
+        let err = record
+            .set_field(RecordKey::Submitted, Stored(Some("soon")))
+            .unwrap_err();
+        assert!(err.contains("not a date"), "{err}");
+    }
+
     use super::*;
     use serde_json::json;
 
