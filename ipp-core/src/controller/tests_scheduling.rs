@@ -1041,3 +1041,50 @@ async fn a_purge_naming_an_unknown_engine_drops_nothing() {
     let gone = super::tests::query(&c.h, &mut hub, "db_request", query(&first)).await;
     assert_eq!(gone.content["records"].as_array().map(Vec::len), Some(0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn verbose_queue_status_lists_each_engines_completed_tasks() {
+    let (mut c, mut engines) = Cluster::with_engines(unlimited(), "leastload", &["a", "b"]).await;
+    let ids: Vec<String> = futures::future::join_all((0..4).map(|_| c.submit(json!({})))).await;
+    let mut served: Vec<Vec<String>> = Vec::new();
+    for engine in &mut engines {
+        let taken = take_all(engine).await;
+        for request in &taken {
+            answer(&c.h, engine, request, Answer::Ok).await;
+        }
+        served.push(taken.into_iter().map(|r| r.header.msg_id).collect());
+    }
+    assert!(served.iter().all(|ids| !ids.is_empty()), "{served:?}");
+    for _ in &ids {
+        assert_eq!(outcome(&c.reply().await), "ok");
+    }
+    let client = c.h.controller.client_info().clone();
+    let mut hub =
+        c.h.connect(
+            SocketKind::Dealer,
+            client.registration,
+            SocketOptions::default(),
+        )
+        .await;
+    let reply = super::tests::query(
+        &c.h,
+        &mut hub,
+        "queue_request",
+        json!({"targets": null, "verbose": true}),
+    )
+    .await;
+    for (engine, served) in engines.iter().zip(&served) {
+        let mut completed: Vec<String> =
+            serde_json::from_value(reply.content[engine.id.to_string()]["completed"].clone())
+                .unwrap();
+        completed.sort();
+        let mut expected = served.clone();
+        expected.sort();
+        assert_eq!(
+            completed, expected,
+            "engine {}: {:?}",
+            engine.id, reply.content
+        );
+    }
+    assert_eq!(reply.content["unassigned"], json!([]));
+}

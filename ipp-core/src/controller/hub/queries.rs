@@ -214,6 +214,8 @@ impl Hub {
         }
     }
 
+    /// Counts (or, `verbose`, ids) from the Hub's own tables; with `verbose`, each
+    /// engine's completed ids come from the task database in one query, off the Hub's loop.
     pub(super) async fn queue_request(&mut self, msg: Message) {
         let content = msg.content_map();
         let verbose = content
@@ -229,46 +231,27 @@ impl Hub {
         };
         let mut reply = JsonMap::new();
         reply.insert("status".into(), json!("ok"));
+        // Each engine's entry, and (verbose) whose completed ids to fill in.
+        let mut completed_of: Vec<(String, String)> = Vec::new();
         for id in ids {
             let Some(engine) = self.engines.get(id) else {
                 continue;
             };
-            let (queue, tasks, uuid) = if verbose {
-                (
-                    list(&mut engine.queue.iter()),
-                    list(&mut engine.tasks.iter()),
-                    engine.uuid.clone(),
-                )
+            let entry = if verbose {
+                completed_of.push((id.to_string(), engine.uuid.clone()));
+                json!({
+                    "queue": list(&mut engine.queue.iter()),
+                    "completed": [],
+                    "tasks": list(&mut engine.tasks.iter()),
+                })
             } else {
-                (
-                    json!(engine.queue.len()),
-                    json!(engine.tasks.len()),
-                    engine.uuid.clone(),
-                )
+                json!({
+                    "queue": engine.queue.len(),
+                    "completed": engine.completed,
+                    "tasks": engine.tasks.len(),
+                })
             };
-            let completed = if verbose {
-                // The Hub keeps counts; the ids come from the task database.
-                let done = Query {
-                    clauses: vec![
-                        (RecordKey::EngineUuid, Condition::Eq(QueryValue::Str(uuid))),
-                        (RecordKey::Completed, Condition::Ne(QueryValue::Null)),
-                    ],
-                };
-                match self
-                    .gate
-                    .read(self.store.find(&done, Some(&[RecordKey::MsgId])))
-                    .await
-                {
-                    Ok(records) => json!(records.into_iter().map(|r| r.msg_id).collect::<Vec<_>>()),
-                    Err(err) => return self.answer(&msg, "queue_reply", store_error(&err)).await,
-                }
-            } else {
-                json!(engine.completed)
-            };
-            reply.insert(
-                id.to_string(),
-                json!({"queue": queue, "completed": completed, "tasks": tasks}),
-            );
+            reply.insert(id.to_string(), entry);
         }
         let unassigned = if verbose {
             list(&mut self.unassigned.iter())
@@ -276,7 +259,47 @@ impl Hub {
             json!(self.unassigned.len())
         };
         reply.insert("unassigned".into(), unassigned);
-        self.answer(&msg, "queue_reply", Value::Object(reply)).await;
+        if completed_of.is_empty() {
+            return self.answer(&msg, "queue_reply", Value::Object(reply)).await;
+        }
+        if let Err(err) = self.gate.admit_read() {
+            return self.answer(&msg, "queue_reply", store_error(&err)).await;
+        }
+        let store = Arc::clone(&self.store);
+        let replies = self.replies();
+        tokio::spawn(async move {
+            let uuids = completed_of
+                .iter()
+                .map(|(_, uuid)| QueryValue::Str(uuid.clone()));
+            let done = Query {
+                clauses: vec![
+                    (RecordKey::EngineUuid, Condition::In(uuids.collect())),
+                    (RecordKey::Completed, Condition::Ne(QueryValue::Null)),
+                ],
+            };
+            let keys = [RecordKey::MsgId, RecordKey::EngineUuid];
+            let content = match bounded_read(store.find(&done, Some(&keys))).await {
+                Ok(records) => {
+                    let mut by_engine: HashMap<String, Vec<String>> = HashMap::new();
+                    for record in records {
+                        if let Some(uuid) = record.engine_uuid {
+                            by_engine.entry(uuid).or_default().push(record.msg_id);
+                        }
+                    }
+                    for (id, uuid) in completed_of {
+                        let done = by_engine.remove(&uuid).unwrap_or_default();
+                        if let Some(Value::Object(entry)) = reply.get_mut(&id) {
+                            entry.insert("completed".into(), json!(done));
+                        }
+                    }
+                    Value::Object(reply)
+                }
+                Err(err) => store_error(&err),
+            };
+            replies
+                .answer(&msg, "queue_reply", content, Vec::new())
+                .await;
+        });
     }
 
     pub(super) async fn load_request(&mut self, msg: Message) {
