@@ -946,7 +946,7 @@ async fn a_stalled_store_drops_records_and_routing_goes_on() {
 
     store.stall(true);
     let started = tokio::time::Instant::now();
-    run_ok(&mut c, &mut engine, 40).await;
+    let unrecorded = run_ok(&mut c, &mut engine, 40).await;
     // The Hub waited for the store once (one write's patience), not per task.
     assert!(
         started.elapsed() < Duration::from_secs(5),
@@ -958,6 +958,11 @@ async fn a_stalled_store_drops_records_and_routing_goes_on() {
     assert_eq!(reply.content["status"], "error", "{:?}", reply.content);
     let evalue = reply.content["evalue"].as_str().unwrap_or_default();
     assert!(evalue.contains("task database"), "{evalue}");
+    // A result whose record was dropped says so, rather than "no such message".
+    let asked = json!({"msg_ids": [unrecorded[5]]});
+    let reply = super::tests::query(&c.h, &mut hub, "result_request", asked).await;
+    let evalue = reply.content["evalue"].as_str().unwrap_or_default();
+    assert!(evalue.contains("not fully recorded"), "{:?}", reply.content);
 
     // The store recovers: the Hub finds out by itself (no task needed), answers queries
     // again, and records new tasks.

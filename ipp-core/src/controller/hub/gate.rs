@@ -21,6 +21,7 @@ use futures::FutureExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::controller::recent::RecentSet;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -64,6 +65,8 @@ pub(super) struct StoreGate {
     last_drop: Option<Instant>,
     /// Writes dropped since the store fell behind.
     dropped: u64,
+    /// Tasks with a dropped write (recently): their records are missing or incomplete.
+    dropped_ids: RecentSet,
     /// Whether a store error was logged already (the first is an error, the rest debug).
     warned: bool,
     /// A read sent to a store that is behind, off the Hub's loop: its answer (whatever it
@@ -78,6 +81,12 @@ impl StoreGate {
             patience,
             ..Self::default()
         }
+    }
+
+    /// Whether a write about `msg_id` was dropped (recently): its record is missing or
+    /// incomplete.
+    pub(super) fn was_dropped(&self, msg_id: &str) -> bool {
+        self.dropped_ids.contains(msg_id)
     }
 
     /// Whether writes are being dropped rather than waited for.
@@ -199,6 +208,7 @@ impl StoreGate {
         let now = Instant::now();
         self.last_drop = Some(now);
         self.dropped += 1;
+        self.dropped_ids.insert(msg_id);
         if self.behind_since.is_none() {
             self.behind_since = Some(now);
             tracing::error!(operation, msg_id, after = ?self.patience,

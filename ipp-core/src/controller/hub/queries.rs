@@ -349,6 +349,14 @@ impl Hub {
                 .cloned()
                 .collect()
         };
+        if let Some(id) = wanted.iter().find(|id| self.gate.was_dropped(id)) {
+            let evalue = key_error_value(&format!(
+                "Task {id} was not fully recorded: the task database was not keeping up \
+                 when it ran (see the controller's log)"
+            ));
+            let error = error_content("KeyError", &evalue);
+            return self.answer(&msg, "result_reply", error).await;
+        }
         if wanted.is_empty() {
             let (content, buffers) = result_reply(known, Vec::new(), status_only);
             return self
