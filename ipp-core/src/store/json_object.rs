@@ -54,6 +54,22 @@ impl JsonObject {
         })
     }
 
+    /// A document of `text` that the caller has already parsed in full as one JSON value
+    /// (the Hub reads a header's fields that way): only what such a parse leaves unchecked
+    /// is checked here, that the bytes are UTF-8 throughout (serde_json does not look
+    /// inside strings it skips) and that the value is an object. Saves the second pass
+    /// over the text that [`JsonObject::from_json`] makes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidMessage`] when `text` is not UTF-8 or not an object.
+    pub(crate) fn from_parsed_json(text: Bytes) -> crate::Result<Self> {
+        check_utf8_object(&text)?;
+        Ok(Self {
+            text: Some(text),
+            map: OnceLock::new(),
+        })
+    }
+
     /// The object as a map, parsed on first call.
     pub fn map(&self) -> &JsonMap {
         self.map.get_or_init(|| {
@@ -105,6 +121,17 @@ fn check_object(text: &[u8]) -> crate::Result<()> {
     std::str::from_utf8(text).map_err(|_| Error::invalid_message("JSON text is not UTF-8"))?;
     serde_json::from_slice::<serde::de::IgnoredAny>(text)
         .map_err(|err| Error::invalid_message(format!("bad JSON object: {err}")))?;
+    check_starts_as_object(text)
+}
+
+/// What [`check_object`] checks beyond the JSON syntax, for text already parsed.
+fn check_utf8_object(text: &[u8]) -> crate::Result<()> {
+    std::str::from_utf8(text).map_err(|_| Error::invalid_message("JSON text is not UTF-8"))?;
+    check_starts_as_object(text)
+}
+
+/// Whether the (valid) JSON value in `text` is an object.
+fn check_starts_as_object(text: &[u8]) -> crate::Result<()> {
     if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(Error::invalid_message("JSON text is not an object"));
     }

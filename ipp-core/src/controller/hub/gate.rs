@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::controller::recent::RecentSet;
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{direct, Store};
 
 /// The default write patience (`ControllerConfig::store_write_patience_ms`).
 #[cfg(test)]
@@ -182,7 +182,7 @@ impl StoreGate {
                 let store = Arc::clone(store);
                 let handle = tokio::spawn(async move {
                     // Any answer will do (this id is never recorded: NotFound).
-                    let _ = store.get("ipp-hub-store-probe").await;
+                    let _ = direct(&store).get("ipp-hub-store-probe").await;
                 });
                 self.probe = Some((Instant::now(), handle));
             }

@@ -13,7 +13,7 @@ use super::Hub;
 use crate::controller::events::TaskCommand;
 use crate::error::Error;
 use crate::protocol::{date, error_content, key_error_value, to_json_bytes, JsonMap, Message};
-use crate::store::{Condition, JsonObject, Query, QueryValue, RecordKey, TaskRecord};
+use crate::store::{direct, Condition, JsonObject, Query, QueryValue, RecordKey, TaskRecord};
 
 /// A store error as the error dict a client sees.
 fn store_error(err: &Error) -> Value {
@@ -278,7 +278,7 @@ impl Hub {
                 ],
             };
             let keys = [RecordKey::MsgId, RecordKey::EngineUuid];
-            let content = match bounded_read(store.find(&done, Some(&keys))).await {
+            let content = match bounded_read(direct(&store).find(&done, Some(&keys))).await {
                 Ok(records) => {
                     let mut by_engine: HashMap<String, Vec<String>> = HashMap::new();
                     for record in records {
@@ -371,7 +371,7 @@ impl Hub {
         let replies = self.replies();
         tokio::spawn(async move {
             let (content, buffers) =
-                match bounded_read(store.find(&msg_ids_query(&wanted), None)).await {
+                match bounded_read(direct(&store).find(&msg_ids_query(&wanted), None)).await {
                     Ok(records) => result_reply(known, records, status_only),
                     Err(err) => (store_error(&err), Vec::new()),
                 };
@@ -387,7 +387,7 @@ impl Hub {
         let store = Arc::clone(&self.store);
         let replies = self.replies();
         tokio::spawn(async move {
-            let content = match bounded_read(store.history()).await {
+            let content = match bounded_read(direct(&store).history()).await {
                 Ok(history) => json!({"status": "ok", "history": history}),
                 Err(err) => store_error(&err),
             };
@@ -426,10 +426,11 @@ impl Hub {
         let store = Arc::clone(&self.store);
         let replies = self.replies();
         tokio::spawn(async move {
-            let (content, buffers) = match bounded_read(store.find(&query, keys.as_deref())).await {
-                Ok(records) => db_reply(&records, keys.as_deref()),
-                Err(err) => (store_error(&err), Vec::new()),
-            };
+            let (content, buffers) =
+                match bounded_read(direct(&store).find(&query, keys.as_deref())).await {
+                    Ok(records) => db_reply(&records, keys.as_deref()),
+                    Err(err) => (store_error(&err), Vec::new()),
+                };
             replies.answer(&msg, "db_reply", content, buffers).await;
         });
     }
@@ -459,10 +460,10 @@ impl Hub {
             let mut reply = json!({"status": "ok"});
             for drop in drops {
                 let dropped = match drop {
-                    Purge::Listed(ids) => bounded_read(store.drop_records(&ids)).await,
-                    Purge::Matching(query) => {
-                        bounded_read(store.drop_matching(&query)).await.map(|_| ())
-                    }
+                    Purge::Listed(ids) => bounded_read(direct(&store).drop_records(&ids)).await,
+                    Purge::Matching(query) => bounded_read(direct(&store).drop_matching(&query))
+                        .await
+                        .map(|_| ()),
                 };
                 if let Err(err) = dropped {
                     reply = store_error(&err);
@@ -518,7 +519,7 @@ impl Hub {
         let ids = string_list(msg.content_map().get("msg_ids"));
         let records = match self
             .gate
-            .read(self.store.find(&msg_ids_query(&ids), None))
+            .read(direct(&self.store).find(&msg_ids_query(&ids), None))
             .await
         {
             Ok(records) => records,
@@ -573,7 +574,7 @@ impl Hub {
                 resubmitted: Some(new_id.clone()),
                 ..crate::store::RecordUpdate::default()
             };
-            let marked = self.store.update(&record.msg_id, update);
+            let marked = direct(&self.store).update(&record.msg_id, update);
             if let Some(Err(err)) = self.gate.write("update", &record.msg_id, marked).await {
                 tracing::debug!(error = %err, "could not mark a task resubmitted");
             }

@@ -7,7 +7,7 @@ use super::Hub;
 use crate::error::Error;
 use crate::protocol::message::msg_id_of;
 use crate::protocol::{date, error_content, WireMessage};
-use crate::store::{JsonObject, RecordUpdate, TaskRecord};
+use crate::store::{direct, JsonObject, RecordUpdate, TaskRecord};
 
 /// Buffers smaller than this are copied into the record rather than shared.
 const SHARE_BUFFERS_FROM: usize = 64 * 1024;
@@ -32,10 +32,10 @@ fn detached(buffers: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
 /// The record of a request as first seen: its parts kept as received text.
 ///
 /// # Errors
-/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
+/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object, or the
+/// header has no msg_id.
 fn request_record(
     wire: &WireMessage,
-    msg_id: String,
     queue: &str,
     engine_uuid: Option<String>,
 ) -> crate::Result<TaskRecord> {
@@ -43,7 +43,12 @@ fn request_record(
         header,
         metadata,
         documents: [header_doc, metadata_doc, content_doc],
+        ..
     } = record_parts(wire)?;
+    let msg_id = header
+        .msg_id
+        .owned()
+        .ok_or_else(|| Error::invalid_message("the header has no msg_id"))?;
     Ok(TaskRecord {
         submitted: header.date.date(),
         client_uuid: header.session.owned(),
@@ -75,17 +80,18 @@ fn request_update(record: TaskRecord) -> RecordUpdate {
     }
 }
 
-/// The result fields of a reply: its parts kept as received text.
+/// The result fields of a reply, its parts kept as received text, and the reply's status.
 ///
 /// # Errors
 /// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
-fn result_update(wire: &WireMessage) -> crate::Result<RecordUpdate> {
+fn result_update(wire: &WireMessage) -> crate::Result<(RecordUpdate, Option<String>)> {
     let RecordParts {
         header,
         metadata,
+        content,
         documents: [header_doc, metadata_doc, content_doc],
     } = record_parts(wire)?;
-    Ok(RecordUpdate {
+    let update = RecordUpdate {
         completed: header.date.date(),
         started: metadata.started.date(),
         engine_uuid: metadata.engine.owned(),
@@ -95,7 +101,23 @@ fn result_update(wire: &WireMessage) -> crate::Result<RecordUpdate> {
         result_buffers: Some(detached(&wire.buffers)),
         received: Some(date::now()),
         ..RecordUpdate::default()
-    })
+    };
+    Ok((update, content.status.owned()))
+}
+
+/// A request's msg_id and, when `recording`, its record. Recording reads the msg_id with
+/// the rest of the header, in one pass; a request whose record cannot be made (a header or
+/// metadata that is not an object) is still tracked when its msg_id can be read.
+fn request_and_record(
+    wire: &WireMessage,
+    recording: bool,
+    queue: &str,
+    engine_uuid: Option<String>,
+) -> Option<(String, Option<TaskRecord>)> {
+    match recording.then(|| request_record(wire, queue, engine_uuid)) {
+        Some(Ok(record)) => Some((record.msg_id.clone(), Some(record))),
+        _ => msg_id_of(&wire.header).map(|msg_id| (msg_id, None)),
+    }
 }
 
 impl Hub {
@@ -106,7 +128,7 @@ impl Hub {
     async fn save_request(&mut self, record: TaskRecord) {
         let msg_id = record.msg_id.clone();
         if self.stubbed.contains(&msg_id) {
-            let update = self.store.update(&msg_id, request_update(record));
+            let update = direct(&self.store).update(&msg_id, request_update(record));
             if let Some(Err(err)) = self.gate.write("update", &msg_id, update).await {
                 self.gate.note_error("update", &msg_id, &err);
             }
@@ -114,7 +136,7 @@ impl Hub {
         }
         match self
             .gate
-            .write("add", &msg_id, self.store.add(record))
+            .write("add", &msg_id, direct(&self.store).add(record))
             .await
         {
             None | Some(Ok(())) => {}
@@ -150,7 +172,11 @@ impl Hub {
                 msg_id: msg_id.to_owned(),
                 ..TaskRecord::default()
             };
-            match self.gate.write("add", msg_id, self.store.add(stub)).await {
+            match self
+                .gate
+                .write("add", msg_id, direct(&self.store).add(stub))
+                .await
+            {
                 Some(Ok(())) => self.stubbed.insert(msg_id),
                 Some(Err(Error::AlreadyExists { .. })) => {}
                 Some(Err(err)) => return self.gate.note_error("add", msg_id, &err),
@@ -159,7 +185,7 @@ impl Hub {
         }
         let written = self
             .gate
-            .write("update", msg_id, self.store.update(msg_id, update))
+            .write("update", msg_id, direct(&self.store).update(msg_id, update))
             .await;
         if let Some(Err(err)) = written {
             self.gate.note_error("update", msg_id, &err);
@@ -178,17 +204,16 @@ impl Hub {
         if self.engines.id_of(&uuid).is_none() {
             return; // as ipyparallel: requests to engines not (yet) registered are not recorded
         }
-        let Some(msg_id) = msg_id_of(&wire.header) else {
+        let Some((msg_id, record)) =
+            request_and_record(&wire, self.recording, "mux", Some(uuid.clone()))
+        else {
             return;
         };
         self.pending.insert(msg_id.clone());
         if let Some(engine) = self.engines.by_uuid_mut(&uuid) {
-            engine.queue.insert(msg_id.clone());
+            engine.queue.insert(msg_id);
         }
-        if self.recording {
-            let Ok(record) = request_record(&wire, msg_id, "mux", Some(uuid)) else {
-                return;
-            };
+        if let Some(record) = record {
             self.save_request(record).await;
         }
     }
@@ -215,7 +240,7 @@ impl Hub {
             return; // a reply to nothing we recorded
         }
         if self.recording {
-            let Ok(update) = result_update(&wire) else {
+            let Ok((update, _)) = result_update(&wire) else {
                 return;
             };
             self.update_record(&msg_id, update).await;
@@ -223,15 +248,12 @@ impl Hub {
     }
 
     pub(super) async fn record_task_request(&mut self, wire: WireMessage) {
-        let Some(msg_id) = msg_id_of(&wire.header) else {
+        let Some((msg_id, record)) = request_and_record(&wire, self.recording, "task", None) else {
             return;
         };
         self.pending.insert(msg_id.clone());
-        self.unassigned.insert(msg_id.clone());
-        if self.recording {
-            let Ok(record) = request_record(&wire, msg_id, "task", None) else {
-                return;
-            };
+        self.unassigned.insert(msg_id);
+        if let Some(record) = record {
             self.save_request(record).await;
         }
     }
@@ -262,12 +284,23 @@ impl Hub {
         let Some(msg_id) = msg_id_of(&wire.parent_header) else {
             return;
         };
-        let engine = serde_json::from_slice::<Engine>(&wire.metadata)
-            .unwrap_or_default()
-            .engine;
-        let status = serde_json::from_slice::<Status>(&wire.content)
-            .unwrap_or_default()
-            .status;
+        // Recording reads the engine and the status with the rest of the reply, in one pass
+        // over each part; without a record (or a database) only they are read.
+        let (update, engine, status) = match self.recording.then(|| result_update(&wire)) {
+            Some(Ok((update, status))) => {
+                let engine = update.engine_uuid.clone();
+                (Some(update), engine, status)
+            }
+            _ => {
+                let engine = serde_json::from_slice::<Engine>(&wire.metadata)
+                    .unwrap_or_default()
+                    .engine;
+                let status = serde_json::from_slice::<Status>(&wire.content)
+                    .unwrap_or_default()
+                    .status;
+                (None, engine, status)
+            }
+        };
         let aborted = status.as_deref() == Some("aborted");
         if self.pending.remove(&msg_id) {
             self.unassigned.remove(&msg_id);
@@ -282,10 +315,7 @@ impl Hub {
                 entry.completed += 1;
             }
         }
-        if self.recording {
-            let Ok(update) = result_update(&wire) else {
-                return;
-            };
+        if let Some(update) = update {
             self.update_record(&msg_id, update).await;
         }
     }

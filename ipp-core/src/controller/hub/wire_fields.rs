@@ -91,10 +91,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
-/// What a record takes from a header: the sender's session and the send date.
+/// What a record takes from a header: the message's id, the sender's session and the send
+/// date.
 #[derive(Default, Deserialize)]
 #[serde(default)]
 pub(super) struct HeaderFields<'a> {
+    #[serde(borrow)]
+    pub(super) msg_id: Text<'a>,
     #[serde(borrow)]
     pub(super) session: Text<'a>,
     #[serde(borrow)]
@@ -113,23 +116,38 @@ pub(super) struct MetadataFields<'a> {
     pub(super) started: Text<'a>,
 }
 
+/// What the Hub takes from a reply's content: its status (`aborted` ones do not count as
+/// an engine's completed tasks).
+#[derive(Default, Deserialize)]
+#[serde(default)]
+pub(super) struct ContentFields<'a> {
+    #[serde(borrow)]
+    pub(super) status: Text<'a>,
+}
+
 /// What a record takes from a message: the few fields it reads, and the header, metadata
 /// and content kept as received.
 pub(super) struct RecordParts<'a> {
     pub(super) header: HeaderFields<'a>,
     pub(super) metadata: MetadataFields<'a>,
+    pub(super) content: ContentFields<'a>,
     pub(super) documents: [JsonObject; 3],
 }
 
-/// The [`RecordParts`] of `wire`.
+/// The [`RecordParts`] of `wire`, each part read once.
 ///
 /// # Errors
 /// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
 pub(super) fn record_parts(wire: &WireMessage) -> Result<RecordParts<'_>> {
+    let header = fields(&wire.header, "header")?;
+    let metadata = fields(&wire.metadata, "metadata")?;
+    // Content that is not an object is recorded as an empty one, as the Hub always did.
+    let content = fields(&wire.content, "content").ok();
     Ok(RecordParts {
-        header: fields(&wire.header, "header")?,
-        metadata: fields(&wire.metadata, "metadata")?,
-        documents: documents(wire)?,
+        header,
+        metadata,
+        documents: documents(wire, content.is_some())?,
+        content: content.unwrap_or_default(),
     })
 }
 
@@ -143,11 +161,14 @@ pub(super) fn fields<'a, T: Deserialize<'a>>(part: &'a [u8], what: &str) -> Resu
 
 /// A message's header, metadata and content as documents, copied out of the received
 /// frames into one allocation (a record must not keep the transport's read buffer alive).
-/// Content that is not a JSON object is recorded as an empty object, as the Hub always did.
+/// Content that is not a JSON object in UTF-8 is recorded as an empty object. The header,
+/// the metadata and (when `content_parsed`) the content must have been parsed in full by
+/// [`fields`] already (reading a struct's fields parses every value, skipped or not, and
+/// nothing may follow the object): only what such a parse leaves unchecked is checked here.
 ///
 /// # Errors
-/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
-pub(super) fn documents(wire: &WireMessage) -> Result<[JsonObject; 3]> {
+/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object in UTF-8.
+fn documents(wire: &WireMessage, content_parsed: bool) -> Result<[JsonObject; 3]> {
     let parts = [&wire.header, &wire.metadata, &wire.content];
     let mut joined = BytesMut::with_capacity(parts.iter().map(|part| part.len()).sum());
     for part in parts {
@@ -157,9 +178,13 @@ pub(super) fn documents(wire: &WireMessage) -> Result<[JsonObject; 3]> {
     let header = joined.split_to(wire.header.len());
     let metadata = joined.split_to(wire.metadata.len());
     Ok([
-        JsonObject::from_json(header)?,
-        JsonObject::from_json(metadata)?,
-        JsonObject::from_json(joined).unwrap_or_default(),
+        JsonObject::from_parsed_json(header)?,
+        JsonObject::from_parsed_json(metadata)?,
+        if content_parsed {
+            JsonObject::from_parsed_json(joined).unwrap_or_default()
+        } else {
+            JsonObject::default()
+        },
     ])
 }
 
@@ -199,10 +224,43 @@ mod tests {
         .map(Bytes::copy_from_slice)
         .to_vec();
         let wire = WireMessage::split(frames).unwrap();
-        let [header, metadata, content] = documents(&wire).unwrap();
+        let [header, metadata, content] = record_parts(&wire).unwrap().documents;
         assert_eq!(header.json_text(), r#"{"msg_id": "a"}"#);
         assert_eq!(metadata.json_text(), r#"{"l": 1}"#);
         assert!(content.is_empty());
+    }
+
+    #[test]
+    fn a_replys_status_is_read_with_its_content_and_bad_content_is_recorded_empty() {
+        let reply = |content: &[u8]| {
+            let frames = [
+                &b"<IDS|MSG>"[..],
+                b"",
+                br#"{"msg_id": "r"}"#,
+                br#"{"msg_id": "a"}"#,
+                b"{}",
+                content,
+            ]
+            .map(Bytes::copy_from_slice)
+            .to_vec();
+            WireMessage::split(frames).unwrap()
+        };
+        let wire = reply(br#"{"status": "aborted", "x": [1, {"y": null}]}"#);
+        let parts = record_parts(&wire).unwrap();
+        assert_eq!(parts.header.msg_id.owned().as_deref(), Some("r"));
+        assert_eq!(parts.content.status.owned().as_deref(), Some("aborted"));
+        assert_eq!(parts.documents[2].get("status"), Some(&"aborted".into()));
+        let bad: [&[u8]; 4] = [
+            b"{\"status\": \"ok\", \"x\": \"\xff\"}", // not UTF-8 in a skipped string
+            br#"{"status": "ok"} {}"#,                // trailing text
+            br#"["ok"]"#,                             // not an object
+            br#"{"status": "ok""#,                    // cut short
+        ];
+        for content in bad {
+            let wire = reply(content);
+            let parts = record_parts(&wire).unwrap();
+            assert!(parts.documents[2].is_empty(), "{content:?}");
+        }
     }
 
     /// A message of these header and metadata frames.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::store::{Query, RecordKey, Store};
+use crate::store::{direct, Query, RecordKey, Store};
 
 /// How long a dependency lookup may take before the ids count as unknown.
 pub(super) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,7 +46,11 @@ pub(super) async fn lookup(store: Arc<dyn Store>, msg_id: String, ids: Vec<Strin
         RecordKey::EngineUuid,
         RecordKey::ResultContent,
     ];
-    let outcome = match tokio::time::timeout(LOOKUP_TIMEOUT, store.find(&query, Some(&keys))).await
+    let outcome = match tokio::time::timeout(
+        LOOKUP_TIMEOUT,
+        direct(&store).find(&query, Some(&keys)),
+    )
+    .await
     {
         Ok(Ok(records)) => Ok(records
             .into_iter()
