@@ -10,12 +10,13 @@ pub(crate) enum HubEvent {
     MuxRequest(WireMessage),
     /// A direct reply came back (`out`): frames `[client_rid, uuid, DELIM, …]`.
     MuxReply(WireMessage),
-    /// A load-balanced task arrived (`intask`).
-    TaskSubmitted(WireMessage),
+    /// A load-balanced task arrived (`intask`), with the msg_id the scheduler read from it.
+    TaskSubmitted { msg_id: String, wire: WireMessage },
     /// A task was sent to an engine (`tracktask`).
     TaskAssigned { msg_id: String, engine: String },
-    /// A task's final reply (`outtask`), from an engine or made by the scheduler.
-    TaskResult(WireMessage),
+    /// A task's final reply (`outtask`), from an engine or made by the scheduler, with the
+    /// task's msg_id (the reply's parent).
+    TaskResult { msg_id: String, wire: WireMessage },
     /// An IOPub message an engine published.
     Iopub(WireMessage),
     /// Engines whose first heartbeat arrived.

@@ -300,11 +300,13 @@ impl Hub {
         match event {
             HubEvent::MuxRequest(wire) => self.record_mux_request(wire).await,
             HubEvent::MuxReply(wire) => self.record_mux_reply(wire).await,
-            HubEvent::TaskSubmitted(wire) => self.record_task_request(wire).await,
+            HubEvent::TaskSubmitted { msg_id, wire } => {
+                self.record_task_request(msg_id, wire).await;
+            }
             HubEvent::TaskAssigned { msg_id, engine } => {
                 self.record_task_assignment(msg_id, engine).await;
             }
-            HubEvent::TaskResult(wire) => self.record_task_result(wire).await,
+            HubEvent::TaskResult { msg_id, wire } => self.record_task_result(msg_id, wire).await,
             HubEvent::Iopub(wire) => self.record_iopub(wire).await,
             HubEvent::HeartsStarted(uuids) => {
                 for uuid in uuids {

@@ -29,13 +29,15 @@ fn detached(buffers: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
         .collect()
 }
 
-/// The record of a request as first seen: its parts kept as received text.
+/// The record of a request as first seen: its parts kept as received text. Its msg_id is
+/// `msg_id` when the caller read it already, else the header's.
 ///
 /// # Errors
 /// [`Error::InvalidMessage`] when the header or metadata is not a JSON object, or the
-/// header has no msg_id.
+/// msg_id is neither given nor in the header.
 fn request_record(
     wire: &WireMessage,
+    msg_id: Option<String>,
     queue: &str,
     engine_uuid: Option<String>,
 ) -> crate::Result<TaskRecord> {
@@ -45,9 +47,8 @@ fn request_record(
         documents: [header_doc, metadata_doc, content_doc],
         ..
     } = record_parts(wire)?;
-    let msg_id = header
-        .msg_id
-        .owned()
+    let msg_id = msg_id
+        .or_else(|| header.msg_id.owned())
         .ok_or_else(|| Error::invalid_message("the header has no msg_id"))?;
     Ok(TaskRecord {
         submitted: header.date.date(),
@@ -114,7 +115,7 @@ fn request_and_record(
     queue: &str,
     engine_uuid: Option<String>,
 ) -> Option<(String, Option<TaskRecord>)> {
-    match recording.then(|| request_record(wire, queue, engine_uuid)) {
+    match recording.then(|| request_record(wire, None, queue, engine_uuid)) {
         Some(Ok(record)) => Some((record.msg_id.clone(), Some(record))),
         _ => msg_id_of(&wire.header).map(|msg_id| (msg_id, None)),
     }
@@ -247,13 +248,13 @@ impl Hub {
         }
     }
 
-    pub(super) async fn record_task_request(&mut self, wire: WireMessage) {
-        let Some((msg_id, record)) = request_and_record(&wire, self.recording, "task", None) else {
-            return;
-        };
+    pub(super) async fn record_task_request(&mut self, msg_id: String, wire: WireMessage) {
         self.pending.insert(msg_id.clone());
-        self.unassigned.insert(msg_id);
-        if let Some(record) = record {
+        self.unassigned.insert(msg_id.clone());
+        if self.recording {
+            let Ok(record) = request_record(&wire, Some(msg_id), "task", None) else {
+                return;
+            };
             self.save_request(record).await;
         }
     }
@@ -272,7 +273,7 @@ impl Hub {
         }
     }
 
-    pub(super) async fn record_task_result(&mut self, wire: WireMessage) {
+    pub(super) async fn record_task_result(&mut self, msg_id: String, wire: WireMessage) {
         #[derive(Default, serde::Deserialize)]
         struct Engine {
             engine: Option<String>,
@@ -281,9 +282,6 @@ impl Hub {
         struct Status {
             status: Option<String>,
         }
-        let Some(msg_id) = msg_id_of(&wire.parent_header) else {
-            return;
-        };
         // Recording reads the engine and the status with the rest of the reply, in one pass
         // over each part; without a record (or a database) only they are read.
         let (update, engine, status) = match self.recording.then(|| result_update(&wire)) {

@@ -375,7 +375,13 @@ impl TaskScheduler {
             }
         };
         let client = wire.idents.first().cloned();
-        let _ = self.hub.send(HubEvent::TaskSubmitted(wire.clone())).await;
+        let _ = self
+            .hub
+            .send(HubEvent::TaskSubmitted {
+                msg_id: msg_id.clone(),
+                wire: wire.clone(),
+            })
+            .await;
         self.submitted.insert(&msg_id);
         let timeout = metadata
             .timeout
@@ -791,13 +797,19 @@ impl TaskScheduler {
             Some(client) => vec![client, Bytes::from(uuid)],
             None => Vec::new(),
         };
-        self.deliver(wire).await;
+        self.deliver(&msg_id, wire).await;
         self.update_graph().await;
     }
 
-    /// Sends a final reply to its client (if any) and shows it to the Hub.
-    async fn deliver(&mut self, wire: WireMessage) {
-        let _ = self.hub.send(HubEvent::TaskResult(wire.clone())).await;
+    /// Sends the final reply of task `msg_id` to its client (if any) and shows it to the Hub.
+    async fn deliver(&mut self, msg_id: &str, wire: WireMessage) {
+        let _ = self
+            .hub
+            .send(HubEvent::TaskResult {
+                msg_id: msg_id.to_owned(),
+                wire: wire.clone(),
+            })
+            .await;
         if wire.idents.is_empty() {
             return; // a Hub resubmission: nobody waits on this socket
         }
@@ -833,7 +845,7 @@ impl TaskScheduler {
                 Vec::new(),
             );
             if let Ok(wire) = WireMessage::split(frames) {
-                self.deliver(wire).await;
+                self.deliver(&job.msg_id, wire).await;
             }
         }
         self.update_graph().await;
@@ -862,7 +874,7 @@ impl TaskScheduler {
             if job.client.is_none() {
                 wire.idents.clear();
             }
-            self.deliver(wire).await;
+            self.deliver(&job.msg_id, wire).await;
         }
     }
 
