@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Instructions per task of the controller, by part, counted by valgrind's callgrind: a
+# measure that does not move with the machine's load, for changes too small to see in
+# the throughput of these shared two-CPU machines (one run's noise is ±10%).
+#
+#   scripts/count-instructions.sh [STORE] [TASKS] [BENCH]
+#
+# STORE: nodb, dictdb or sqlite (default sqlite); TASKS: tasks per map (default 10000);
+# BENCH: the bench binary (default target/release/examples/bench, built if missing).
+# Runs `bench --stores STORE` with every process under callgrind (about two minutes at
+# 10,000 tasks) and prints, for the controller at hwm 0, the instructions per task of the
+# whole process and of its parts. Counts are of instructions, not time: SHA-256 runs
+# without its CPU extensions under valgrind, so signature checks count far more than
+# they cost natively; compare builds with each other, not with wall-clock profiles.
+# Needs valgrind (`apt-get install valgrind`).
+set -euo pipefail
+
+store="${1:-sqlite}"
+tasks="${2:-10000}"
+bench="${3:-target/release/examples/bench}"
+
+command -v valgrind >/dev/null || {
+    echo "valgrind is not installed: apt-get install valgrind" >&2
+    exit 1
+}
+if [[ ! -x "$bench" ]]; then
+    cargo build --release --example bench
+fi
+
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+valgrind --tool=callgrind --trace-children=yes \
+    --callgrind-out-file="$out/callgrind.%p.out" \
+    "$bench" --stores "$store" --tasks "$tasks" --latency 10 --megabytes 1 \
+    --bandwidth-rounds 1 --memory-tasks 100 --window 100 --memory-stores nodb \
+    --busy-poll-us 0 >"$out/bench.log" 2>&1 || {
+    echo "the bench failed under valgrind; its output:" >&2
+    cat "$out/bench.log" >&2
+    exit 1
+}
+
+profile="$(grep -l -- "--store $store --hwm 0" "$out"/callgrind.*.out | head -1)"
+# The map runs TASKS tasks after a warm-up of min(1000, TASKS).
+counted=$((tasks + (tasks < 1000 ? tasks : 1000)))
+callgrind_annotate --inclusive=yes --threshold=100 "$profile" >"$out/annotated.txt" 2>/dev/null
+
+per_task() {
+    { grep -E "$1" "$out/annotated.txt" || true; } | head -1 |
+        awk -v n="$counted" '{gsub(",", "", $1); printf "%d", $1 / n}'
+}
+
+echo "controller at hwm 0, store $store, $counted tasks: instructions per task"
+printf '| part | instructions per task |\n|---|---:|\n'
+printf '| whole process | %s |\n' "$(grep "PROGRAM TOTALS" "$out/annotated.txt" | awk -v n="$counted" '{gsub(",", "", $1); printf "%d", $1 / n}')"
+while IFS='|' read -r name pattern; do
+    value="$(per_task "$pattern")"
+    printf '| %s | %s |\n' "$name" "${value:-—}"
+done <<'PARTS'
+Hub (recording, queries)|hub::run_hub::\{\{closure\}\} \[
+task scheduler|run_task_scheduler::\{\{closure\}\} \[
+IOPub relay|run_iopub_relay::\{\{closure\}\} \[
+signature checks (all)|SigningKey::verify \[
+SQLite writer thread|Writer::run \[
+SQLite checkpointer thread (instructions only; its cost is copying and fsync)|ipp_store_sqlite::checkpoint::checkpoint \[
+PARTS
