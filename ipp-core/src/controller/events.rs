@@ -1,5 +1,6 @@
 //! What the relays and schedulers tell the Hub, and what the Hub tells the task scheduler.
 
+use super::wire_fields::ReadFields;
 use crate::protocol::WireMessage;
 
 /// Something the Hub must record or act on. Relays hand over the frames they routed; the
@@ -10,13 +11,24 @@ pub(crate) enum HubEvent {
     MuxRequest(WireMessage),
     /// A direct reply came back (`out`): frames `[client_rid, uuid, DELIM, …]`.
     MuxReply(WireMessage),
-    /// A load-balanced task arrived (`intask`), with the msg_id the scheduler read from it.
-    TaskSubmitted { msg_id: String, wire: WireMessage },
+    /// A load-balanced task arrived (`intask`), with the msg_id the scheduler read from it
+    /// and, when the Hub records tasks, the record's fields it read on the way (boxed: every
+    /// event is as large as the largest).
+    TaskSubmitted {
+        msg_id: String,
+        read: Option<Box<ReadFields>>,
+        wire: WireMessage,
+    },
     /// A task was sent to an engine (`tracktask`).
     TaskAssigned { msg_id: String, engine: String },
     /// A task's final reply (`outtask`), from an engine or made by the scheduler, with the
-    /// task's msg_id (the reply's parent).
-    TaskResult { msg_id: String, wire: WireMessage },
+    /// task's msg_id (the reply's parent) and, when the Hub records tasks, the record's
+    /// fields the scheduler read on the way.
+    TaskResult {
+        msg_id: String,
+        read: Option<Box<ReadFields>>,
+        wire: WireMessage,
+    },
     /// An IOPub message an engine published.
     Iopub(WireMessage),
     /// Engines whose first heartbeat arrived.

@@ -5,7 +5,6 @@ mod engines;
 mod gate;
 mod queries;
 mod records;
-mod wire_fields;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -300,13 +299,17 @@ impl Hub {
         match event {
             HubEvent::MuxRequest(wire) => self.record_mux_request(wire).await,
             HubEvent::MuxReply(wire) => self.record_mux_reply(wire).await,
-            HubEvent::TaskSubmitted { msg_id, wire } => {
-                self.record_task_request(msg_id, wire).await;
+            HubEvent::TaskSubmitted { msg_id, read, wire } => {
+                let read = read.map(|read| *read).unwrap_or_default();
+                self.record_task_request(msg_id, read, wire).await;
             }
             HubEvent::TaskAssigned { msg_id, engine } => {
                 self.record_task_assignment(msg_id, engine).await;
             }
-            HubEvent::TaskResult { msg_id, wire } => self.record_task_result(msg_id, wire).await,
+            HubEvent::TaskResult { msg_id, read, wire } => {
+                let read = read.map(|read| *read).unwrap_or_default();
+                self.record_task_result(msg_id, read, wire).await;
+            }
             HubEvent::Iopub(wire) => self.record_iopub(wire).await,
             HubEvent::HeartsStarted(uuids) => {
                 for uuid in uuids {

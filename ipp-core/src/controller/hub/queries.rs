@@ -560,7 +560,8 @@ impl Hub {
                 continue;
             };
             // Record the new task now, so a client polling for it finds it pending.
-            self.record_task_request(new_id.clone(), wire.clone()).await;
+            self.record_task_request(new_id.clone(), Default::default(), wire.clone())
+                .await;
             if self
                 .resubmit
                 .send(TaskCommand::Resubmit(wire))

@@ -2,8 +2,8 @@
 
 use serde_json::{json, Value};
 
-use super::wire_fields::{record_parts, RecordParts};
 use super::Hub;
+use crate::controller::wire_fields::{record_parts_with, ReadFields, RecordParts};
 use crate::error::Error;
 use crate::protocol::message::msg_id_of;
 use crate::protocol::{date, error_content, WireMessage};
@@ -30,7 +30,8 @@ fn detached(buffers: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
 }
 
 /// The record of a request as first seen: its parts kept as received text. Its msg_id is
-/// `msg_id` when the caller read it already, else the header's.
+/// `msg_id` when the caller read it already, else the header's; the parts in `read` are
+/// not parsed again.
 ///
 /// # Errors
 /// [`Error::InvalidMessage`] when the header or metadata is not a JSON object, or the
@@ -38,6 +39,7 @@ fn detached(buffers: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
 fn request_record(
     wire: &WireMessage,
     msg_id: Option<String>,
+    read: ReadFields,
     queue: &str,
     engine_uuid: Option<String>,
 ) -> crate::Result<TaskRecord> {
@@ -46,7 +48,7 @@ fn request_record(
         metadata,
         documents: [header_doc, metadata_doc, content_doc],
         ..
-    } = record_parts(wire)?;
+    } = record_parts_with(wire, read)?;
     let msg_id = msg_id
         .or_else(|| header.msg_id.owned())
         .ok_or_else(|| Error::invalid_message("the header has no msg_id"))?;
@@ -81,17 +83,21 @@ fn request_update(record: TaskRecord) -> RecordUpdate {
     }
 }
 
-/// The result fields of a reply, its parts kept as received text, and the reply's status.
+/// The result fields of a reply, its parts kept as received text, and the reply's status;
+/// the parts in `read` are not parsed again.
 ///
 /// # Errors
 /// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
-fn result_update(wire: &WireMessage) -> crate::Result<(RecordUpdate, Option<String>)> {
+fn result_update(
+    wire: &WireMessage,
+    read: ReadFields,
+) -> crate::Result<(RecordUpdate, Option<String>)> {
     let RecordParts {
         header,
         metadata,
         content,
         documents: [header_doc, metadata_doc, content_doc],
-    } = record_parts(wire)?;
+    } = record_parts_with(wire, read)?;
     let update = RecordUpdate {
         completed: header.date.date(),
         started: metadata.started.date(),
@@ -115,7 +121,7 @@ fn request_and_record(
     queue: &str,
     engine_uuid: Option<String>,
 ) -> Option<(String, Option<TaskRecord>)> {
-    match recording.then(|| request_record(wire, None, queue, engine_uuid)) {
+    match recording.then(|| request_record(wire, None, ReadFields::default(), queue, engine_uuid)) {
         Some(Ok(record)) => Some((record.msg_id.clone(), Some(record))),
         _ => msg_id_of(&wire.header).map(|msg_id| (msg_id, None)),
     }
@@ -241,18 +247,23 @@ impl Hub {
             return; // a reply to nothing we recorded
         }
         if self.recording {
-            let Ok((update, _)) = result_update(&wire) else {
+            let Ok((update, _)) = result_update(&wire, ReadFields::default()) else {
                 return;
             };
             self.update_record(&msg_id, update).await;
         }
     }
 
-    pub(super) async fn record_task_request(&mut self, msg_id: String, wire: WireMessage) {
+    pub(super) async fn record_task_request(
+        &mut self,
+        msg_id: String,
+        read: ReadFields,
+        wire: WireMessage,
+    ) {
         self.pending.insert(msg_id.clone());
         self.unassigned.insert(msg_id.clone());
         if self.recording {
-            let Ok(record) = request_record(&wire, Some(msg_id), "task", None) else {
+            let Ok(record) = request_record(&wire, Some(msg_id), read, "task", None) else {
                 return;
             };
             self.save_request(record).await;
@@ -273,7 +284,12 @@ impl Hub {
         }
     }
 
-    pub(super) async fn record_task_result(&mut self, msg_id: String, wire: WireMessage) {
+    pub(super) async fn record_task_result(
+        &mut self,
+        msg_id: String,
+        read: ReadFields,
+        wire: WireMessage,
+    ) {
         #[derive(Default, serde::Deserialize)]
         struct Engine {
             engine: Option<String>,
@@ -284,7 +300,7 @@ impl Hub {
         }
         // Recording reads the engine and the status with the rest of the reply, in one pass
         // over each part; without a record (or a database) only they are read.
-        let (update, engine, status) = match self.recording.then(|| result_update(&wire)) {
+        let (update, engine, status) = match self.recording.then(|| result_update(&wire, read)) {
             Some(Ok((update, status))) => {
                 let engine = update.engine_uuid.clone();
                 (Some(update), engine, status)

@@ -25,11 +25,13 @@ use self::lookup::{lookup, Lookup};
 use super::events::{EngineEvent, HubEvent, TaskCommand};
 use super::recent::RecentSet;
 use super::relay::{accept_from_peer, WarnOnce};
+use super::wire_fields::{HeaderFields, MetadataFields, ReadFields, Text};
 use crate::protocol::message::msg_id_of;
 use crate::protocol::{date, error_content, to_json_bytes, Session, WireMessage};
 use crate::scheduler::{EngineLoad, Pick, Scheduler};
 use crate::store::Store;
 use crate::transport::{Frames, Socket, SocketReceiver, SocketSender};
+use serde::de::IgnoredAny;
 
 /// A task the scheduler holds, from submission to its final reply.
 #[derive(Debug)]
@@ -51,9 +53,41 @@ struct Job {
     deadline: Option<Instant>,
 }
 
+/// A field the scheduler reads only for the Hub's record: kept ([`Text`]) when the Hub
+/// records tasks, skipped unread ([`IgnoredAny`]) when it does not.
+trait RecordField<'de>: serde::Deserialize<'de> + Default {
+    /// The value, owned, for the Hub.
+    fn into_text(self) -> Text<'static>;
+}
+
+impl<'de: 'a, 'a> RecordField<'de> for Text<'a> {
+    fn into_text(self) -> Text<'static> {
+        self.into_owned()
+    }
+}
+
+impl RecordField<'_> for IgnoredAny {
+    fn into_text(self) -> Text<'static> {
+        Text::default()
+    }
+}
+
+/// What the scheduler reads of a request's header: its id and type, and (`F`) the sender's
+/// session and the send date for the Hub's record.
+#[derive(serde::Deserialize)]
+struct RequestHeader<F> {
+    msg_id: String,
+    msg_type: String,
+    #[serde(default)]
+    session: F,
+    #[serde(default)]
+    date: F,
+}
+
 /// The task flags of a request's metadata (spec §6.2); missing keys take their defaults.
+/// `F`: the label, for the Hub's record.
 #[derive(Debug, Default, serde::Deserialize)]
-struct TaskFlags {
+struct TaskFlags<F> {
     #[serde(default)]
     after: Option<Value>,
     #[serde(default)]
@@ -64,15 +98,90 @@ struct TaskFlags {
     retries: Option<u64>,
     #[serde(default)]
     timeout: Option<f64>,
+    #[serde(default)]
+    label: F,
 }
 
-/// What the scheduler reads of an engine reply's metadata.
+/// A request as the scheduler read it; `read` has what the Hub's record takes from its
+/// header and metadata (nothing when the Hub records no tasks).
+struct ReadRequest {
+    msg_id: String,
+    msg_type: String,
+    flags: TaskFlags<IgnoredAny>,
+    read: ReadFields,
+}
+
+impl ReadRequest {
+    /// Reads `wire`'s header and metadata, each in one pass, keeping the record's fields
+    /// when `F` is [`Text`].
+    fn parse<'de, F: RecordField<'de>>(wire: &'de WireMessage) -> Result<Self, String> {
+        let header = serde_json::from_slice::<RequestHeader<F>>(&wire.header)
+            .map_err(|err| format!("bad header: {err}"))?;
+        let flags = serde_json::from_slice::<TaskFlags<F>>(&wire.metadata)
+            .map_err(|err| format!("bad metadata: {err}"))?;
+        let TaskFlags {
+            after,
+            follow,
+            targets,
+            retries,
+            timeout,
+            label,
+        } = flags;
+        Ok(Self {
+            msg_id: header.msg_id,
+            msg_type: header.msg_type,
+            flags: TaskFlags {
+                after,
+                follow,
+                targets,
+                retries,
+                timeout,
+                label: IgnoredAny,
+            },
+            read: ReadFields {
+                header: Some(HeaderFields {
+                    session: header.session.into_text(),
+                    date: header.date.into_text(),
+                    ..HeaderFields::default()
+                }),
+                metadata: Some(MetadataFields {
+                    label: label.into_text(),
+                    ..MetadataFields::default()
+                }),
+            },
+        })
+    }
+}
+
+/// What the scheduler reads of an engine reply's metadata; `F`: the engine and start time,
+/// for the Hub's record.
 #[derive(Debug, Default, serde::Deserialize)]
-struct ReplyFlags {
+struct ReplyFlags<F> {
     #[serde(default)]
     status: Option<String>,
     #[serde(default)]
     dependencies_met: Option<bool>,
+    #[serde(default)]
+    engine: F,
+    #[serde(default)]
+    started: F,
+}
+
+impl<'de, F: RecordField<'de>> ReplyFlags<F> {
+    /// The flags of a reply's metadata and what the Hub's record takes from it; `None`
+    /// when the metadata cannot be read.
+    fn parse(metadata: &'de [u8]) -> Option<(Option<String>, Option<bool>, ReadFields)> {
+        let flags = serde_json::from_slice::<Self>(metadata).ok()?;
+        let read = ReadFields {
+            header: None,
+            metadata: Some(MetadataFields {
+                engine: flags.engine.into_text(),
+                started: flags.started.into_text(),
+                ..MetadataFields::default()
+            }),
+        };
+        Some((flags.status, flags.dependencies_met, read))
+    }
 }
 
 /// One engine as the scheduler tracks it.
@@ -354,20 +463,30 @@ impl TaskScheduler {
     }
 
     async fn submit(&mut self, wire: WireMessage) {
-        #[derive(serde::Deserialize)]
-        struct IdAndType {
-            msg_id: String,
-            msg_type: String,
-        }
-        // Only the msg_id, the type and the task flags are read: the hot path stays cheap.
-        let parsed = serde_json::from_slice::<IdAndType>(&wire.header)
-            .map_err(|err| format!("bad header: {err}"))
-            .and_then(|header| {
-                serde_json::from_slice::<TaskFlags>(&wire.metadata)
-                    .map(|flags| (header, flags))
-                    .map_err(|err| format!("bad metadata: {err}"))
-            });
-        let (IdAndType { msg_id, msg_type }, metadata) = match parsed {
+        // The msg_id, the type and the task flags, and (only when the Hub records tasks)
+        // what its record takes from the same parts: each part read once, for both.
+        let parsed = if self.store_records {
+            ReadRequest::parse::<Text<'_>>(&wire)
+        } else {
+            ReadRequest::parse::<IgnoredAny>(&wire).map(|request| ReadRequest {
+                read: ReadFields::default(),
+                ..request
+            })
+        };
+        let ReadRequest {
+            msg_id,
+            msg_type,
+            flags:
+                TaskFlags {
+                    after,
+                    follow,
+                    targets,
+                    retries,
+                    timeout,
+                    ..
+                },
+            read,
+        } = match parsed {
             Ok(parsed) => parsed,
             Err(err) => {
                 tracing::warn!(error = %err, "dropped an unreadable task");
@@ -379,12 +498,12 @@ impl TaskScheduler {
             .hub
             .send(HubEvent::TaskSubmitted {
                 msg_id: msg_id.clone(),
+                read: read.boxed(),
                 wire: wire.clone(),
             })
             .await;
         self.submitted.insert(&msg_id);
-        let timeout = metadata
-            .timeout
+        let timeout = timeout
             // ipyparallel treats 0 (its default) as "no timeout".
             .filter(|t| t.is_finite() && *t > 0.0)
             .map(Duration::from_secs_f64);
@@ -392,10 +511,10 @@ impl TaskScheduler {
             msg_id: msg_id.clone(),
             client: client.filter(|c| c.as_ref() != HUB_IDENTITY),
             header: wire.header.clone(),
-            targets: string_list(metadata.targets.as_ref()),
-            after: Dependency::from_metadata(metadata.after.as_ref()),
-            follow: Dependency::from_metadata(metadata.follow.as_ref()),
-            retries: metadata.retries.unwrap_or(0),
+            targets: string_list(targets.as_ref()),
+            after: Dependency::from_metadata(after.as_ref()),
+            follow: Dependency::from_metadata(follow.as_ref()),
+            retries: retries.unwrap_or(0),
             blacklist: HashSet::default(),
             timeout,
             deadline: None,
@@ -757,13 +876,20 @@ impl TaskScheduler {
 
     /// Acts on a task's reply: reschedule (unmet dependency, retry) or deliver it.
     async fn handle_result(&mut self, wire: WireMessage, uuid: String, msg_id: String) {
-        let metadata: ReplyFlags = serde_json::from_slice(&wire.metadata).unwrap_or_default();
+        let flags = if self.store_records {
+            ReplyFlags::<Text<'_>>::parse(&wire.metadata)
+        } else {
+            ReplyFlags::<IgnoredAny>::parse(&wire.metadata)
+                .map(|(status, met, _)| (status, met, ReadFields::default()))
+        };
+        // Unreadable flags count as a failure; the Hub then reads the reply itself.
+        let (status, dependencies_met, read) = flags.unwrap_or((None, None, ReadFields::default()));
         let Some(job) = self.jobs.get_mut(&msg_id) else {
             return;
         };
         // ipyparallel drops a reply without `status`; we count it as a failure instead.
-        let status = metadata.status.as_deref().unwrap_or("error");
-        let unmet = metadata.dependencies_met == Some(false);
+        let status = status.as_deref().unwrap_or("error");
+        let unmet = dependencies_met == Some(false);
         let retry = status != "ok" && status != "aborted" && job.retries > 0;
         if unmet || retry {
             job.blacklist.insert(uuid.clone());
@@ -797,16 +923,17 @@ impl TaskScheduler {
             Some(client) => vec![client, Bytes::from(uuid)],
             None => Vec::new(),
         };
-        self.deliver(&msg_id, wire).await;
+        self.deliver(&msg_id, read, wire).await;
         self.update_graph().await;
     }
 
     /// Sends the final reply of task `msg_id` to its client (if any) and shows it to the Hub.
-    async fn deliver(&mut self, msg_id: &str, wire: WireMessage) {
+    async fn deliver(&mut self, msg_id: &str, read: ReadFields, wire: WireMessage) {
         let _ = self
             .hub
             .send(HubEvent::TaskResult {
                 msg_id: msg_id.to_owned(),
+                read: read.boxed(),
                 wire: wire.clone(),
             })
             .await;
@@ -845,7 +972,7 @@ impl TaskScheduler {
                 Vec::new(),
             );
             if let Ok(wire) = WireMessage::split(frames) {
-                self.deliver(&job.msg_id, wire).await;
+                self.deliver(&job.msg_id, ReadFields::default(), wire).await;
             }
         }
         self.update_graph().await;
@@ -874,7 +1001,7 @@ impl TaskScheduler {
             if job.client.is_none() {
                 wire.idents.clear();
             }
-            self.deliver(&job.msg_id, wire).await;
+            self.deliver(&job.msg_id, ReadFields::default(), wire).await;
         }
     }
 

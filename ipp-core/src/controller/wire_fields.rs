@@ -14,15 +14,20 @@ use crate::store::JsonObject;
 
 /// A value kept only when it is a string: anything else (null, a number, an object) reads
 /// as `None` rather than failing the whole part.
-#[derive(Default)]
-pub(super) struct Text<'a>(pub(super) Option<Cow<'a, str>>);
+#[derive(Debug, Default)]
+pub(crate) struct Text<'a>(pub(crate) Option<Cow<'a, str>>);
 
 impl<'a> Text<'a> {
-    pub(super) fn owned(self) -> Option<String> {
+    pub(crate) fn owned(self) -> Option<String> {
         self.0.map(Cow::into_owned)
     }
 
-    pub(super) fn date(&self) -> Option<Timestamp> {
+    /// The value, copied out of the text it was read from.
+    pub(crate) fn into_owned(self) -> Text<'static> {
+        Text(self.owned().map(Cow::Owned))
+    }
+
+    pub(crate) fn date(&self) -> Option<Timestamp> {
         self.0.as_deref().and_then(date::parse)
     }
 }
@@ -93,54 +98,78 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 
 /// What a record takes from a header: the message's id, the sender's session and the send
 /// date.
-#[derive(Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(super) struct HeaderFields<'a> {
+pub(crate) struct HeaderFields<'a> {
     #[serde(borrow)]
-    pub(super) msg_id: Text<'a>,
+    pub(crate) msg_id: Text<'a>,
     #[serde(borrow)]
-    pub(super) session: Text<'a>,
+    pub(crate) session: Text<'a>,
     #[serde(borrow)]
-    pub(super) date: Text<'a>,
+    pub(crate) date: Text<'a>,
 }
 
 /// What a record takes from metadata: a request's label, a reply's engine and start time.
-#[derive(Default, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(super) struct MetadataFields<'a> {
+pub(crate) struct MetadataFields<'a> {
     #[serde(borrow)]
-    pub(super) label: Text<'a>,
+    pub(crate) label: Text<'a>,
     #[serde(borrow)]
-    pub(super) engine: Text<'a>,
+    pub(crate) engine: Text<'a>,
     #[serde(borrow)]
-    pub(super) started: Text<'a>,
+    pub(crate) started: Text<'a>,
 }
 
 /// What the Hub takes from a reply's content: its status (`aborted` ones do not count as
 /// an engine's completed tasks).
 #[derive(Default, Deserialize)]
 #[serde(default)]
-pub(super) struct ContentFields<'a> {
+pub(crate) struct ContentFields<'a> {
     #[serde(borrow)]
-    pub(super) status: Text<'a>,
+    pub(crate) status: Text<'a>,
 }
 
 /// What a record takes from a message: the few fields it reads, and the header, metadata
 /// and content kept as received.
-pub(super) struct RecordParts<'a> {
-    pub(super) header: HeaderFields<'a>,
-    pub(super) metadata: MetadataFields<'a>,
-    pub(super) content: ContentFields<'a>,
-    pub(super) documents: [JsonObject; 3],
+pub(crate) struct RecordParts<'a> {
+    pub(crate) header: HeaderFields<'a>,
+    pub(crate) metadata: MetadataFields<'a>,
+    pub(crate) content: ContentFields<'a>,
+    pub(crate) documents: [JsonObject; 3],
 }
 
-/// The [`RecordParts`] of `wire`, each part read once.
+/// What another part of the controller (the task scheduler) already read from a message
+/// for its record, so that the Hub does not parse those parts again. A part given here must
+/// have been parsed in full, as a struct is (every value checked, skipped or not, and
+/// nothing after it): only that it is UTF-8 and an object is left to check.
+#[derive(Debug, Default)]
+pub(crate) struct ReadFields {
+    pub(crate) header: Option<HeaderFields<'static>>,
+    pub(crate) metadata: Option<MetadataFields<'static>>,
+}
+
+impl ReadFields {
+    /// These fields boxed to travel in an event, or `None` when nothing was read.
+    pub(crate) fn boxed(self) -> Option<Box<Self>> {
+        (self.header.is_some() || self.metadata.is_some()).then(|| Box::new(self))
+    }
+}
+
+/// The [`RecordParts`] of `wire`, taking the parts in `read` as read already and parsing
+/// the others once each.
 ///
 /// # Errors
 /// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
-pub(super) fn record_parts(wire: &WireMessage) -> Result<RecordParts<'_>> {
-    let header = fields(&wire.header, "header")?;
-    let metadata = fields(&wire.metadata, "metadata")?;
+pub(crate) fn record_parts_with(wire: &WireMessage, read: ReadFields) -> Result<RecordParts<'_>> {
+    let header = match read.header {
+        Some(header) => header,
+        None => fields(&wire.header, "header")?,
+    };
+    let metadata = match read.metadata {
+        Some(metadata) => metadata,
+        None => fields(&wire.metadata, "metadata")?,
+    };
     // Content that is not an object is recorded as an empty one, as the Hub always did.
     let content = fields(&wire.content, "content").ok();
     Ok(RecordParts {
@@ -155,7 +184,7 @@ pub(super) fn record_parts(wire: &WireMessage) -> Result<RecordParts<'_>> {
 ///
 /// # Errors
 /// [`Error::InvalidMessage`] when the part is not a JSON object.
-pub(super) fn fields<'a, T: Deserialize<'a>>(part: &'a [u8], what: &str) -> Result<T> {
+pub(crate) fn fields<'a, T: Deserialize<'a>>(part: &'a [u8], what: &str) -> Result<T> {
     serde_json::from_slice(part).map_err(|err| Error::invalid_message(format!("bad {what}: {err}")))
 }
 
@@ -191,6 +220,11 @@ fn documents(wire: &WireMessage, content_parsed: bool) -> Result<[JsonObject; 3]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The record parts of a message nothing has read yet.
+    fn record_parts(wire: &WireMessage) -> Result<RecordParts<'_>> {
+        record_parts_with(wire, ReadFields::default())
+    }
 
     #[test]
     fn fields_keep_strings_and_skip_other_values() {
@@ -260,6 +294,40 @@ mod tests {
             let wire = reply(content);
             let parts = record_parts(&wire).unwrap();
             assert!(parts.documents[2].is_empty(), "{content:?}");
+        }
+    }
+
+    #[test]
+    fn parts_read_already_are_taken_as_read_and_only_checked_for_utf8_and_object() {
+        let read = || ReadFields {
+            header: Some(HeaderFields {
+                session: Text(Some("from the scheduler".into())),
+                ..HeaderFields::default()
+            }),
+            metadata: Some(MetadataFields {
+                engine: Text(Some("e".into())),
+                ..MetadataFields::default()
+            }),
+        };
+        let wire = message(br#"{"session": "in the text"}"#, br#"{"engine": "x"}"#);
+        let parts = record_parts_with(&wire, read()).unwrap();
+        assert_eq!(
+            parts.header.session.owned().as_deref(),
+            Some("from the scheduler")
+        );
+        assert_eq!(parts.metadata.engine.owned().as_deref(), Some("e"));
+        assert_eq!(
+            parts.documents[0].json_text(),
+            r#"{"session": "in the text"}"#
+        );
+        for (header, metadata) in [
+            (&br#"["s"]"#[..], &b"{}"[..]),
+            (&b"{}"[..], &b"{\"x\": \"\xff\"}"[..]),
+        ] {
+            assert!(
+                record_parts_with(&message(header, metadata), read()).is_err(),
+                "{header:?} {metadata:?}"
+            );
         }
     }
 
