@@ -452,21 +452,41 @@ fn apply(
     msg_id: &str,
     update: &RecordUpdate,
 ) -> rusqlite::Result<()> {
+    if is_assignment(update) {
+        // The engine a task was sent to, alone, goes into the request's row, where the view
+        // shows it until a result's engine takes its place. As a results row it would be a
+        // small row that the result later grows in place, splitting its page: ~18,000
+        // instructions per task more for the writer (BENCHMARKS.md).
+        return update_request(conn, &sql.tables, binder, msg_id, update, |_| true);
+    }
     if update_fields(update).any(|(key, _)| !is_result_side(key)) {
-        update_request(conn, &sql.tables, binder, msg_id, update)?;
+        update_request(conn, &sql.tables, binder, msg_id, update, |key| {
+            !is_result_side(key)
+        })?;
     }
     upsert_result(conn, sql, binder, msg_id, update)
 }
 
-/// `UPDATE`s the request-side columns of `update` in the requests row.
+/// Whether `update` only names the engine a task was sent to (the Hub's record of an
+/// assignment).
+fn is_assignment(update: &RecordUpdate) -> bool {
+    let mut fields = update_fields(update);
+    matches!(fields.next(), Some((RecordKey::EngineUuid, _)))
+        && fields.next().is_none()
+        && update.append_stdout.is_none()
+        && update.append_stderr.is_none()
+}
+
+/// `UPDATE`s the columns of `update` that `wanted` picks in the requests row.
 fn update_request(
     conn: &Connection,
     tables: &Tables,
     binder: &mut Binder,
     msg_id: &str,
     update: &RecordUpdate,
+    wanted: impl Fn(RecordKey) -> bool,
 ) -> rusqlite::Result<()> {
-    let fields = || update_fields(update).filter(|(key, _)| !is_result_side(*key));
+    let fields = || update_fields(update).filter(|(key, _)| wanted(*key));
     let assignments: Vec<String> = fields()
         .map(|(key, _)| format!("{} = ?", key.as_str()))
         .collect();
@@ -781,6 +801,54 @@ mod tests {
     ) -> (A, B) {
         conn.query_row(sql, [], |row| Ok((row.get(0)?, row.get(1)?)))
             .unwrap()
+    }
+
+    #[test]
+    fn an_assignment_goes_into_the_requests_row_and_the_results_engine_takes_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let engine = |uuid: &str| RecordUpdate {
+            engine_uuid: Some(uuid.to_owned()),
+            ..RecordUpdate::default()
+        };
+        // One op per batch: the assignment and the result come after the add's commit.
+        let ops = vec![
+            Op::Add(Box::new(request("a"))),
+            Op::Update("a".to_owned(), Box::new(engine("assigned"))),
+        ];
+        assert!(write(&path, 1, ops).is_none());
+        let conn = Connection::open(&path).unwrap();
+        let results: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM \"ipython-tasks_results\"",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(results, 0, "no results row for an assignment");
+        let (in_request, shown): (String, String) = pair(
+            &conn,
+            "SELECT t.engine_uuid, v.engine_uuid FROM \"ipython-tasks_requests\" AS t \
+             JOIN \"ipython-tasks\" AS v ON v.msg_id = t.msg_id WHERE t.msg_id = 'a'",
+        );
+        assert_eq!(
+            (in_request.as_str(), shown.as_str()),
+            ("assigned", "assigned")
+        );
+        drop(conn);
+        let result = RecordUpdate {
+            completed: when(5),
+            ..engine("replied")
+        };
+        let ops = vec![Op::Update("a".to_owned(), Box::new(result))];
+        assert!(write(&path, 1, ops).is_none());
+        let conn = Connection::open(&path).unwrap();
+        let (shown, completed): (String, String) = pair(
+            &conn,
+            "SELECT engine_uuid, completed FROM \"ipython-tasks\" WHERE msg_id = 'a'",
+        );
+        assert_eq!(shown, "replied");
+        assert!(completed.starts_with("2026-"), "{completed}");
     }
 
     #[test]
