@@ -36,6 +36,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Killed, the server cannot remove its own files: the pid file, its log and ours.
+        for extension in ["pid", "server.log", "log"] {
+            let _ = std::fs::remove_file(self.log.with_extension(extension));
+        }
     }
 }
 
