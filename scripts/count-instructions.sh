@@ -8,8 +8,8 @@
 # STORE: nodb, dictdb or sqlite (default sqlite); TASKS: tasks per map (default 10000);
 # BENCH: the bench binary (default target/release/examples/bench, built if missing).
 # Runs `bench --stores STORE` with every process under callgrind (about two minutes at
-# 10,000 tasks) and prints, for the controller at hwm 0, the instructions per task of the
-# whole process and of its parts. Counts are of instructions, not time: SHA-256 runs
+# 10,000 tasks) and prints, for the controller at hwm 1 and at hwm 0, the instructions per
+# task of the whole process and of its parts. Counts are of instructions, not time: SHA-256 runs
 # without its CPU extensions under valgrind, so signature checks count far more than
 # they cost natively; compare builds with each other, not with wall-clock profiles.
 # Needs valgrind (`apt-get install valgrind`).
@@ -39,23 +39,27 @@ valgrind --tool=callgrind --trace-children=yes \
     exit 1
 }
 
-profile="$(grep -l -- "--store $store --hwm 0" "$out"/callgrind.*.out | head -1)"
 # The map runs TASKS tasks after a warm-up of min(1000, TASKS).
 counted=$((tasks + (tasks < 1000 ? tasks : 1000)))
-callgrind_annotate --inclusive=yes --threshold=100 "$profile" >"$out/annotated.txt" 2>/dev/null
 
-per_task() {
-    { grep -E "$1" "$out/annotated.txt" || true; } | head -1 |
-        awk -v n="$counted" '{gsub(",", "", $1); printf "%d", $1 / n}'
-}
+# The bench runs the store's controller at hwm 1, then at hwm 0: a table for each.
+for hwm in 1 0; do
+    profile="$(grep -l -- "--store $store --hwm $hwm" "$out"/callgrind.*.out | head -1)"
+    annotated="$out/annotated-$hwm.txt"
+    callgrind_annotate --inclusive=yes --threshold=100 "$profile" >"$annotated" 2>/dev/null
 
-echo "controller at hwm 0, store $store, $counted tasks: instructions per task"
-printf '| part | instructions per task |\n|---|---:|\n'
-printf '| whole process | %s |\n' "$(grep "PROGRAM TOTALS" "$out/annotated.txt" | awk -v n="$counted" '{gsub(",", "", $1); printf "%d", $1 / n}')"
-while IFS='|' read -r name pattern; do
-    value="$(per_task "$pattern")"
-    printf '| %s | %s |\n' "$name" "${value:-—}"
-done <<'PARTS'
+    per_task() {
+        { grep -E "$1" "$annotated" || true; } | head -1 |
+            awk -v n="$counted" '{gsub(",", "", $1); printf "%d", $1 / n}'
+    }
+
+    echo "controller at hwm $hwm, store $store, $counted tasks: instructions per task"
+    printf '| part | instructions per task |\n|---|---:|\n'
+    printf '| whole process | %s |\n' "$(grep "PROGRAM TOTALS" "$annotated" | awk -v n="$counted" '{gsub(",", "", $1); printf "%d", $1 / n}')"
+    while IFS='|' read -r name pattern; do
+        value="$(per_task "$pattern")"
+        printf '| %s | %s |\n' "$name" "${value:-—}"
+    done <<'PARTS'
 Hub (recording, queries)|hub::run_hub::\{\{closure\}\} \[
 task scheduler|run_task_scheduler::\{\{closure\}\} \[
 IOPub relay|run_iopub_relay::\{\{closure\}\} \[
@@ -63,3 +67,5 @@ signature checks (all)|SigningKey::verify \[
 SQLite writer thread|Writer::run \[
 SQLite checkpointer thread (instructions only; its cost is copying and fsync)|ipp_store_sqlite::checkpoint::checkpoint \[
 PARTS
+    echo
+done

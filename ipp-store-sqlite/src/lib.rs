@@ -5,6 +5,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod graveyard;
+mod held;
 mod ids;
 mod query;
 mod schema;

@@ -16,6 +16,7 @@ use crate::checkpoint::Checkpointer;
 use crate::config::SqliteConfig;
 use crate::error::{Error, Result};
 use crate::graveyard::Graveyard;
+use crate::held::Held;
 use crate::ids::{Fingerprints, KnownIds};
 use crate::query::{register_functions, translate, SUBMISSION_ORDER};
 use crate::schema::{ensure, set_from_sql, Tables};
@@ -55,6 +56,8 @@ pub struct SqliteStore {
     writer: std::thread::Thread,
     /// Committed writes waiting to be freed on the callers' thread.
     graveyard: Arc<Graveyard>,
+    /// Assignments the writer holds back ([`crate::held`]), as of its last batch.
+    held_count: Arc<AtomicUsize>,
     /// Queued writes that make a full batch (`batch_size`, or the whole queue if smaller).
     full_batch: usize,
     capabilities: StoreCapabilities,
@@ -99,6 +102,7 @@ impl SqliteStore {
         let (done_tx, done) = watch::channel(0);
         let pending_error = PendingError::default();
         let graveyard = Arc::new(Graveyard::default());
+        let held_count = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             conn: writer_conn,
             path: path.clone(),
@@ -111,6 +115,9 @@ impl SqliteStore {
             pending_error: Arc::clone(&pending_error),
             checkpointer,
             graveyard: Arc::clone(&graveyard),
+            held: Held::default(),
+            held_count: Arc::clone(&held_count),
+            timer: None,
         };
         let handle = std::thread::Builder::new()
             .name("ipp-sqlite-writer".to_owned())
@@ -133,6 +140,7 @@ impl SqliteStore {
             writer_thread: Mutex::new(Some(handle)),
             writer: writer_thread,
             graveyard,
+            held_count,
             full_batch: batch_size.min(queue_capacity),
             capabilities: StoreCapabilities::RECORDS_EVERYTHING,
         })
@@ -153,12 +161,27 @@ impl SqliteStore {
         self.high_water.load(Ordering::Relaxed)
     }
 
-    /// Waits until every write queued so far is committed (or has failed).
+    /// Waits until every write queued so far is committed (or has failed), including the
+    /// assignments the writer holds back to write with their results.
     ///
     /// # Errors
     /// [`Error::WriterStopped`] if the writer thread is gone.
     pub async fn flush(&self) -> Result<()> {
-        let target = self.enqueued.load(Ordering::SeqCst);
+        self.wait_until_done(self.enqueued.load(Ordering::SeqCst))
+            .await?;
+        // Published before `done`: what the writes waited for left held.
+        if self.held_count.load(Ordering::SeqCst) > 0 {
+            let queued = self
+                .enqueue(Op::WriteHeld, |_, _| Ok(()))
+                .await
+                .map_err(|_| Error::WriterStopped)?;
+            self.wait_until_done(queued).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the writer has finished the first `target` ops queued.
+    async fn wait_until_done(&self, target: u64) -> Result<()> {
         if *self.done.borrow() >= target {
             return Ok(());
         }
@@ -228,23 +251,24 @@ impl SqliteStore {
     }
 
     /// Queues `op` after `check` accepted it (under the ids lock, so checks and queue
-    /// agree). Waits for room when the queue is full.
+    /// agree). Waits for room when the queue is full. Returns how many ops are queued with
+    /// it, for [`SqliteStore::wait_until_done`].
     async fn enqueue(
         &self,
         op: Op,
         check: impl FnOnce(&mut KnownIds, &Op) -> ipp_core::Result<()>,
-    ) -> ipp_core::Result<()> {
+    ) -> ipp_core::Result<u64> {
         let permit = self
             .sender
             .reserve()
             .await
             .map_err(|_| Error::WriterStopped)?;
-        {
+        let queued = {
             let mut known = self.known.lock().map_err(|_| Error::Poisoned)?;
             check(&mut known, &op)?;
             permit.send(op);
-            self.enqueued.fetch_add(1, Ordering::SeqCst);
-        }
+            self.enqueued.fetch_add(1, Ordering::SeqCst) + 1
+        };
         self.graveyard.free_some();
         let depth = self.queue_capacity - self.sender.capacity();
         self.high_water.fetch_max(depth, Ordering::Relaxed);
@@ -253,7 +277,7 @@ impl SqliteStore {
             // is not parked: an atomic swap.)
             self.writer.unpark();
         }
-        Ok(())
+        Ok(queued)
     }
 
     /// Runs `f` with the read connection on the blocking pool, off the runtime's threads,
@@ -433,7 +457,8 @@ impl Store for SqliteStore {
                 })
             }
         })
-        .await
+        .await?;
+        Ok(())
     }
 
     async fn update(&self, msg_id: &str, update: RecordUpdate) -> ipp_core::Result<()> {
@@ -453,7 +478,8 @@ impl Store for SqliteStore {
             return known(&mut ids, &Op::Folded);
         }
         self.enqueue(Op::Update(msg_id.to_owned(), Box::new(update)), known)
-            .await
+            .await?;
+        Ok(())
     }
 
     async fn get(&self, msg_id: &str) -> ipp_core::Result<TaskRecord> {
@@ -526,7 +552,8 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
-        .await
+        .await?;
+        Ok(())
     }
 
     async fn history(&self) -> ipp_core::Result<Vec<String>> {

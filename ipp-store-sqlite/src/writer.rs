@@ -8,10 +8,14 @@
 //!
 //! A failed write is logged once (until a batch succeeds again) and kept for the store to
 //! return on its next call; the thread goes on with the next op.
+//!
+//! Assignments (the engine a task was sent to) whose request is already committed are held
+//! back to be written with the task's next update ([`crate::held`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +27,7 @@ use crate::bind::{update_fields, Binder, Field};
 use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
 use crate::graveyard::Graveyard;
+use crate::held::Held;
 use crate::ids::BuildBatchHasher;
 use crate::query::translate;
 use crate::schema::{all_columns, is_result_side, Tables};
@@ -40,6 +45,8 @@ pub(crate) enum Op {
     DropMatching(Query, oneshot::Sender<Result<Vec<String>>>),
     /// Finish everything queued before, then stop; answers once stopped.
     Close(oneshot::Sender<()>),
+    /// Write every held assignment (someone is about to read).
+    WriteHeld,
     /// What is left of an update once folded into the add earlier in its batch (never
     /// queued; removed before the batch is written).
     Folded,
@@ -51,8 +58,17 @@ impl Op {
         match self {
             Op::Add(record) => &record.msg_id,
             Op::Update(msg_id, _) => msg_id,
-            Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) | Op::Folded => "",
+            Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) | Op::WriteHeld | Op::Folded => "",
         }
+    }
+
+    /// Whether every held assignment must be written before this op: reads (which queue
+    /// [`Op::WriteHeld`]) and drops see them, and closing loses none.
+    fn needs_every_assignment(&self) -> bool {
+        matches!(
+            self,
+            Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) | Op::WriteHeld
+        )
     }
 }
 
@@ -77,6 +93,23 @@ pub(crate) struct Writer {
     pub(crate) checkpointer: Checkpointer,
     /// Where committed writes go to be freed by the callers' thread.
     pub(crate) graveyard: Arc<Graveyard>,
+    /// Assignments held back to be written with their task's next update.
+    pub(crate) held: Held,
+    /// How many assignments are held, published before `done` (a read that finds any
+    /// queues [`Op::WriteHeld`]).
+    pub(crate) held_count: Arc<AtomicUsize>,
+    /// Waits for the queue with a deadline while assignments are held (built on first use).
+    pub(crate) timer: Option<tokio::runtime::Runtime>,
+}
+
+/// What the writer's wait for work ended with.
+enum Received {
+    /// Ops are in the batch.
+    Ops,
+    /// No ops, but a held assignment is due.
+    Due,
+    /// Every sender is gone.
+    Closed,
 }
 
 /// What a batch owes callers once it is committed.
@@ -94,9 +127,7 @@ impl Writer {
         let mut failing = false;
         let mut batch = Vec::with_capacity(self.batch_size);
         loop {
-            // Blocking receive (a dedicated thread, not a runtime worker) of everything
-            // queued, up to a batch; the queue's permits come back in one go.
-            if self.inbox.blocking_recv_many(&mut batch, self.batch_size) == 0 {
+            if let Received::Closed = self.receive(&mut batch) {
                 break;
             }
             let started = Instant::now();
@@ -122,6 +153,7 @@ impl Writer {
                     self.keep(err);
                 }
             }
+            self.held_count.store(self.held.len(), Ordering::SeqCst);
             self.done.send_replace(finished);
             let mut closing = false;
             for reply in replies {
@@ -142,6 +174,15 @@ impl Writer {
                 self.linger(started);
             }
         }
+        if !self.held.is_empty() {
+            // Every sender dropped without a close: write what is held, as a close would.
+            batch.push(Op::WriteHeld);
+            let (_, errors) = self.commit(&mut batch, &mut sql, &mut binder);
+            for err in errors {
+                tracing::error!(path = %self.path.display(), error = %error_chain(&err),
+                    "sqlite task database write failed while stopping");
+            }
+        }
         let Writer {
             conn,
             path,
@@ -154,6 +195,57 @@ impl Writer {
         }
         checkpointer.stop();
         tracing::debug!(path = %path.display(), "sqlite writer stopped");
+    }
+
+    /// Waits for queued ops (up to a batch) and takes them; while assignments are held,
+    /// only until the oldest is due.
+    fn receive(&mut self, batch: &mut Vec<Op>) -> Received {
+        let Some(due) = self.held.next_due() else {
+            return self.receive_blocking(batch);
+        };
+        let wait = due.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return match self.inbox.try_recv() {
+                Ok(op) => {
+                    batch.push(op);
+                    Received::Ops
+                }
+                Err(mpsc::error::TryRecvError::Empty) => Received::Due,
+                Err(mpsc::error::TryRecvError::Disconnected) => Received::Closed,
+            };
+        }
+        let timer = match &self.timer {
+            Some(timer) => timer,
+            None => match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(timer) => self.timer.insert(timer),
+                Err(err) => {
+                    // Without a timer, wait as if nothing were held: held assignments are
+                    // then written with the next ops, a read or the close.
+                    tracing::debug!(error = %err, "sqlite writer: no timer for held assignments");
+                    return self.receive_blocking(batch);
+                }
+            },
+        };
+        let (inbox, limit) = (&mut self.inbox, self.batch_size);
+        match timer
+            .block_on(async { tokio::time::timeout(wait, inbox.recv_many(batch, limit)).await })
+        {
+            Ok(0) => Received::Closed,
+            Ok(_) => Received::Ops,
+            Err(_) => Received::Due,
+        }
+    }
+
+    /// Blocking receive (a dedicated thread, not a runtime worker) of everything queued, up
+    /// to a batch; the queue's permits come back in one go.
+    fn receive_blocking(&mut self, batch: &mut Vec<Op>) -> Received {
+        match self.inbox.blocking_recv_many(batch, self.batch_size) {
+            0 => Received::Closed,
+            _ => Received::Ops,
+        }
     }
 
     /// After a transaction that was not full (begun at `started`), waits until
@@ -195,6 +287,10 @@ impl Writer {
                 source,
             }
         };
+        let now = Instant::now();
+        if batch.is_empty() && self.held.next_due().is_none_or(|due| due > now) {
+            return (replies, errors);
+        }
         let tx = match self.conn.transaction() {
             Ok(tx) => tx,
             Err(source) => {
@@ -211,6 +307,12 @@ impl Writer {
             // Prepared once per batch (from the connection's cache), bound per record.
             let mut insert_stmt = None;
             for op in batch.drain(..) {
+                if op.needs_every_assignment() && !self.held.is_empty() {
+                    // Reads and drops (which may match on the engine) see every
+                    // assignment; closing loses none.
+                    let held = self.held.take_all();
+                    write_held(&tx, sql, binder, held, &mut dead, &mut errors, &path);
+                }
                 match op {
                     Op::Add(record) => {
                         if let Err(err) =
@@ -221,7 +323,21 @@ impl Writer {
                         }
                         dead.push(Op::Add(record));
                     }
-                    Op::Update(msg_id, update) => {
+                    Op::Update(msg_id, update) if is_assignment(&update) => {
+                        // Its request is committed (or it would have folded into the add).
+                        if let Some((id, earlier)) = self.held.hold(msg_id, update, now) {
+                            dead.push(Op::Update(id, earlier));
+                        }
+                    }
+                    Op::Update(msg_id, mut update) => {
+                        if !self.held.is_empty() {
+                            if let Some((id, mut assignment)) = self.held.take(&msg_id) {
+                                if update.engine_uuid.is_none() {
+                                    update.engine_uuid = assignment.engine_uuid.take();
+                                }
+                                dead.push(Op::Update(id, assignment));
+                            }
+                        }
                         if let Err(err) =
                             apply(&tx, sql, binder, &msg_id, &update).map_err(sql_err("update"))
                         {
@@ -246,9 +362,11 @@ impl Writer {
                         replies.push(Reply::Dropped(reply, result));
                     }
                     Op::Close(reply) => replies.push(Reply::Closed(reply)),
-                    Op::Folded => {}
+                    Op::WriteHeld | Op::Folded => {}
                 }
             }
+            let due = self.held.take_due(now);
+            write_held(&tx, sql, binder, due, &mut dead, &mut errors, &path);
         }
         let committed = tx.commit();
         self.graveyard.bury(&mut dead);
@@ -291,7 +409,7 @@ fn merge_updates_into_adds(batch: &mut Vec<Op>, dead: &mut Vec<Op>) {
                         first.insert(msg_id.as_str(), at);
                     }
                 },
-                Op::Folded => {}
+                Op::Folded | Op::WriteHeld => {}
                 Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) => first.clear(),
             }
         }
@@ -317,6 +435,28 @@ fn merge_updates_into_adds(batch: &mut Vec<Op>, dead: &mut Vec<Op>) {
     batch.retain(|op| !matches!(op, Op::Folded));
 }
 
+/// Writes held assignments on their own (into their requests' rows, see [`apply`]).
+fn write_held(
+    tx: &Transaction<'_>,
+    sql: &mut Sql,
+    binder: &mut Binder,
+    held: Vec<(String, Box<RecordUpdate>)>,
+    dead: &mut Vec<Op>,
+    errors: &mut Vec<Error>,
+    path: &std::path::Path,
+) {
+    for (msg_id, update) in held {
+        if let Err(source) = apply(tx, sql, binder, &msg_id, &update) {
+            errors.push(Error::Sqlite {
+                operation: "update",
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+        dead.push(Op::Update(msg_id, update));
+    }
+}
+
 /// Answers an op that could not run.
 fn fail(op: Op, replies: &mut Vec<Reply>) {
     match op {
@@ -327,7 +467,7 @@ fn fail(op: Op, replies: &mut Vec<Reply>) {
             }),
         )),
         Op::Close(reply) => replies.push(Reply::Closed(reply)),
-        Op::Add(_) | Op::Update(..) | Op::DropIds(_) | Op::Folded => {}
+        Op::Add(_) | Op::Update(..) | Op::DropIds(_) | Op::WriteHeld | Op::Folded => {}
     }
 }
 
@@ -592,6 +732,9 @@ mod tests {
             pending_error: Arc::clone(&pending_error),
             checkpointer,
             graveyard: Arc::default(),
+            held: Held::default(),
+            held_count: Arc::default(),
+            timer: None,
         };
         // `blocking_recv` refuses to run inside a runtime: a plain thread, as in the store.
         std::thread::spawn(move || writer.run()).join().unwrap();
@@ -761,6 +904,7 @@ mod tests {
                 Op::DropIds(_) => "drop ids".to_owned(),
                 Op::DropMatching(..) => "drop matching".to_owned(),
                 Op::Close(_) => "close".to_owned(),
+                Op::WriteHeld => "write held".to_owned(),
                 Op::Folded => "folded".to_owned(),
             })
             .collect();
@@ -849,6 +993,154 @@ mod tests {
         );
         assert_eq!(shown, "replied");
         assert!(completed.starts_with("2026-"), "{completed}");
+    }
+
+    fn assignment(engine: &str) -> Box<RecordUpdate> {
+        Box::new(RecordUpdate {
+            engine_uuid: Some(engine.to_owned()),
+            ..RecordUpdate::default()
+        })
+    }
+
+    /// The engine in `msg_id`'s requests row, and the one the view shows.
+    fn engines(path: &std::path::Path, msg_id: &str) -> (Option<String>, Option<String>) {
+        let conn = Connection::open(path).unwrap();
+        pair(
+            &conn,
+            &format!(
+                "SELECT t.engine_uuid, v.engine_uuid FROM \"ipython-tasks_requests\" AS t \
+                 JOIN \"ipython-tasks\" AS v ON v.msg_id = t.msg_id WHERE t.msg_id = '{msg_id}'"
+            ),
+        )
+    }
+
+    #[test]
+    fn an_assignment_is_written_with_its_tasks_result_not_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let completed = RecordUpdate {
+            completed: when(5),
+            ..RecordUpdate::default()
+        };
+        // One op per batch: each assignment comes after its add's commit.
+        let ops = vec![
+            Op::Add(Box::new(request("a"))),
+            Op::Add(Box::new(request("b"))),
+            Op::Update("a".to_owned(), assignment("assigned")),
+            Op::Update("b".to_owned(), assignment("first")),
+            Op::Update("b".to_owned(), assignment("second")),
+            // A result naming no engine takes the assignment's; one naming it keeps its own.
+            Op::Update("a".to_owned(), Box::new(completed)),
+            Op::Update("b".to_owned(), Box::new(result("replied"))),
+        ];
+        assert!(write(&path, 1, ops).is_none());
+        assert_eq!(engines(&path, "a"), (None, Some("assigned".to_owned())));
+        assert_eq!(engines(&path, "b"), (None, Some("replied".to_owned())));
+    }
+
+    #[test]
+    fn held_assignments_are_written_before_a_drop_that_may_match_their_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let (dropped_tx, mut dropped) = oneshot::channel();
+        let on_engine = Query::new().and(
+            RecordKey::EngineUuid,
+            Condition::Eq(QueryValue::Str("doomed".to_owned())),
+        );
+        let ops = vec![
+            Op::Add(Box::new(request("a"))),
+            Op::Add(Box::new(request("b"))),
+            Op::Update("a".to_owned(), assignment("doomed")),
+            Op::Update("b".to_owned(), assignment("spared")),
+            Op::DropMatching(on_engine, dropped_tx),
+        ];
+        assert!(write(&path, 1, ops).is_none());
+        assert_eq!(dropped.try_recv().unwrap().unwrap(), ["a"]);
+        assert_eq!(
+            engines(&path, "b"),
+            (Some("spared".to_owned()), Some("spared".to_owned()))
+        );
+    }
+
+    #[test]
+    fn an_assignment_held_too_long_is_written_on_its_own_while_the_writer_idles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let (conn, _reader, _known, checkpointer) =
+            crate::store::open_connections(&path, DEFAULT_TABLE).unwrap();
+        let (sender, inbox) = mpsc::channel(8);
+        let (done, mut finished) = watch::channel(0);
+        let hold = Duration::from_millis(500);
+        let writer = Writer {
+            conn,
+            path: path.clone(),
+            table: DEFAULT_TABLE.to_owned(),
+            batch_size: 1,
+            full_batch: 1,
+            commit_interval: Duration::ZERO,
+            inbox,
+            done,
+            pending_error: PendingError::default(),
+            checkpointer,
+            graveyard: Arc::default(),
+            held: Held::new(hold, 100),
+            held_count: Arc::default(),
+            timer: None,
+        };
+        let thread = std::thread::spawn(move || writer.run());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let send = |op| {
+            sender.try_send(op).unwrap();
+        };
+        send(Op::Add(Box::new(request("a"))));
+        let sent = Instant::now();
+        send(Op::Update("a".to_owned(), assignment("slow")));
+        rt.block_on(finished.wait_for(|n| *n >= 2)).unwrap();
+        assert_eq!(engines(&path, "a"), (None, None), "held, not written");
+        let deadline = sent + Duration::from_secs(30);
+        while engines(&path, "a").0.is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the held assignment was never written"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(sent.elapsed() >= hold, "written before it was due");
+        assert_eq!(
+            engines(&path, "a"),
+            (Some("slow".to_owned()), Some("slow".to_owned()))
+        );
+        drop(sender);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn reads_see_held_assignments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store.add(request("a")).await.unwrap();
+            store.flush().await.unwrap(); // the add committed: the assignment is held
+            store.update("a", *assignment("engine-7")).await.unwrap();
+            let on_engine = Query::new().and(
+                RecordKey::EngineUuid,
+                Condition::Eq(QueryValue::Str("engine-7".to_owned())),
+            );
+            let found = store
+                .find(&on_engine, Some(&[RecordKey::MsgId]))
+                .await
+                .unwrap();
+            assert_eq!(found.len(), 1);
+            let got = store.get("a").await.unwrap();
+            assert_eq!(got.engine_uuid.as_deref(), Some("engine-7"));
+            store.close().await.unwrap();
+        });
     }
 
     #[test]
