@@ -65,6 +65,12 @@ struct Args {
     /// mongodb: needs a MongoDB-wire server at `--mongo-url`).
     #[arg(long, value_delimiter = ',', default_value = "nodb,dictdb,sqlite")]
     stores: Vec<String>,
+    /// Times the throughput test runs each store at each hwm. Runs alternate between the
+    /// stores (every store at hwm 1, then at hwm 0, then the next round), and with NoDB
+    /// among the stores a last table gives each store's throughput relative to NoDB's in
+    /// the same round, and the median: on a shared machine one run's noise is ±15%.
+    #[arg(long, default_value_t = 1)]
+    store_rounds: usize,
     /// No-op tasks the controller-memory test runs, in windows of `--window` tasks.
     #[arg(long, default_value_t = 1_000_000)]
     memory_tasks: usize,
@@ -719,39 +725,101 @@ async fn run(mut args: Args) -> Result<()> {
         args.tasks
     );
     let dir = tempfile::tempdir()?;
-    for name in &args.stores {
+    let mut rates = StoreRates::default();
+    for _ in 0..args.store_rounds.max(1) {
         for hwm in [1, 0] {
-            let cluster = Cluster::start(&args, name, hwm, dir.path()).await?;
-            no_op_map(&cluster.client, 1_000.min(args.tasks)).await?; // warm up
-            let before = cluster.controller.rss_mib();
-            let cpu_before = cluster.controller.cpu();
-            let main_before = cluster.controller.main_thread_cpu();
-            let client_before = cluster.client_and_engines_cpu();
-            let rate = no_op_map(&cluster.client, args.tasks).await?;
-            let cpu = cluster
-                .controller
-                .cpu()
-                .per_task_since(cpu_before, args.tasks);
-            let main =
-                cluster
-                    .controller
-                    .main_thread_cpu()
-                    .busy_since(main_before, args.tasks, rate);
-            let client_side =
-                cluster
-                    .client_and_engines_cpu()
-                    .busy_since(client_before, args.tasks, rate);
-            let after = cluster.controller.rss_mib();
-            let recorded =
-                check_recorded(&cluster.client, name, 1_000.min(args.tasks) + args.tasks).await?;
-            println!(
-                "| {name} | {hwm} | {rate:.0} tasks/s | {cpu} | {main} | {client_side} | {before:.0} → {after:.0} MiB | {recorded} |"
-            );
-            cluster.stop().await?;
-            if name == "sqlite" {
-                std::fs::remove_file(dir.path().join("tasks.db")).ok();
+            for name in &args.stores {
+                let rate = store_throughput_row(&args, name, hwm, dir.path()).await?;
+                rates.push(name, hwm, rate);
             }
         }
     }
+    rates.print_relative_to_nodb();
     memory_table(&args, dir.path()).await
+}
+
+/// Each store's throughput in each round, by hwm.
+#[derive(Default)]
+struct StoreRates(Vec<(String, usize, f64)>);
+
+impl StoreRates {
+    fn push(&mut self, store: &str, hwm: usize, rate: f64) {
+        self.0.push((store.to_owned(), hwm, rate));
+    }
+
+    /// The rates of `store` at `hwm`, in round order.
+    fn of(&self, store: &str, hwm: usize) -> Vec<f64> {
+        self.0
+            .iter()
+            .filter(|(name, at, _)| name == store && *at == hwm)
+            .map(|(_, _, rate)| *rate)
+            .collect()
+    }
+
+    /// Prints each store's throughput over NoDB's in the same round, and the median.
+    fn print_relative_to_nodb(&self) {
+        let mut stores: Vec<&str> = Vec::new();
+        for (name, _, _) in &self.0 {
+            if name != "nodb" && !stores.contains(&name.as_str()) {
+                stores.push(name);
+            }
+        }
+        if stores.is_empty() || self.of("nodb", 1).is_empty() {
+            return;
+        }
+        println!(
+            "\n| store | hwm | throughput / NoDB's in the same round | median |\n|---|---|---|---|"
+        );
+        for store in stores {
+            for hwm in [1, 0] {
+                let mut ratios: Vec<f64> = self
+                    .of(store, hwm)
+                    .iter()
+                    .zip(self.of("nodb", hwm))
+                    .map(|(rate, nodb)| 100.0 * rate / nodb)
+                    .collect();
+                let each: Vec<String> = ratios.iter().map(|r| format!("{r:.0}%")).collect();
+                ratios.sort_by(f64::total_cmp);
+                let median = match ratios.len() {
+                    0 => continue,
+                    n if n % 2 == 1 => ratios[n / 2],
+                    n => (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0,
+                };
+                println!("| {store} | {hwm} | {} | {median:.0}% |", each.join(" · "));
+            }
+        }
+    }
+}
+
+/// Runs `name`'s throughput test at `hwm`, prints its row, and returns its tasks/s.
+async fn store_throughput_row(args: &Args, name: &str, hwm: usize, dir: &Path) -> Result<f64> {
+    let cluster = Cluster::start(args, name, hwm, dir).await?;
+    no_op_map(&cluster.client, 1_000.min(args.tasks)).await?; // warm up
+    let before = cluster.controller.rss_mib();
+    let cpu_before = cluster.controller.cpu();
+    let main_before = cluster.controller.main_thread_cpu();
+    let client_before = cluster.client_and_engines_cpu();
+    let rate = no_op_map(&cluster.client, args.tasks).await?;
+    let cpu = cluster
+        .controller
+        .cpu()
+        .per_task_since(cpu_before, args.tasks);
+    let main = cluster
+        .controller
+        .main_thread_cpu()
+        .busy_since(main_before, args.tasks, rate);
+    let client_side = cluster
+        .client_and_engines_cpu()
+        .busy_since(client_before, args.tasks, rate);
+    let after = cluster.controller.rss_mib();
+    let recorded =
+        check_recorded(&cluster.client, name, 1_000.min(args.tasks) + args.tasks).await?;
+    println!(
+        "| {name} | {hwm} | {rate:.0} tasks/s | {cpu} | {main} | {client_side} | {before:.0} → {after:.0} MiB | {recorded} |"
+    );
+    cluster.stop().await?;
+    if name == "sqlite" {
+        std::fs::remove_file(dir.join("tasks.db")).ok();
+    }
+    Ok(rate)
 }
