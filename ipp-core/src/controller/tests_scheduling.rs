@@ -1002,6 +1002,10 @@ async fn a_long_query_does_not_hold_up_routing() {
         c.h.session
             .message("result_request", json!({"msg_ids": [first]}));
     c.h.send(&hub, vec![], results).await;
+    let resubmit =
+        c.h.session
+            .message("resubmit_request", json!({"msg_ids": [first]}));
+    c.h.send(&hub, vec![], resubmit).await;
     run_ok(&mut c, &mut engine, 40).await;
     // Routed, recorded and answered while the query waited (no read timeout passed).
     assert!(
@@ -1011,18 +1015,28 @@ async fn a_long_query_does_not_hold_up_routing() {
     );
     store.stall_reads(false);
     let mut answered = Vec::new();
-    for _ in 0..2 {
+    let mut resubmitted = None;
+    for _ in 0..3 {
         let reply = c.h.recv(&mut hub).await;
         assert_eq!(reply.content["status"], "ok", "{:?}", reply.content);
         match reply.header.msg_type.as_str() {
             "db_reply" => assert_eq!(reply.content["records"][0]["msg_id"], first.as_str()),
             "result_reply" => assert_eq!(reply.content["completed"][0], first.as_str()),
+            "resubmit_reply" => {
+                resubmitted = reply.content["resubmitted"][first.as_str()]
+                    .as_str()
+                    .map(str::to_owned);
+            }
             other => panic!("unexpected {other}"),
         }
         answered.push(reply.header.msg_type);
     }
     answered.sort();
-    assert_eq!(answered, ["db_reply", "result_reply"]);
+    assert_eq!(answered, ["db_reply", "resubmit_reply", "result_reply"]);
+    // The resubmitted task runs once its record is read.
+    let resubmitted = resubmitted.expect("the resubmit reply names the new task");
+    assert_ne!(resubmitted, first);
+    assert_eq!(serve(&c.h, &mut engine, Answer::Ok).await, resubmitted);
 }
 
 #[tokio::test(start_paused = true)]

@@ -142,25 +142,6 @@ impl StoreGate {
         Ok(())
     }
 
-    /// Runs `read` on the Hub's loop (for queries that change the Hub's state): as
-    /// [`bounded_read`], after [`StoreGate::admit_read`]; a read that times out makes the
-    /// store count as behind.
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] when the store is behind or does not answer in time; the read's
-    /// own error otherwise.
-    pub(super) async fn read<T>(&mut self, read: impl Future<Output = Result<T>>) -> Result<T> {
-        self.admit_read()?;
-        let result = bounded_read(read).await;
-        if matches!(result, Err(Error::Timeout { .. })) {
-            // A store that cannot answer in this long is stuck: stop waiting on writes.
-            let now = Instant::now();
-            self.behind_since.get_or_insert(now);
-            self.last_drop = Some(now);
-        }
-        result
-    }
-
     /// While the store is behind, checks (off the Hub's loop) whether it answers again: a
     /// read's answer shows that the store has done every write queued before it, and the
     /// Hub then waits for it again (should it still be slow, the next write that waits too
@@ -269,32 +250,11 @@ mod tests {
         // the store has kept up for a while.
         assert_eq!(gate.write("add", "d", async { 4 }).await, Some(4));
         assert!(gate.is_behind());
-        assert!(matches!(
-            gate.read(async { Ok(()) }).await,
-            Err(Error::Timeout { .. })
-        ));
+        assert!(matches!(gate.admit_read(), Err(Error::Timeout { .. })));
         tokio::time::sleep(WRITE_PATIENCE).await;
         assert_eq!(gate.write("add", "e", async { 5 }).await, Some(5));
         assert!(!gate.is_behind());
-        assert!(gate.read(async { Ok(7) }).await.is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_read_that_does_not_answer_times_out_and_stops_the_waiting_on_writes() {
-        let mut gate = StoreGate::new(Some(WRITE_PATIENCE));
-        let read = gate
-            .read(std::future::pending::<Result<()>>())
-            .await
-            .unwrap_err();
-        assert!(read.to_string().contains("task database"), "{read}");
-        assert!(gate.is_behind());
-        let started = Instant::now();
-        assert_eq!(
-            gate.write("update", "a", std::future::pending::<u8>())
-                .await,
-            None
-        );
-        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(gate.admit_read().is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -311,7 +271,7 @@ mod tests {
         tokio::task::yield_now().await; // the read is answered
         gate.probe(&store); // sees the answer
         assert!(!gate.is_behind());
-        assert!(gate.read(async { Ok(()) }).await.is_ok());
+        assert!(gate.admit_read().is_ok());
     }
 
     #[tokio::test(start_paused = true)]

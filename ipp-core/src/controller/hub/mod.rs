@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use self::engine_state::{EngineState, Restore};
 use self::engines::{Engines, RegisterError};
 use self::gate::StoreGate;
+use self::queries::ResubmitFound;
 use super::events::{EngineEvent, HubEvent, TaskCommand};
 use super::heartbeat::HeartCommand;
 use super::ordered::OrderedIds;
@@ -64,6 +65,8 @@ pub(crate) struct Hub {
     engine_events: mpsc::Sender<EngineEvent>,
     hearts: mpsc::Sender<HeartCommand>,
     resubmit: mpsc::Sender<TaskCommand>,
+    /// Where resubmissions' store reads, done off the loop, come back to it.
+    resubmits: mpsc::Sender<ResubmitFound>,
     shutdown: CancellationToken,
     engines: Engines,
     engine_state_file: Option<PathBuf>,
@@ -115,6 +118,9 @@ impl Replies {
     }
 }
 
+/// Resubmissions whose records are read and wait for the Hub's loop (more wait for room).
+const RESUBMITS_IN_FLIGHT: usize = 16;
+
 /// Runs the Hub until shutdown.
 pub(crate) async fn run_hub(parts: HubParts) {
     let HubParts {
@@ -138,6 +144,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
     let store_records = store.capabilities().records;
     let (query_tx, mut query_rx) = query.split();
     let (notify_tx, _) = notification.split();
+    let (resubmits, mut resubmits_found) = mpsc::channel(RESUBMITS_IN_FLIGHT);
     let mut hub = Hub {
         session,
         store,
@@ -150,6 +157,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
         engine_events,
         hearts,
         resubmit,
+        resubmits,
         shutdown: shutdown.clone(),
         engines: Engines::default(),
         engine_state_file,
@@ -179,6 +187,7 @@ pub(crate) async fn run_hub(parts: HubParts) {
                 let Ok(frames) = frames else { break };
                 hub.handle_query(frames, &mut events).await;
             }
+            Some(found) = resubmits_found.recv() => hub.resubmit_found(found).await,
             _ = housekeeping.tick() => {
                 hub.purge_stalled_registrations();
                 hub.gate.probe(&hub.store);

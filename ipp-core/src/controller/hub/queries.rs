@@ -67,6 +67,14 @@ enum Purge {
     Matching(Query),
 }
 
+/// The records a `resubmit_request` asked for, read off the Hub's loop, handed back to it.
+pub(super) struct ResubmitFound {
+    msg: Message,
+    /// The ids asked for (a missing record is an error for the whole request).
+    ids: Vec<String>,
+    records: crate::Result<Vec<TaskRecord>>,
+}
+
 /// The ids of a `result_request`, by what the Hub knows of them.
 #[derive(Default)]
 struct ResultIds {
@@ -515,13 +523,27 @@ impl Hub {
         Ok(drops)
     }
 
+    /// Reads the records to resubmit off the Hub's loop (a slow store must not hold up the
+    /// events that routing waits on); [`Hub::resubmit_found`] goes on once they are read.
     pub(super) async fn resubmit_request(&mut self, msg: Message) {
         let ids = string_list(msg.content_map().get("msg_ids"));
-        let records = match self
-            .gate
-            .read(direct(&self.store).find(&msg_ids_query(&ids), None))
-            .await
-        {
+        if let Err(err) = self.gate.admit_read() {
+            return self.answer(&msg, "resubmit_reply", store_error(&err)).await;
+        }
+        let store = Arc::clone(&self.store);
+        let found = self.resubmits.clone();
+        tokio::spawn(async move {
+            let records = bounded_read(direct(&store).find(&msg_ids_query(&ids), None)).await;
+            // Gone only when the Hub is: nobody is left to answer.
+            let _ = found.send(ResubmitFound { msg, ids, records }).await;
+        });
+    }
+
+    /// Resubmits the records a [`Hub::resubmit_request`] read: each as a new task with a
+    /// new msg_id, recorded before it is queued; answers with the new ids.
+    pub(super) async fn resubmit_found(&mut self, found: ResubmitFound) {
+        let ResubmitFound { msg, ids, records } = found;
+        let records = match records {
             Ok(records) => records,
             Err(err) => return self.answer(&msg, "resubmit_reply", store_error(&err)).await,
         };
