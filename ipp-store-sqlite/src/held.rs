@@ -3,8 +3,9 @@
 //! When the Hub sends a task to an engine it records the assignment: an update that only
 //! sets `engine_uuid`. Written on its own, it is an `UPDATE` that rewrites the request's
 //! whole row (~650 bytes), and the task's result follows a moment later (at hwm 1, within
-//! milliseconds) to be written anyway: ~16,000 of the writer's instructions per task in the
-//! controller (BENCHMARKS.md). So the writer holds an assignment whose request is already
+//! milliseconds) to be written anyway (~16,000 instructions per task in the store bench; in
+//! the controller at hwm 1 the writer does 11% less without it, BENCHMARKS.md). So the
+//! writer holds an assignment whose request is already
 //! committed, and gives its engine to the next update of the same task (the result, or
 //! output before it) instead; one that is held too long or too many is written on its own,
 //! as before.
