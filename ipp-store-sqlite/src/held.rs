@@ -5,10 +5,9 @@
 //! whole row (~650 bytes), and the task's result follows a moment later (at hwm 1, within
 //! milliseconds) to be written anyway (~16,000 instructions per task in the store bench; in
 //! the controller at hwm 1 the writer does 11% less without it, BENCHMARKS.md). So the
-//! writer holds an assignment whose request is already
-//! committed, and gives its engine to the next update of the same task (the result, or
-//! output before it) instead; one that is held too long or too many is written on its own,
-//! as before.
+//! writer holds an assignment whose request is already committed, and gives its engine to
+//! the next update of the same task (the result, or output before it) instead; one that is
+//! held too long or too many is written on its own, as before.
 //!
 //! Nobody sees the difference through the store: reads and drops write every held
 //! assignment first (drops may match on `engine_uuid`), as does closing. Another process
