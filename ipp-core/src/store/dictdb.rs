@@ -558,10 +558,37 @@ mod tests {
             fn exit(&self, _: &Id) {}
         }
 
+        /// Interested in every callsite, enabled for nothing: alive for the whole test
+        /// process, so that a callsite another test thread registers (with no subscriber
+        /// of its own) never caches "never", which a rebuild cannot correct when the
+        /// registration straddles it.
+        struct KeepInterest;
+        impl Subscriber for KeepInterest {
+            fn register_callsite(
+                &self,
+                _: &'static Metadata<'static>,
+            ) -> tracing::subscriber::Interest {
+                tracing::subscriber::Interest::sometimes()
+            }
+            fn enabled(&self, _: &Metadata<'_>) -> bool {
+                false
+            }
+            fn new_span(&self, _: &Attributes<'_>) -> Id {
+                Id::from_u64(1)
+            }
+            fn record(&self, _: &Id, _: &Record<'_>) {}
+            fn record_follows_from(&self, _: &Id, _: &Id) {}
+            fn event(&self, _: &Event<'_>) {}
+            fn enter(&self, _: &Id) {}
+            fn exit(&self, _: &Id) {}
+        }
+        static KEEP_INTEREST: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        KEEP_INTEREST.get_or_init(|| tracing::Dispatch::new(KeepInterest));
+
         let lines = Arc::new(StdMutex::new(Vec::new()));
         tracing::subscriber::with_default(Capture(Arc::clone(&lines)), || {
-            // A callsite first hit by another test thread (no subscriber there) may have
-            // cached "never"; recompute with ours in place.
+            // A callsite first hit by another test thread before `KEEP_INTEREST` existed
+            // may have cached "never"; recompute with ours in place.
             tracing::callsite::rebuild_interest_cache();
             f();
         });
