@@ -21,7 +21,8 @@ pub(crate) enum StoreConfig {
     NoDb(NoDbConfig),
     /// `db = "sqlite"`: `path` (relative to the profile directory), `table`, `batch_size`,
     /// `queue_capacity`, `commit_interval_ms` (how long the writer may wait to fill a batch;
-    /// reads never wait for it).
+    /// reads never wait for it), `assignment_hold_ms` (how long an assignment may wait to be
+    /// written with its task's result; 0: never).
     #[serde(alias = "sqlitedb")]
     Sqlite(SqliteConfig),
     /// `db = "mongodb"`: `url`, `database`, `collection`.

@@ -36,6 +36,12 @@ pub struct SqliteConfig {
     /// ends the wait at once. 0 commits whatever is queued as soon as the last commit
     /// ends. Default: 10.
     pub commit_interval_ms: u64,
+    /// Milliseconds an assignment (the engine a task was sent to) whose request is already
+    /// committed may be held back to be written with the task's result instead of on its
+    /// own (reads through the store always see it; another process reading the file sees
+    /// it this much later at most). 0 writes every assignment with the batch it came in.
+    /// Default: 1000.
+    pub assignment_hold_ms: u64,
 }
 
 impl Default for SqliteConfig {
@@ -46,6 +52,7 @@ impl Default for SqliteConfig {
             batch_size: 1000,
             queue_capacity: 10_000,
             commit_interval_ms: 10,
+            assignment_hold_ms: 1000,
         }
     }
 }
@@ -94,6 +101,13 @@ impl SqliteConfig {
         self
     }
 
+    /// Sets [`SqliteConfig::assignment_hold_ms`].
+    #[must_use]
+    pub fn with_assignment_hold_ms(mut self, assignment_hold_ms: u64) -> Self {
+        self.assignment_hold_ms = assignment_hold_ms;
+        self
+    }
+
     /// Checks the values.
     ///
     /// # Errors
@@ -128,6 +142,8 @@ mod tests {
     fn filename_is_an_alias_of_path_and_unknown_keys_are_errors() {
         let config: SqliteConfig = toml::from_str("filename = 'x.db'\ntable = 't'").unwrap();
         assert_eq!(config, SqliteConfig::new("x.db").with_table("t"));
+        let config: SqliteConfig = toml::from_str("assignment_hold_ms = 0").unwrap();
+        assert_eq!(config, SqliteConfig::default().with_assignment_hold_ms(0));
         let err = toml::from_str::<SqliteConfig>("pth = 'x.db'").unwrap_err();
         assert!(err.to_string().contains("pth"), "{err}");
     }

@@ -11,7 +11,8 @@
 //!
 //! Nobody sees the difference through the store: reads and drops write every held
 //! assignment first (drops may match on `engine_uuid`), as does closing. Another process
-//! reading the file sees an assignment at most [`HOLD`] (plus a commit) after it was made.
+//! reading the file sees an assignment at most the hold (`SqliteConfig::assignment_hold_ms`,
+//! [`HOLD`] by default; plus a commit) after it was made.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -19,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use ipp_core::store::RecordUpdate;
 
-/// The longest an assignment is held before it is written on its own.
+/// The longest an assignment is held before it is written on its own, by default
+/// (`SqliteConfig::assignment_hold_ms`).
 pub(crate) const HOLD: Duration = Duration::from_secs(1);
 
 /// The most assignments held at once; beyond it the oldest are written (each holds its

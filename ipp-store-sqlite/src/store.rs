@@ -16,7 +16,7 @@ use crate::checkpoint::Checkpointer;
 use crate::config::SqliteConfig;
 use crate::error::{Error, Result};
 use crate::graveyard::Graveyard;
-use crate::held::Held;
+use crate::held::{Held, MOST_HELD};
 use crate::ids::{Fingerprints, KnownIds};
 use crate::query::{register_functions, translate, SUBMISSION_ORDER};
 use crate::schema::{ensure, set_from_sql, Tables};
@@ -86,6 +86,7 @@ impl SqliteStore {
             batch_size,
             queue_capacity,
             commit_interval_ms,
+            assignment_hold_ms,
         } = config;
         let (writer_conn, reader, (fingerprints, known), checkpointer) = {
             let (path, table) = (path.clone(), table.clone());
@@ -115,7 +116,7 @@ impl SqliteStore {
             pending_error: Arc::clone(&pending_error),
             checkpointer,
             graveyard: Arc::clone(&graveyard),
-            held: Held::default(),
+            held: Held::new(Duration::from_millis(assignment_hold_ms), MOST_HELD),
             held_count: Arc::clone(&held_count),
             timer: None,
         };

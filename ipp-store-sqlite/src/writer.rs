@@ -1085,18 +1085,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_assignment_held_too_long_is_written_on_its_own_while_the_writer_idles() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tasks.db");
+    /// A writer on `path` running on its own thread, one op per batch, holding assignments
+    /// `hold` at most: its queue, how many ops it has finished, and its thread.
+    fn running_writer(
+        path: &std::path::Path,
+        hold: Duration,
+    ) -> (
+        mpsc::Sender<Op>,
+        watch::Receiver<u64>,
+        std::thread::JoinHandle<()>,
+    ) {
         let (conn, _reader, _known, checkpointer) =
-            crate::store::open_connections(&path, DEFAULT_TABLE).unwrap();
+            crate::store::open_connections(path, DEFAULT_TABLE).unwrap();
         let (sender, inbox) = mpsc::channel(8);
-        let (done, mut finished) = watch::channel(0);
-        let hold = Duration::from_millis(500);
+        let (done, finished) = watch::channel(0);
         let writer = Writer {
             conn,
-            path: path.clone(),
+            path: path.to_path_buf(),
             table: DEFAULT_TABLE.to_owned(),
             batch_size: 1,
             full_batch: 1,
@@ -1110,17 +1115,29 @@ mod tests {
             held_count: Arc::default(),
             timer: None,
         };
-        let thread = std::thread::spawn(move || writer.run());
+        (sender, finished, std::thread::spawn(move || writer.run()))
+    }
+
+    /// Waits until the writer has finished `ops` ops.
+    fn wait_for(finished: &mut watch::Receiver<u64>, ops: u64) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let send = |op| {
-            sender.try_send(op).unwrap();
-        };
-        send(Op::Add(Box::new(request("a"))));
+        rt.block_on(finished.wait_for(|n| *n >= ops)).unwrap();
+    }
+
+    #[test]
+    fn an_assignment_held_too_long_is_written_on_its_own_while_the_writer_idles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let hold = Duration::from_millis(500);
+        let (sender, mut finished, thread) = running_writer(&path, hold);
+        sender.try_send(Op::Add(Box::new(request("a")))).unwrap();
         let sent = Instant::now();
-        send(Op::Update("a".to_owned(), assignment("slow")));
-        rt.block_on(finished.wait_for(|n| *n >= 2)).unwrap();
+        sender
+            .try_send(Op::Update("a".to_owned(), assignment("slow")))
+            .unwrap();
+        wait_for(&mut finished, 2);
         assert_eq!(engines(&path, "a"), (None, None), "held, not written");
         let deadline = sent + Duration::from_secs(30);
         while engines(&path, "a").0.is_none() {
@@ -1134,6 +1151,24 @@ mod tests {
         assert_eq!(
             engines(&path, "a"),
             (Some("slow".to_owned()), Some("slow".to_owned()))
+        );
+        drop(sender);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn with_no_hold_an_assignment_is_written_with_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let (sender, mut finished, thread) = running_writer(&path, Duration::ZERO);
+        sender.try_send(Op::Add(Box::new(request("a")))).unwrap();
+        sender
+            .try_send(Op::Update("a".to_owned(), assignment("at-once")))
+            .unwrap();
+        wait_for(&mut finished, 2);
+        assert_eq!(
+            engines(&path, "a"),
+            (Some("at-once".to_owned()), Some("at-once".to_owned()))
         );
         drop(sender);
         thread.join().unwrap();
