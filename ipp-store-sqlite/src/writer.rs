@@ -205,13 +205,21 @@ impl Writer {
         };
         let wait = due.saturating_duration_since(Instant::now());
         if wait.is_zero() {
-            return match self.inbox.try_recv() {
-                Ok(op) => {
-                    batch.push(op);
-                    Received::Ops
+            // Due now: whatever is queued (up to a batch) goes with it, without waiting.
+            while batch.len() < self.batch_size {
+                match self.inbox.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) if batch.is_empty() => {
+                        return Received::Closed;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
                 }
-                Err(mpsc::error::TryRecvError::Empty) => Received::Due,
-                Err(mpsc::error::TryRecvError::Disconnected) => Received::Closed,
+            }
+            return if batch.is_empty() {
+                Received::Due
+            } else {
+                Received::Ops
             };
         }
         let timer = match &self.timer {
@@ -1154,6 +1162,49 @@ mod tests {
         );
         drop(sender);
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_due_assignment_takes_the_whole_queue_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let (conn, _reader, _known, checkpointer) =
+            crate::store::open_connections(&path, DEFAULT_TABLE).unwrap();
+        let (sender, inbox) = mpsc::channel(8);
+        let mut writer = Writer {
+            conn,
+            path: path.clone(),
+            table: DEFAULT_TABLE.to_owned(),
+            batch_size: 4,
+            full_batch: 4,
+            commit_interval: Duration::ZERO,
+            inbox,
+            done: watch::channel(0).0,
+            pending_error: PendingError::default(),
+            checkpointer,
+            graveyard: Arc::default(),
+            held: Held::new(Duration::ZERO, 100),
+            held_count: Arc::default(),
+            timer: None,
+        };
+        writer
+            .held
+            .hold("held".to_owned(), assignment("e"), Instant::now());
+        for n in 0..6 {
+            sender
+                .try_send(Op::Add(Box::new(request(&format!("t{n}")))))
+                .unwrap();
+        }
+        let mut batch = Vec::new();
+        assert!(matches!(writer.receive(&mut batch), Received::Ops));
+        assert_eq!(batch.len(), 4, "a batch's worth, not one op");
+        batch.clear();
+        assert!(matches!(writer.receive(&mut batch), Received::Ops));
+        assert_eq!(batch.len(), 2);
+        batch.clear();
+        assert!(matches!(writer.receive(&mut batch), Received::Due));
+        drop(sender);
+        assert!(matches!(writer.receive(&mut batch), Received::Closed));
     }
 
     #[test]
