@@ -52,7 +52,7 @@ impl Default for SqliteConfig {
             batch_size: 1000,
             queue_capacity: 10_000,
             commit_interval_ms: 10,
-            assignment_hold_ms: 1000,
+            assignment_hold_ms: crate::held::HOLD_MS,
         }
     }
 }

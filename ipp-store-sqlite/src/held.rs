@@ -12,7 +12,7 @@
 //! Nobody sees the difference through the store: reads and drops write every held
 //! assignment first (drops may match on `engine_uuid`), as does closing. Another process
 //! reading the file sees an assignment at most the hold (`SqliteConfig::assignment_hold_ms`,
-//! [`HOLD`] by default; plus a commit) after it was made.
+//! [`HOLD_MS`] by default; plus a commit) after it was made.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use ipp_core::store::RecordUpdate;
 
 /// The longest an assignment is held before it is written on its own, by default
-/// (`SqliteConfig::assignment_hold_ms`).
-pub(crate) const HOLD: Duration = Duration::from_secs(1);
+/// (`SqliteConfig::assignment_hold_ms`), in milliseconds.
+pub(crate) const HOLD_MS: u64 = 1000;
 
 /// The most assignments held at once; beyond it the oldest are written (each holds its
 /// boxed update, a few hundred bytes).
@@ -45,12 +45,6 @@ pub(crate) struct Held {
     next_ticket: u64,
     hold: Duration,
     most: usize,
-}
-
-impl Default for Held {
-    fn default() -> Self {
-        Self::new(HOLD, MOST_HELD)
-    }
 }
 
 impl Held {

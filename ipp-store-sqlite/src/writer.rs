@@ -738,19 +738,22 @@ mod tests {
     use ipp_core::store::{Condition, QueryValue, Store};
     use serde_json::json;
 
+    use crate::held::HOLD_MS;
     use crate::{SqliteStore, DEFAULT_TABLE};
 
-    /// Runs `ops` through a writer in batches of `batch_size`; returns the error it kept.
-    fn write(path: &std::path::Path, batch_size: usize, ops: Vec<Op>) -> Option<Arc<Error>> {
+    /// A writer on `path` (not running) taking `batch_size` ops per batch from a queue of
+    /// `capacity`, holding assignments `hold` at most: the writer, its queue, and how many
+    /// ops it has finished.
+    fn test_writer(
+        path: &std::path::Path,
+        batch_size: usize,
+        capacity: usize,
+        hold: Duration,
+    ) -> (Writer, mpsc::Sender<Op>, watch::Receiver<u64>) {
         let (conn, _reader, _known, checkpointer) =
             crate::store::open_connections(path, DEFAULT_TABLE).unwrap();
-        let (sender, inbox) = mpsc::channel(ops.len() + 1);
-        for op in ops {
-            sender.try_send(op).unwrap();
-        }
-        let (close, _closed) = oneshot::channel();
-        sender.try_send(Op::Close(close)).unwrap();
-        let pending_error = PendingError::default();
+        let (sender, inbox) = mpsc::channel(capacity);
+        let (done, finished) = watch::channel(0);
         let writer = Writer {
             conn,
             path: path.to_path_buf(),
@@ -759,14 +762,31 @@ mod tests {
             full_batch: batch_size,
             commit_interval: Duration::ZERO,
             inbox,
-            done: watch::channel(0).0,
-            pending_error: Arc::clone(&pending_error),
+            done,
+            pending_error: PendingError::default(),
             checkpointer,
             graveyard: Arc::default(),
-            held: Held::default(),
+            held: Held::new(hold, 100),
             held_count: Arc::default(),
             timer: None,
         };
+        (writer, sender, finished)
+    }
+
+    /// Runs `ops` through a writer in batches of `batch_size`; returns the error it kept.
+    fn write(path: &std::path::Path, batch_size: usize, ops: Vec<Op>) -> Option<Arc<Error>> {
+        let (writer, sender, _) = test_writer(
+            path,
+            batch_size,
+            ops.len() + 1,
+            Duration::from_millis(HOLD_MS),
+        );
+        for op in ops {
+            sender.try_send(op).unwrap();
+        }
+        let (close, _closed) = oneshot::channel();
+        sender.try_send(Op::Close(close)).unwrap();
+        let pending_error = Arc::clone(&writer.pending_error);
         // `blocking_recv` refuses to run inside a runtime: a plain thread, as in the store.
         std::thread::spawn(move || writer.run()).join().unwrap();
         let kept = pending_error.lock().unwrap().take();
@@ -1103,26 +1123,7 @@ mod tests {
         watch::Receiver<u64>,
         std::thread::JoinHandle<()>,
     ) {
-        let (conn, _reader, _known, checkpointer) =
-            crate::store::open_connections(path, DEFAULT_TABLE).unwrap();
-        let (sender, inbox) = mpsc::channel(8);
-        let (done, finished) = watch::channel(0);
-        let writer = Writer {
-            conn,
-            path: path.to_path_buf(),
-            table: DEFAULT_TABLE.to_owned(),
-            batch_size: 1,
-            full_batch: 1,
-            commit_interval: Duration::ZERO,
-            inbox,
-            done,
-            pending_error: PendingError::default(),
-            checkpointer,
-            graveyard: Arc::default(),
-            held: Held::new(hold, 100),
-            held_count: Arc::default(),
-            timer: None,
-        };
+        let (writer, sender, finished) = test_writer(path, 1, 8, hold);
         (sender, finished, std::thread::spawn(move || writer.run()))
     }
 
@@ -1168,25 +1169,7 @@ mod tests {
     fn a_due_assignment_takes_the_whole_queue_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tasks.db");
-        let (conn, _reader, _known, checkpointer) =
-            crate::store::open_connections(&path, DEFAULT_TABLE).unwrap();
-        let (sender, inbox) = mpsc::channel(8);
-        let mut writer = Writer {
-            conn,
-            path: path.clone(),
-            table: DEFAULT_TABLE.to_owned(),
-            batch_size: 4,
-            full_batch: 4,
-            commit_interval: Duration::ZERO,
-            inbox,
-            done: watch::channel(0).0,
-            pending_error: PendingError::default(),
-            checkpointer,
-            graveyard: Arc::default(),
-            held: Held::new(Duration::ZERO, 100),
-            held_count: Arc::default(),
-            timer: None,
-        };
+        let (mut writer, sender, _) = test_writer(&path, 4, 8, Duration::ZERO);
         writer
             .held
             .hold("held".to_owned(), assignment("e"), Instant::now());
