@@ -149,6 +149,7 @@ checks!(
     drop_records,
     history_in_submission_order,
     find_10k_records,
+    received_messages_are_recorded,
     nodb_answers_reads_with_unsupported,
 );
 

@@ -4,7 +4,6 @@ mod bind;
 mod checkpoint;
 mod config;
 mod error;
-mod graveyard;
 mod held;
 mod ids;
 mod query;

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ipp_core::store::{Query, RecordKey, RecordUpdate, Store, StoreCapabilities, TaskRecord};
+use ipp_core::store::{
+    Query, ReceivedRequest, ReceivedResult, RecordKey, RecordUpdate, Store, StoreCapabilities,
+    TaskRecord,
+};
 use rusqlite::types::Value;
 use rusqlite::{params_from_iter, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -15,7 +18,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::checkpoint::Checkpointer;
 use crate::config::SqliteConfig;
 use crate::error::{Error, Result};
-use crate::graveyard::Graveyard;
 use crate::held::{Held, MOST_HELD};
 use crate::ids::{Fingerprints, KnownIds};
 use crate::query::{register_functions, translate, SUBMISSION_ORDER};
@@ -54,8 +56,6 @@ pub struct SqliteStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The writer thread, to wake from its wait between transactions ([`Writer::linger`]).
     writer: std::thread::Thread,
-    /// Committed writes waiting to be freed on the callers' thread.
-    graveyard: Arc<Graveyard>,
     /// Assignments the writer holds back ([`crate::held`]), as of its last batch.
     held_count: Arc<AtomicUsize>,
     /// Queued writes that make a full batch (`batch_size`, or the whole queue if smaller).
@@ -102,7 +102,6 @@ impl SqliteStore {
         let (sender, inbox) = mpsc::channel(queue_capacity);
         let (done_tx, done) = watch::channel(0);
         let pending_error = PendingError::default();
-        let graveyard = Arc::new(Graveyard::default());
         let held_count = Arc::new(AtomicUsize::new(0));
         let writer = Writer {
             conn: writer_conn,
@@ -115,7 +114,6 @@ impl SqliteStore {
             done: done_tx,
             pending_error: Arc::clone(&pending_error),
             checkpointer,
-            graveyard: Arc::clone(&graveyard),
             held: Held::new(Duration::from_millis(assignment_hold_ms), MOST_HELD),
             held_count: Arc::clone(&held_count),
             timer: None,
@@ -140,7 +138,6 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             writer_thread: Mutex::new(Some(handle)),
             writer: writer_thread,
-            graveyard,
             held_count,
             full_batch: batch_size.min(queue_capacity),
             capabilities: StoreCapabilities::RECORDS_EVERYTHING,
@@ -270,7 +267,6 @@ impl SqliteStore {
             permit.send(op);
             self.enqueued.fetch_add(1, Ordering::SeqCst) + 1
         };
-        self.graveyard.free_some();
         let depth = self.queue_capacity - self.sender.capacity();
         self.high_water.fetch_max(depth, Ordering::Relaxed);
         if depth >= self.full_batch {
@@ -279,6 +275,40 @@ impl SqliteStore {
             self.writer.unpark();
         }
         Ok(queued)
+    }
+
+    /// Queues `op` (an add) if its record is new.
+    ///
+    /// # Errors
+    /// [`ipp_core::Error::AlreadyExists`] when the id is known; a write error kept from
+    /// earlier; the writer gone.
+    async fn queue_add(&self, op: Op) -> ipp_core::Result<()> {
+        self.take_error()?;
+        let id = self.fingerprints.of(op.msg_id());
+        self.enqueue(op, move |known, op| {
+            if known.insert(id) {
+                Ok(())
+            } else {
+                Err(ipp_core::Error::AlreadyExists {
+                    msg_id: op.msg_id().to_owned(),
+                })
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Queues `op` (an update) if its record is known.
+    ///
+    /// # Errors
+    /// [`ipp_core::Error::NotFound`] when the id is not known; a write error kept from
+    /// earlier; the writer gone.
+    async fn queue_update(&self, op: Op) -> ipp_core::Result<()> {
+        self.take_error()?;
+        let id = self.fingerprints.of(op.msg_id());
+        self.enqueue(op, move |known, op| require_known(known, id, op.msg_id()))
+            .await?;
+        Ok(())
     }
 
     /// Runs `f` with the read connection on the blocking pool, off the runtime's threads,
@@ -322,6 +352,20 @@ pub(crate) type Opened = (
 
 /// Opens the writer's and the reader's connections, prepares the table, reads the
 /// recorded ids, and starts the checkpointer (hooked to the writer's connection).
+/// `Ok` when `id` (the fingerprint of `msg_id`) is a known record's.
+///
+/// # Errors
+/// [`ipp_core::Error::NotFound`] otherwise.
+fn require_known(known: &KnownIds, id: u128, msg_id: &str) -> ipp_core::Result<()> {
+    if known.contains(&id) {
+        Ok(())
+    } else {
+        Err(ipp_core::Error::NotFound {
+            msg_id: msg_id.to_owned(),
+        })
+    }
+}
+
 pub(crate) fn open_connections(path: &Path, table: &str) -> Result<Opened> {
     let sql_err = |operation| {
         move |source| Error::Sqlite {
@@ -447,40 +491,29 @@ impl Store for SqliteStore {
     }
 
     async fn add(&self, record: TaskRecord) -> ipp_core::Result<()> {
-        self.take_error()?;
-        let id = self.fingerprints.of(&record.msg_id);
-        self.enqueue(Op::Add(Box::new(record)), move |known, op| {
-            if known.insert(id) {
-                Ok(())
-            } else {
-                Err(ipp_core::Error::AlreadyExists {
-                    msg_id: op.msg_id().to_owned(),
-                })
-            }
-        })
-        .await?;
-        Ok(())
+        self.queue_add(Op::Add(Box::new(record))).await
     }
 
     async fn update(&self, msg_id: &str, update: RecordUpdate) -> ipp_core::Result<()> {
-        self.take_error()?;
-        let id = self.fingerprints.of(msg_id);
-        let known = |known: &mut KnownIds, _: &Op| {
-            if known.contains(&id) {
-                Ok(())
-            } else {
-                Err(ipp_core::Error::NotFound {
-                    msg_id: msg_id.to_owned(),
-                })
-            }
-        };
         if update.is_empty() {
-            let mut ids = self.known.lock().map_err(|_| Error::Poisoned)?;
-            return known(&mut ids, &Op::Folded);
+            self.take_error()?;
+            let id = self.fingerprints.of(msg_id);
+            let ids = self.known.lock().map_err(|_| Error::Poisoned)?;
+            return require_known(&ids, id, msg_id);
         }
-        self.enqueue(Op::Update(msg_id.to_owned(), Box::new(update)), known)
-            .await?;
-        Ok(())
+        self.queue_update(Op::Update(msg_id.to_owned(), Box::new(update)))
+            .await
+    }
+
+    /// Queues the request as received: the writer builds its record, off the Hub's loop.
+    async fn add_received(&self, request: ReceivedRequest) -> ipp_core::Result<()> {
+        self.queue_add(Op::AddReceived(Box::new(request))).await
+    }
+
+    /// Queues the reply as received: the writer builds its update, off the Hub's loop.
+    async fn update_received(&self, result: ReceivedResult) -> ipp_core::Result<()> {
+        self.queue_update(Op::UpdateReceived(Box::new(result)))
+            .await
     }
 
     async fn get(&self, msg_id: &str) -> ipp_core::Result<TaskRecord> {

@@ -19,14 +19,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ipp_core::store::{Query, RecordKey, RecordUpdate, TaskRecord};
+use ipp_core::store::{
+    Query, ReceivedRequest, ReceivedResult, RecordKey, RecordUpdate, TaskRecord,
+};
 use rusqlite::{params_from_iter, Connection, Transaction};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bind::{update_fields, Binder, Field};
 use crate::checkpoint::Checkpointer;
 use crate::error::{Error, Result};
-use crate::graveyard::Graveyard;
 use crate::held::Held;
 use crate::ids::BuildBatchHasher;
 use crate::query::translate;
@@ -39,6 +40,10 @@ pub(crate) enum Op {
     Add(Box<TaskRecord>),
     /// Change fields of a record.
     Update(String, Box<RecordUpdate>),
+    /// Insert the record of a request as the Hub received it (built on this thread).
+    AddReceived(Box<ReceivedRequest>),
+    /// Change a record with a reply as the Hub received it (built on this thread).
+    UpdateReceived(Box<ReceivedResult>),
     /// Delete these records.
     DropIds(Vec<String>),
     /// Delete the records matching a query; answers with their ids once committed.
@@ -58,6 +63,8 @@ impl Op {
         match self {
             Op::Add(record) => &record.msg_id,
             Op::Update(msg_id, _) => msg_id,
+            Op::AddReceived(request) => request.msg_id(),
+            Op::UpdateReceived(result) => result.msg_id(),
             Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) | Op::WriteHeld | Op::Folded => "",
         }
     }
@@ -91,8 +98,6 @@ pub(crate) struct Writer {
     pub(crate) pending_error: PendingError,
     /// Checkpoints the WAL off this thread; stopped when the writer stops.
     pub(crate) checkpointer: Checkpointer,
-    /// Where committed writes go to be freed by the callers' thread.
-    pub(crate) graveyard: Arc<Graveyard>,
     /// Assignments held back to be written with their task's next update.
     pub(crate) held: Held,
     /// How many assignments are held, published before `done` (a read that finds any
@@ -310,6 +315,7 @@ impl Writer {
             }
         };
         let mut dead = Vec::with_capacity(batch.len());
+        build_received(batch);
         merge_updates_into_adds(batch, &mut dead);
         {
             let mut stmts = BatchStatements::new(&tx);
@@ -368,14 +374,15 @@ impl Writer {
                         replies.push(Reply::Dropped(reply, result));
                     }
                     Op::Close(reply) => replies.push(Reply::Closed(reply)),
-                    Op::WriteHeld | Op::Folded => {}
+                    // Received messages were built into adds and updates above.
+                    Op::WriteHeld | Op::Folded | Op::AddReceived(_) | Op::UpdateReceived(_) => {}
                 }
             }
             let due = self.held.take_due(now);
             write_held(&mut stmts, sql, binder, due, &mut dead, &mut errors, &path);
         }
         let committed = tx.commit();
-        self.graveyard.bury(&mut dead);
+        drop(dead); // after the commit: freeing is no part of the transaction
         if let Err(source) = committed {
             errors.push(sql_err("commit")(source));
             // Nothing in the batch was kept: the drops answered above did not happen.
@@ -391,13 +398,31 @@ impl Writer {
     }
 }
 
+/// Builds the records and updates of the messages in `batch` as the Hub received them: on
+/// this thread, so that the Hub's loop (which also routes tasks) only hands them over.
+fn build_received(batch: &mut [Op]) {
+    for op in batch {
+        if !matches!(op, Op::AddReceived(_) | Op::UpdateReceived(_)) {
+            continue;
+        }
+        *op = match std::mem::replace(op, Op::Folded) {
+            Op::AddReceived(request) => Op::Add(Box::new(request.into_record())),
+            Op::UpdateReceived(result) => {
+                let (msg_id, update) = result.into_update();
+                Op::Update(msg_id, Box::new(update))
+            }
+            other => other,
+        };
+    }
+}
+
 /// Folds each update into an earlier op of the same batch about the same record: into the
 /// record's add (one `INSERT` with its final values), or into the record's first update
 /// (one `UPDATE` with every change). Drops end the folding (an update after a drop must
 /// stay an update of whatever is left). Order among the remaining ops is kept; an update
 /// folded into an earlier op only moves past ops about other records.
 ///
-/// The emptied updates go to `dead`, to be freed by the callers' thread.
+/// The emptied updates go to `dead`, freed once the batch is committed.
 fn merge_updates_into_adds(batch: &mut Vec<Op>, dead: &mut Vec<Op>) {
     // Which earlier op each foldable update goes into (found without copying any id).
     let mut folds: Vec<(usize, usize)> = Vec::new();
@@ -415,7 +440,8 @@ fn merge_updates_into_adds(batch: &mut Vec<Op>, dead: &mut Vec<Op>) {
                         first.insert(msg_id.as_str(), at);
                     }
                 },
-                Op::Folded | Op::WriteHeld => {}
+                // (Received messages are built before: none is left here.)
+                Op::Folded | Op::WriteHeld | Op::AddReceived(_) | Op::UpdateReceived(_) => {}
                 Op::DropIds(_) | Op::DropMatching(..) | Op::Close(_) => first.clear(),
             }
         }
@@ -473,7 +499,13 @@ fn fail(op: Op, replies: &mut Vec<Reply>) {
             }),
         )),
         Op::Close(reply) => replies.push(Reply::Closed(reply)),
-        Op::Add(_) | Op::Update(..) | Op::DropIds(_) | Op::WriteHeld | Op::Folded => {}
+        Op::Add(_)
+        | Op::Update(..)
+        | Op::AddReceived(_)
+        | Op::UpdateReceived(_)
+        | Op::DropIds(_)
+        | Op::WriteHeld
+        | Op::Folded => {}
     }
 }
 
@@ -765,7 +797,6 @@ mod tests {
             done,
             pending_error: PendingError::default(),
             checkpointer,
-            graveyard: Arc::default(),
             held: Held::new(hold, 100),
             held_count: Arc::default(),
             timer: None,
@@ -941,6 +972,38 @@ mod tests {
     }
 
     #[test]
+    fn received_messages_are_built_and_written_as_their_record_in_any_batching() {
+        use ipp_core::testing::store::{received_request, received_result};
+        let (_, update) = received_result("r").into_update();
+        let mut want = received_request("r").into_record();
+        want.apply(*assignment("assigned"));
+        want.apply(update);
+        for batch_size in [1, 2, 1000] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tasks.db");
+            let ops = vec![
+                Op::AddReceived(Box::new(received_request("r"))),
+                Op::Update("r".to_owned(), assignment("assigned")),
+                Op::UpdateReceived(Box::new(received_result("r"))),
+            ];
+            assert!(write(&path, batch_size, ops).is_none());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let mut got = rt.block_on(async {
+                let store = SqliteStore::open(&path).await.unwrap();
+                let got = store.get("r").await.unwrap();
+                store.close().await.unwrap();
+                got
+            });
+            // Each reply is received when it is made (a few microseconds apart here).
+            assert!(got.received.is_some(), "batch_size {batch_size}");
+            got.received = want.received;
+            assert_eq!(got, want, "batch_size {batch_size}");
+        }
+    }
+
+    #[test]
     fn folding_finds_each_update_its_add_and_stops_at_drops() {
         let (ops, _) = sequence();
         let mut batch = ops;
@@ -957,6 +1020,7 @@ mod tests {
                 Op::Close(_) => "close".to_owned(),
                 Op::WriteHeld => "write held".to_owned(),
                 Op::Folded => "folded".to_owned(),
+                Op::AddReceived(_) | Op::UpdateReceived(_) => "received".to_owned(),
             })
             .collect();
         assert_eq!(

@@ -27,7 +27,7 @@ mod ordered;
 mod recent;
 mod relay;
 mod task;
-mod wire_fields;
+pub(crate) mod wire_fields;
 
 use std::sync::Arc;
 use std::time::Duration;

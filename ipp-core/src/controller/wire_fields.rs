@@ -121,21 +121,11 @@ pub(crate) struct MetadataFields<'a> {
     pub(crate) started: Text<'a>,
 }
 
-/// What the Hub takes from a reply's content: its status (`aborted` ones do not count as
-/// an engine's completed tasks).
-#[derive(Default, Deserialize)]
-#[serde(default)]
-pub(crate) struct ContentFields<'a> {
-    #[serde(borrow)]
-    pub(crate) status: Text<'a>,
-}
-
 /// What a record takes from a message: the few fields it reads, and the header, metadata
 /// and content kept as received.
 pub(crate) struct RecordParts<'a> {
     pub(crate) header: HeaderFields<'a>,
     pub(crate) metadata: MetadataFields<'a>,
-    pub(crate) content: ContentFields<'a>,
     pub(crate) documents: [JsonObject; 3],
 }
 
@@ -171,12 +161,11 @@ pub(crate) fn record_parts_with(wire: &WireMessage, read: ReadFields) -> Result<
         None => fields(&wire.metadata, "metadata")?,
     };
     // Content that is not an object is recorded as an empty one, as the Hub always did.
-    let content = fields(&wire.content, "content").ok();
+    let content_parsed = fields::<IgnoredAny>(&wire.content, "content").is_ok();
     Ok(RecordParts {
         header,
         metadata,
-        documents: documents(wire, content.is_some())?,
-        content: content.unwrap_or_default(),
+        documents: documents(wire, content_parsed)?,
     })
 }
 
@@ -265,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replys_status_is_read_with_its_content_and_bad_content_is_recorded_empty() {
+    fn a_replys_content_is_kept_and_bad_content_is_recorded_empty() {
         let reply = |content: &[u8]| {
             let frames = [
                 &b"<IDS|MSG>"[..],
@@ -282,7 +271,6 @@ mod tests {
         let wire = reply(br#"{"status": "aborted", "x": [1, {"y": null}]}"#);
         let parts = record_parts(&wire).unwrap();
         assert_eq!(parts.header.msg_id.owned().as_deref(), Some("r"));
-        assert_eq!(parts.content.status.owned().as_deref(), Some("aborted"));
         assert_eq!(parts.documents[2].get("status"), Some(&"aborted".into()));
         let bad: [&[u8]; 4] = [
             b"{\"status\": \"ok\", \"x\": \"\xff\"}", // not UTF-8 in a skipped string

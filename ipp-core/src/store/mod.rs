@@ -9,6 +9,7 @@ mod dictdb;
 mod json_object;
 mod nodb;
 mod query;
+mod received;
 mod record;
 
 use std::fmt;
@@ -22,6 +23,7 @@ pub use dictdb::{DictDb, DictDbConfig};
 pub use json_object::JsonObject;
 pub use nodb::NoDb;
 pub use query::{Condition, Query, QueryValue};
+pub use received::{ReceivedRequest, ReceivedResult};
 pub use record::{FieldValue, RecordKey, RecordUpdate, RecordValue, TaskRecord};
 
 /// What a store can do.
@@ -71,6 +73,23 @@ pub trait Store: fmt::Debug + fmt::Display + Send + Sync + 'static {
     /// Changes some fields of a recorded task.
     async fn update(&self, msg_id: &str, update: RecordUpdate) -> Result<()>;
 
+    /// Records a new task from its request as the Hub received it: as [`Store::add`] of
+    /// [`ReceivedRequest::into_record`], which is what this default does. The Hub records
+    /// every request this way; a store that writes on a thread of its own may override it
+    /// to build the record there, off the Hub's loop (the contract is `add`'s, checked
+    /// against [`ReceivedRequest::msg_id`]).
+    async fn add_received(&self, request: ReceivedRequest) -> Result<()> {
+        self.add(request.into_record()).await
+    }
+
+    /// Records a task's result from its reply as the Hub received it: as [`Store::update`]
+    /// with [`ReceivedResult::into_update`], which is what this default does. As with
+    /// [`Store::add_received`], a store may override it to build the update elsewhere.
+    async fn update_received(&self, result: ReceivedResult) -> Result<()> {
+        let (msg_id, update) = result.into_update();
+        self.update(&msg_id, update).await
+    }
+
     /// One task's record.
     async fn get(&self, msg_id: &str) -> Result<TaskRecord>;
 
@@ -106,6 +125,12 @@ impl<T: Store + ?Sized> Store for Arc<T> {
     }
     async fn update(&self, msg_id: &str, update: RecordUpdate) -> Result<()> {
         (**self).update(msg_id, update).await
+    }
+    async fn add_received(&self, request: ReceivedRequest) -> Result<()> {
+        (**self).add_received(request).await
+    }
+    async fn update_received(&self, result: ReceivedResult) -> Result<()> {
+        (**self).update_received(result).await
     }
     async fn get(&self, msg_id: &str) -> Result<TaskRecord> {
         (**self).get(msg_id).await

@@ -34,10 +34,12 @@ use bytes::Bytes;
 use chrono::TimeDelta;
 use serde_json::{json, Value};
 
+use crate::controller::wire_fields::ReadFields;
 use crate::error::{Error, Result};
-use crate::protocol::{date, Timestamp};
+use crate::protocol::{date, Timestamp, WireMessage};
 use crate::store::{
-    Condition, JsonObject, Query, QueryValue, RecordKey, RecordUpdate, Store, TaskRecord,
+    Condition, JsonObject, Query, QueryValue, ReceivedRequest, ReceivedResult, RecordKey,
+    RecordUpdate, Store, TaskRecord,
 };
 
 /// The name of every check, in the order [`run_all`] runs them.
@@ -56,6 +58,7 @@ pub const CHECKS: &[&str] = &[
     "drop_records",
     "history_in_submission_order",
     "find_10k_records",
+    "received_messages_are_recorded",
     "nodb_answers_reads_with_unsupported",
 ];
 
@@ -80,6 +83,7 @@ where
     drop_records(&new_store().await).await;
     history_in_submission_order(&new_store().await).await;
     find_10k_records(&new_store().await).await;
+    received_messages_are_recorded(&new_store().await).await;
     nodb_answers_reads_with_unsupported(&new_store().await).await;
 }
 
@@ -911,6 +915,137 @@ pub async fn find_10k_records(store: &dyn Store) {
 
     let history = ok(store, "history", store.history().await);
     assert_eq!(history.len(), COUNT as usize, "{store}: history length");
+}
+
+/// A message as a transport hands it over: routing id, delimiter, signature, the four
+/// packed parts and `buffers`.
+fn wire(parts: [&str; 4], buffers: Vec<Bytes>) -> WireMessage {
+    let mut frames = vec![
+        Bytes::from_static(b"client"),
+        Bytes::from_static(b"<IDS|MSG>"),
+        Bytes::new(),
+    ];
+    frames.extend(parts.map(|part| Bytes::copy_from_slice(part.as_bytes())));
+    frames.extend(buffers);
+    WireMessage::split(frames).unwrap_or_else(|err| panic!("test message: {err}"))
+}
+
+/// A load-balanced task's request as the Hub hands it to [`Store::add_received`]: from
+/// session `client-s`, labelled `λ`, with a small buffer and one of 100 kB.
+pub fn received_request(msg_id: &str) -> ReceivedRequest {
+    let header = format!(
+        r#"{{"msg_id": "{msg_id}", "msg_type": "apply_request", "session": "client-s",
+            "date": "2026-11-22T17:59:21.232133Z"}}"#
+    );
+    let parts = [
+        header.as_str(),
+        "{}",
+        r#"{"label": "\u03bb", "after": []}"#,
+        "{}",
+    ];
+    let large: Bytes = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let buffers = vec![Bytes::from_static(b"\x00pickled"), large];
+    ReceivedRequest::new(
+        msg_id.to_owned(),
+        wire(parts, buffers),
+        ReadFields::default(),
+        "task",
+        None,
+    )
+}
+
+/// The reply to task `msg_id` as the Hub hands it to [`Store::update_received`]: from
+/// engine `engine-2`, status `ok`, with one small buffer; received now.
+pub fn received_result(msg_id: &str) -> ReceivedResult {
+    let parent = format!(r#"{{"msg_id": "{msg_id}"}}"#);
+    let parts = [
+        r#"{"msg_id": "rp", "msg_type": "apply_reply", "date": "2026-11-22T17:59:22.5Z"}"#,
+        parent.as_str(),
+        r#"{"engine": "engine-2", "started": "2026-11-22T17:59:22.000001Z", "status": "ok"}"#,
+        r#"{"status": "ok", "note": "\u2603"}"#,
+    ];
+    let buffers = vec![Bytes::from_static(b"result")];
+    ReceivedResult::new(
+        msg_id.to_owned(),
+        wire(parts, buffers),
+        ReadFields::default(),
+    )
+}
+
+/// `add_received` and `update_received` record a request and its reply as the Hub received
+/// them, as `add` of the request's record and `update` with the reply's update would
+/// (whichever thread the store builds them on); their id checks are `add`'s and `update`'s.
+pub async fn received_messages_are_recorded(store: &dyn Store) {
+    if !keeps_records(store, "received_messages_are_recorded") {
+        return;
+    }
+    let mut want = received_request("rq").into_record();
+    assert_eq!(
+        want.client_uuid.as_deref(),
+        Some("client-s"),
+        "test request"
+    );
+    assert_eq!(want.label.as_deref(), Some("λ"), "test request");
+    assert!(want.submitted.is_some(), "test request");
+    ok(
+        store,
+        "add_received",
+        store.add_received(received_request("rq")).await,
+    );
+    let got = ok(store, "get after add_received", store.get("rq").await);
+    assert_same_record(store, "after add_received", &got, &want);
+    match store.add_received(received_request("rq")).await {
+        Err(Error::AlreadyExists { msg_id }) => {
+            assert_eq!(
+                msg_id, "rq",
+                "{store}: AlreadyExists names the wrong msg_id"
+            );
+        }
+        other => {
+            panic!("{store}: add_received of a known id gave {other:?}, expected AlreadyExists")
+        }
+    }
+
+    let assignment = RecordUpdate {
+        engine_uuid: Some("engine-1".to_owned()),
+        ..RecordUpdate::default()
+    };
+    want.apply(assignment.clone());
+    ok(store, "update engine", store.update("rq", assignment).await);
+    let before = date::now();
+    let result = received_result("rq");
+    let after = date::now();
+    let (_, update) = received_result("rq").into_update();
+    assert_eq!(
+        update.engine_uuid.as_deref(),
+        Some("engine-2"),
+        "test reply"
+    );
+    want.apply(update);
+    ok(
+        store,
+        "update_received",
+        store.update_received(result).await,
+    );
+    let got = ok(store, "get after update_received", store.get("rq").await);
+    let received = got
+        .received
+        .unwrap_or_else(|| panic!("{store}: no received date"));
+    let micros = |at: Timestamp| at.timestamp_micros();
+    assert!(
+        micros(before) <= micros(received) && micros(received) <= micros(after),
+        "{store}: received {received} is not when the reply was received ({before} … {after})"
+    );
+    want.received = Some(received);
+    assert_same_record(store, "after update_received", &got, &want);
+    match store.update_received(received_result("unknown")).await {
+        Err(Error::NotFound { msg_id }) => {
+            assert_eq!(msg_id, "unknown", "{store}: NotFound names the wrong id");
+        }
+        other => {
+            panic!("{store}: update_received of an unknown id gave {other:?}, expected NotFound")
+        }
+    }
 }
 
 /// A store that keeps no records answers every read with `Unsupported`, and accepts

@@ -3,68 +3,36 @@
 use serde_json::{json, Value};
 
 use super::Hub;
-use crate::controller::wire_fields::{record_parts_with, ReadFields, RecordParts};
+use crate::controller::wire_fields::ReadFields;
 use crate::error::Error;
 use crate::protocol::message::msg_id_of;
 use crate::protocol::{date, error_content, WireMessage};
-use crate::store::{direct, JsonObject, RecordUpdate, TaskRecord};
+use crate::store::{direct, JsonObject, ReceivedRequest, ReceivedResult, RecordUpdate, TaskRecord};
 
-/// Buffers smaller than this are copied into the record rather than shared.
-const SHARE_BUFFERS_FROM: usize = 64 * 1024;
-
-/// The buffers to keep in a record. A received frame is a slice of the transport's read
-/// buffer, and keeping the slice keeps the whole read buffer alive: small buffers are
-/// copied out so a store of many small records does not pin kilobytes each; large ones
-/// make up most of their read buffer and are shared without a copy.
-fn detached(buffers: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
-    buffers
-        .iter()
-        .map(|buffer| {
-            if buffer.len() < SHARE_BUFFERS_FROM {
-                bytes::Bytes::copy_from_slice(buffer)
-            } else {
-                buffer.clone()
-            }
-        })
-        .collect()
-}
-
-/// The record of a request as first seen: its parts kept as received text. Its msg_id is
-/// `msg_id` when the caller read it already, else the header's; the parts in `read` are
-/// not parsed again.
-///
-/// # Errors
-/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object, or the
-/// msg_id is neither given nor in the header.
-fn request_record(
-    wire: &WireMessage,
-    msg_id: Option<String>,
-    read: ReadFields,
-    queue: &str,
-    engine_uuid: Option<String>,
-) -> crate::Result<TaskRecord> {
-    let RecordParts {
-        header,
-        metadata,
-        documents: [header_doc, metadata_doc, content_doc],
-        ..
-    } = record_parts_with(wire, read)?;
-    let msg_id = msg_id
-        .or_else(|| header.msg_id.owned())
-        .ok_or_else(|| Error::invalid_message("the header has no msg_id"))?;
-    Ok(TaskRecord {
-        submitted: header.date.date(),
-        client_uuid: header.session.owned(),
-        label: metadata.label.owned(),
-        header: Some(header_doc),
-        metadata: Some(metadata_doc),
-        content: Some(content_doc),
-        buffers: detached(&wire.buffers),
-        msg_id,
-        engine_uuid,
-        queue: Some(queue.to_owned()),
-        ..TaskRecord::default()
-    })
+/// The reply's engine and status, which the Hub tracks whether or not it records the
+/// reply: the engine from what the scheduler read of the metadata when it did, else
+/// (and the status always) parsed from the reply.
+fn engine_and_status(wire: &WireMessage, read: &ReadFields) -> (Option<String>, Option<String>) {
+    #[derive(Default, serde::Deserialize)]
+    struct Engine {
+        engine: Option<String>,
+    }
+    #[derive(Default, serde::Deserialize)]
+    struct Status {
+        status: Option<String>,
+    }
+    let engine = match &read.metadata {
+        Some(metadata) => metadata.engine.0.as_deref().map(str::to_owned),
+        None => {
+            serde_json::from_slice::<Engine>(&wire.metadata)
+                .unwrap_or_default()
+                .engine
+        }
+    };
+    let status = serde_json::from_slice::<Status>(&wire.content)
+        .unwrap_or_default()
+        .status;
+    (engine, status)
 }
 
 /// The same fields as an update, for a record that already exists (made by early IOPub).
@@ -83,59 +51,16 @@ fn request_update(record: TaskRecord) -> RecordUpdate {
     }
 }
 
-/// The result fields of a reply, its parts kept as received text, and the reply's status;
-/// the parts in `read` are not parsed again.
-///
-/// # Errors
-/// [`Error::InvalidMessage`] when the header or metadata is not a JSON object.
-fn result_update(
-    wire: &WireMessage,
-    read: ReadFields,
-) -> crate::Result<(RecordUpdate, Option<String>)> {
-    let RecordParts {
-        header,
-        metadata,
-        content,
-        documents: [header_doc, metadata_doc, content_doc],
-    } = record_parts_with(wire, read)?;
-    let update = RecordUpdate {
-        completed: header.date.date(),
-        started: metadata.started.date(),
-        engine_uuid: metadata.engine.owned(),
-        result_header: Some(header_doc),
-        result_metadata: Some(metadata_doc),
-        result_content: Some(content_doc),
-        result_buffers: Some(detached(&wire.buffers)),
-        received: Some(date::now()),
-        ..RecordUpdate::default()
-    };
-    Ok((update, content.status.owned()))
-}
-
-/// A request's msg_id and, when `recording`, its record. Recording reads the msg_id with
-/// the rest of the header, in one pass; a request whose record cannot be made (a header or
-/// metadata that is not an object) is still tracked when its msg_id can be read.
-fn request_and_record(
-    wire: &WireMessage,
-    recording: bool,
-    queue: &str,
-    engine_uuid: Option<String>,
-) -> Option<(String, Option<TaskRecord>)> {
-    match recording.then(|| request_record(wire, None, ReadFields::default(), queue, engine_uuid)) {
-        Some(Ok(record)) => Some((record.msg_id.clone(), Some(record))),
-        _ => msg_id_of(&wire.header).map(|msg_id| (msg_id, None)),
-    }
-}
-
 impl Hub {
     /// Adds a request's record, or merges it into the stub that early IOPub output created.
     ///
-    /// The record is moved into the store, not copied (this runs once per task): only a
-    /// stub the Hub made itself is known to exist already.
-    async fn save_request(&mut self, record: TaskRecord) {
-        let msg_id = record.msg_id.clone();
+    /// The request goes to the store as received, and the store builds its record (off the
+    /// Hub's loop when it can): only a stub the Hub made itself is known to exist already.
+    async fn save_request(&mut self, request: ReceivedRequest) {
+        let msg_id = request.msg_id().to_owned();
         if self.stubbed.contains(&msg_id) {
-            let update = direct(&self.store).update(&msg_id, request_update(record));
+            let update = request_update(request.into_record());
+            let update = direct(&self.store).update(&msg_id, update);
             if let Some(Err(err)) = self.gate.write("update", &msg_id, update).await {
                 self.gate.note_error("update", &msg_id, &err);
             }
@@ -143,7 +68,7 @@ impl Hub {
         }
         match self
             .gate
-            .write("add", &msg_id, direct(&self.store).add(record))
+            .write("add", &msg_id, direct(&self.store).add_received(request))
             .await
         {
             None | Some(Ok(())) => {}
@@ -167,28 +92,42 @@ impl Hub {
             || self.stubbed.contains(msg_id)
     }
 
+    /// Makes sure the store has a record of `msg_id` to update: a stub when the request
+    /// was not recorded (output that overtook its request, or a result of a request older
+    /// than the Hub's memory, or of an earlier run). `false` when there is none to update.
+    async fn ensure_record(&mut self, msg_id: &str) -> bool {
+        if self.has_record(msg_id) {
+            return true;
+        }
+        let stub = TaskRecord {
+            msg_id: msg_id.to_owned(),
+            ..TaskRecord::default()
+        };
+        match self
+            .gate
+            .write("add", msg_id, direct(&self.store).add(stub))
+            .await
+        {
+            Some(Ok(())) => {
+                self.stubbed.insert(msg_id);
+                true
+            }
+            Some(Err(Error::AlreadyExists { .. })) => true,
+            Some(Err(err)) => {
+                self.gate.note_error("add", msg_id, &err);
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Updates a record, creating a stub first when the request has not been recorded.
     ///
     /// The update is moved into the store, not copied: whether a record exists is known
     /// beforehand for every request this Hub saw.
     async fn update_record(&mut self, msg_id: &str, update: RecordUpdate) {
-        if !self.has_record(msg_id) {
-            // Output that overtook its request, or a result of a request older than the
-            // Hub's memory (or of an earlier run): make sure a record exists.
-            let stub = TaskRecord {
-                msg_id: msg_id.to_owned(),
-                ..TaskRecord::default()
-            };
-            match self
-                .gate
-                .write("add", msg_id, direct(&self.store).add(stub))
-                .await
-            {
-                Some(Ok(())) => self.stubbed.insert(msg_id),
-                Some(Err(Error::AlreadyExists { .. })) => {}
-                Some(Err(err)) => return self.gate.note_error("add", msg_id, &err),
-                None => return,
-            }
+        if !self.ensure_record(msg_id).await {
+            return;
         }
         let written = self
             .gate
@@ -196,6 +135,26 @@ impl Hub {
             .await;
         if let Some(Err(err)) = written {
             self.gate.note_error("update", msg_id, &err);
+        }
+    }
+
+    /// Records a task's reply as received (the store builds the update, off the Hub's
+    /// loop when it can), creating a stub first when the request has not been recorded.
+    async fn save_result(&mut self, result: ReceivedResult) {
+        let msg_id = result.msg_id().to_owned();
+        if !self.ensure_record(&msg_id).await {
+            return;
+        }
+        let written = self
+            .gate
+            .write(
+                "update",
+                &msg_id,
+                direct(&self.store).update_received(result),
+            )
+            .await;
+        if let Some(Err(err)) = written {
+            self.gate.note_error("update", &msg_id, &err);
         }
     }
 
@@ -211,17 +170,17 @@ impl Hub {
         if self.engines.id_of(&uuid).is_none() {
             return; // as ipyparallel: requests to engines not (yet) registered are not recorded
         }
-        let Some((msg_id, record)) =
-            request_and_record(&wire, self.recording, "mux", Some(uuid.clone()))
-        else {
+        let Some(msg_id) = msg_id_of(&wire.header) else {
             return;
         };
         self.pending.insert(msg_id.clone());
         if let Some(engine) = self.engines.by_uuid_mut(&uuid) {
-            engine.queue.insert(msg_id);
+            engine.queue.insert(msg_id.clone());
         }
-        if let Some(record) = record {
-            self.save_request(record).await;
+        if self.recording {
+            let request =
+                ReceivedRequest::new(msg_id, wire, ReadFields::default(), "mux", Some(uuid));
+            self.save_request(request).await;
         }
     }
 
@@ -247,10 +206,8 @@ impl Hub {
             return; // a reply to nothing we recorded
         }
         if self.recording {
-            let Ok((update, _)) = result_update(&wire, ReadFields::default()) else {
-                return;
-            };
-            self.update_record(&msg_id, update).await;
+            self.save_result(ReceivedResult::new(msg_id, wire, ReadFields::default()))
+                .await;
         }
     }
 
@@ -263,10 +220,8 @@ impl Hub {
         self.pending.insert(msg_id.clone());
         self.unassigned.insert(msg_id.clone());
         if self.recording {
-            let Ok(record) = request_record(&wire, Some(msg_id), read, "task", None) else {
-                return;
-            };
-            self.save_request(record).await;
+            let request = ReceivedRequest::new(msg_id, wire, read, "task", None);
+            self.save_request(request).await;
         }
     }
 
@@ -290,31 +245,7 @@ impl Hub {
         read: ReadFields,
         wire: WireMessage,
     ) {
-        #[derive(Default, serde::Deserialize)]
-        struct Engine {
-            engine: Option<String>,
-        }
-        #[derive(Default, serde::Deserialize)]
-        struct Status {
-            status: Option<String>,
-        }
-        // Recording reads the engine and the status with the rest of the reply, in one pass
-        // over each part; without a record (or a database) only they are read.
-        let (update, engine, status) = match self.recording.then(|| result_update(&wire, read)) {
-            Some(Ok((update, status))) => {
-                let engine = update.engine_uuid.clone();
-                (Some(update), engine, status)
-            }
-            _ => {
-                let engine = serde_json::from_slice::<Engine>(&wire.metadata)
-                    .unwrap_or_default()
-                    .engine;
-                let status = serde_json::from_slice::<Status>(&wire.content)
-                    .unwrap_or_default()
-                    .status;
-                (None, engine, status)
-            }
-        };
+        let (engine, status) = engine_and_status(&wire, &read);
         let aborted = status.as_deref() == Some("aborted");
         if self.pending.remove(&msg_id) {
             self.unassigned.remove(&msg_id);
@@ -329,8 +260,9 @@ impl Hub {
                 entry.completed += 1;
             }
         }
-        if let Some(update) = update {
-            self.update_record(&msg_id, update).await;
+        if self.recording {
+            self.save_result(ReceivedResult::new(msg_id, wire, read))
+                .await;
         }
     }
 
