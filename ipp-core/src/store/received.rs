@@ -35,6 +35,22 @@ fn detached(buffers: &[Bytes]) -> Vec<Bytes> {
         .collect()
 }
 
+/// The record parts of `wire` (a `what` of task `msg_id`), or `None`, logged, when its
+/// header or metadata is not a JSON object.
+fn parts_of<'a>(
+    wire: &'a WireMessage,
+    read: ReadFields,
+    msg_id: &str,
+    what: &str,
+) -> Option<RecordParts<'a>> {
+    let parts = record_parts_with(wire, read);
+    if let Err(err) = &parts {
+        tracing::debug!(msg_id, error = %err,
+            "a {what}'s header or metadata is not a JSON object; recorded without them");
+    }
+    parts.ok()
+}
+
 /// A task's request as the Hub received it (a client's load-balanced task, or a direct
 /// request on its way to an engine), to become the task's [`TaskRecord`].
 #[derive(Debug)]
@@ -84,17 +100,12 @@ impl ReceivedRequest {
             engine_uuid,
         } = self;
         let queue = Some(queue.to_owned());
-        let Ok(RecordParts {
+        let Some(RecordParts {
             header,
             metadata,
             documents: [header_doc, metadata_doc, content_doc],
-        }) = record_parts_with(&wire, read)
+        }) = parts_of(&wire, read, &msg_id, "request")
         else {
-            tracing::debug!(
-                msg_id,
-                "a request's header or metadata is not a JSON object; \
-                recorded without them"
-            );
             return TaskRecord {
                 msg_id,
                 engine_uuid,
@@ -156,17 +167,12 @@ impl ReceivedResult {
             read,
             received,
         } = self;
-        let Ok(RecordParts {
+        let Some(RecordParts {
             header,
             metadata,
             documents: [header_doc, metadata_doc, content_doc],
-        }) = record_parts_with(&wire, read)
+        }) = parts_of(&wire, read, &msg_id, "reply")
         else {
-            tracing::debug!(
-                msg_id,
-                "a reply's header or metadata is not a JSON object; \
-                recorded without them"
-            );
             let update = RecordUpdate {
                 received: Some(received),
                 ..RecordUpdate::default()
