@@ -7,6 +7,7 @@ mod error;
 mod held;
 mod ids;
 mod query;
+mod rows;
 mod schema;
 mod store;
 mod writer;

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::held::{Held, MOST_HELD};
 use crate::ids::{Fingerprints, KnownIds};
 use crate::query::{register_functions, translate, SUBMISSION_ORDER};
+use crate::rows::{RequestRows, MOST_KEPT};
 use crate::schema::{ensure, set_from_sql, Tables};
 use crate::writer::{Op, PendingError, Writer};
 
@@ -117,6 +118,7 @@ impl SqliteStore {
             held: Held::new(Duration::from_millis(assignment_hold_ms), MOST_HELD),
             held_count: Arc::clone(&held_count),
             timer: None,
+            rows: RequestRows::new(MOST_KEPT),
         };
         let handle = std::thread::Builder::new()
             .name("ipp-sqlite-writer".to_owned())

@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::held::Held;
 use crate::ids::BuildBatchHasher;
 use crate::query::translate;
+use crate::rows::RequestRows;
 use crate::schema::{all_columns, is_result_side, Tables};
 
 /// One queued write.
@@ -105,6 +106,8 @@ pub(crate) struct Writer {
     pub(crate) held_count: Arc<AtomicUsize>,
     /// Waits for the queue with a deadline while assignments are held (built on first use).
     pub(crate) timer: Option<tokio::runtime::Runtime>,
+    /// The rows of the requests this writer added whose results are still to come.
+    pub(crate) rows: RequestRows,
 }
 
 /// What the writer's wait for work ended with.
@@ -327,11 +330,16 @@ impl Writer {
                     write_held(&mut stmts, sql, binder, held, &mut dead, &mut errors, &path);
                 }
                 match op {
-                    Op::Add(record) => {
-                        if let Err(err) =
-                            insert(&mut stmts, &sql.insert, binder, &record).map_err(sql_err("add"))
+                    Op::Add(mut record) => {
+                        match insert(&mut stmts, &sql.insert, binder, &record)
+                            .map_err(sql_err("add"))
                         {
-                            errors.push(err);
+                            // The id moves from the written record (freed below) to the map.
+                            Ok(()) => self.rows.added(
+                                std::mem::take(&mut record.msg_id),
+                                stmts.tx.last_insert_rowid(),
+                            ),
+                            Err(err) => errors.push(err),
                         }
                         dead.push(Op::Add(record));
                     }
@@ -350,7 +358,8 @@ impl Writer {
                                 dead.push(Op::Update(id, assignment));
                             }
                         }
-                        if let Err(err) = apply(&mut stmts, sql, binder, &msg_id, &update)
+                        let row = self.rows.row(&msg_id, update.result_header.is_some());
+                        if let Err(err) = apply(&mut stmts, sql, binder, &msg_id, &update, row)
                             .map_err(sql_err("update"))
                         {
                             errors.push(err);
@@ -362,6 +371,9 @@ impl Writer {
                             "DELETE FROM {} WHERE msg_id IN (SELECT value FROM json_each(?))",
                             sql.tables.requests
                         );
+                        for id in &ids {
+                            self.rows.dropped(id);
+                        }
                         let list = serde_json::Value::from(ids).to_string();
                         if let Err(err) = tx.execute(&sql, [list]).map_err(sql_err("drop records"))
                         {
@@ -371,6 +383,11 @@ impl Writer {
                     Op::DropMatching(query, reply) => {
                         let result = delete_matching(&tx, &sql.tables, &query)
                             .map_err(sql_err("drop matching"));
+                        if let Ok(ids) = &result {
+                            for id in ids {
+                                self.rows.dropped(id);
+                            }
+                        }
                         replies.push(Reply::Dropped(reply, result));
                     }
                     Op::Close(reply) => replies.push(Reply::Closed(reply)),
@@ -382,6 +399,11 @@ impl Writer {
             write_held(&mut stmts, sql, binder, due, &mut dead, &mut errors, &path);
         }
         let committed = tx.commit();
+        if committed.is_ok() {
+            self.rows.committed();
+        } else {
+            self.rows.rolled_back();
+        }
         drop(dead); // after the commit: freeing is no part of the transaction
         if let Err(source) = committed {
             errors.push(sql_err("commit")(source));
@@ -478,7 +500,7 @@ fn write_held(
     path: &std::path::Path,
 ) {
     for (msg_id, update) in held {
-        if let Err(source) = apply(stmts, sql, binder, &msg_id, &update) {
+        if let Err(source) = apply(stmts, sql, binder, &msg_id, &update, None) {
             errors.push(Error::Sqlite {
                 operation: "update",
                 path: path.to_path_buf(),
@@ -547,7 +569,11 @@ impl Sql {
 
     /// The upsert for `update`'s result-side columns and appended output, with the shape
     /// that names it (`None` when it has none): `?1` is the msg_id, then each value in order.
-    fn upsert(&mut self, update: &RecordUpdate) -> Option<(u32, &str)> {
+    /// The request's row is looked up by msg_id, or `by_row`, given as the last parameter
+    /// (for updates without appended output, which must start from the request's): an
+    /// `INSERT … VALUES` that reads nothing, whose conflict with a results row of another
+    /// msg_id changes nothing.
+    fn upsert(&mut self, update: &RecordUpdate, by_row: bool) -> Option<(u32, &str)> {
         let mut shape = 0u32;
         for (key, _) in update_fields(update).filter(|(key, _)| is_result_side(*key)) {
             shape |= 1 << (key as u32);
@@ -564,13 +590,14 @@ impl Sql {
         if shape == 0 {
             return None;
         }
+        if by_row {
+            shape |= 1 << (RecordKey::ALL.len() + appended.len());
+        }
         let tables = &self.tables;
         let text = self.upserts.entry(shape).or_insert_with(|| {
-            let (mut columns, mut values, mut set) = (
-                String::from("row, msg_id"),
-                String::from("rowid, msg_id"),
-                Vec::new(),
-            );
+            // `values`: each value's parameter, after the row and the msg_id.
+            let (mut columns, mut values, mut set) =
+                (String::from("row, msg_id"), String::new(), Vec::new());
             let mut index = 1;
             for (key, _) in update_fields(update).filter(|(key, _)| is_result_side(*key)) {
                 index += 1;
@@ -591,12 +618,20 @@ impl Sql {
                     ));
                 }
             }
-            format!(
-                "INSERT INTO {results} ({columns}) SELECT {values} FROM {} \
-                 WHERE msg_id = ?1 ON CONFLICT (row) DO UPDATE SET {}",
-                tables.requests,
-                set.join(", ")
-            )
+            let set = set.join(", ");
+            if by_row {
+                format!(
+                    "INSERT INTO {results} ({columns}) VALUES (?{row}, ?1{values}) \
+                     ON CONFLICT (row) DO UPDATE SET {set} WHERE msg_id = excluded.msg_id",
+                    row = index + 1,
+                )
+            } else {
+                format!(
+                    "INSERT INTO {results} ({columns}) SELECT rowid, msg_id{values} FROM {} \
+                     WHERE msg_id = ?1 ON CONFLICT (row) DO UPDATE SET {set}",
+                    tables.requests,
+                )
+            }
         });
         Some((shape, text))
     }
@@ -641,13 +676,15 @@ fn insert(
 
 /// Changes the columns `update` gives of the record `msg_id`: request-side columns in its
 /// requests row (rare: a request recorded after output that overtook it), result-side
-/// columns and appended output in its results row, made by its first change.
+/// columns and appended output in its results row, made by its first change. `row`: the
+/// request's row when the writer remembers it ([`RequestRows`]).
 fn apply(
     stmts: &mut BatchStatements<'_>,
     sql: &mut Sql,
     binder: &mut Binder,
     msg_id: &str,
     update: &RecordUpdate,
+    row: Option<i64>,
 ) -> rusqlite::Result<()> {
     let conn = stmts.tx;
     if is_assignment(update) {
@@ -662,7 +699,15 @@ fn apply(
             !is_result_side(key)
         })?;
     }
-    upsert_result(stmts, sql, binder, msg_id, update)
+    if let Some(row) = row {
+        if upsert_result(stmts, sql, binder, msg_id, update, Some(row))? {
+            return Ok(());
+        }
+        // Not that request's row (cannot happen while the writer's rows are right):
+        // look the row up.
+        tracing::debug!(msg_id, row, "a request's remembered row did not match");
+    }
+    upsert_result(stmts, sql, binder, msg_id, update, None).map(drop)
 }
 
 /// Whether `update` only names the engine a task was sent to (the Hub's record of an
@@ -706,16 +751,21 @@ fn update_request(
 
 /// Writes the result-side columns and appended output of `update` into the results row,
 /// adding the row on the record's first change (only while its request is recorded).
-/// Appended output starts from what the request's row holds.
+/// Appended output starts from what the request's row holds. The request's row is `row`
+/// when given (and the update appends no output), else looked up by its msg_id. Returns
+/// whether a row was written (or there was nothing to write).
 fn upsert_result(
     stmts: &mut BatchStatements<'_>,
     sql: &mut Sql,
     binder: &mut Binder,
     msg_id: &str,
     update: &RecordUpdate,
-) -> rusqlite::Result<()> {
-    let Some((shape, text)) = sql.upsert(update) else {
-        return Ok(()); // nothing to change
+    row: Option<i64>,
+) -> rusqlite::Result<bool> {
+    let appends = update.append_stdout.is_some() || update.append_stderr.is_some();
+    let row = row.filter(|_| !appends);
+    let Some((shape, text)) = sql.upsert(update, row.is_some()) else {
+        return Ok(true); // nothing to change
     };
     let stmt = match stmts.upserts.entry(shape) {
         std::collections::hash_map::Entry::Occupied(prepared) => prepared.into_mut(),
@@ -736,8 +786,10 @@ fn upsert_result(
         index += 1;
         binder.bind(stmt, index, Field::Text(text))?;
     }
-    stmt.raw_execute()?;
-    Ok(())
+    if let Some(row) = row {
+        stmt.raw_bind_parameter(index + 1, row)?;
+    }
+    Ok(stmt.raw_execute()? > 0)
 }
 
 fn delete_matching(
@@ -771,6 +823,7 @@ mod tests {
     use serde_json::json;
 
     use crate::held::HOLD_MS;
+    use crate::rows::MOST_KEPT;
     use crate::{SqliteStore, DEFAULT_TABLE};
 
     /// A writer on `path` (not running) taking `batch_size` ops per batch from a queue of
@@ -800,6 +853,7 @@ mod tests {
             held: Held::new(hold, 100),
             held_count: Arc::default(),
             timer: None,
+            rows: RequestRows::new(MOST_KEPT),
         };
         (writer, sender, finished)
     }
@@ -1151,6 +1205,59 @@ mod tests {
         assert!(write(&path, 1, ops).is_none());
         assert_eq!(engines(&path, "a"), (None, Some("assigned".to_owned())));
         assert_eq!(engines(&path, "b"), (None, Some("replied".to_owned())));
+    }
+
+    #[test]
+    fn results_go_to_their_requests_rows_and_never_to_a_dropped_requests_reused_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        // Results without output: written at the row the writer remembers for the request.
+        let plain = |engine: &str| {
+            Box::new(RecordUpdate {
+                append_stdout: None,
+                ..result(engine)
+            })
+        };
+        // One op per batch. "b" is dropped and "c" added after it takes its row (the
+        // requests table's largest row was freed); "b"'s result comes after.
+        let ops = vec![
+            Op::Add(Box::new(request("a"))),
+            Op::Add(Box::new(request("b"))),
+            Op::DropIds(vec!["b".to_owned()]),
+            Op::Add(Box::new(request("c"))),
+            Op::Update("b".to_owned(), plain("engine-b")),
+            Op::Update("c".to_owned(), plain("engine-c")),
+            Op::Update("a".to_owned(), plain("engine-a")),
+        ];
+        assert!(write(&path, 1, ops).is_none());
+        let conn = Connection::open(&path).unwrap();
+        let rows: (i64, i64) = pair(
+            &conn,
+            "SELECT (SELECT rowid FROM \"ipython-tasks_requests\" WHERE msg_id = 'c'), \
+             (SELECT count(*) FROM \"ipython-tasks_results\" WHERE msg_id = 'b')",
+        );
+        assert_eq!(rows, (2, 0), "c took b's row; b's result wrote nothing");
+        for id in ["a", "c"] {
+            assert_eq!(
+                engines(&path, id),
+                (None, Some(format!("engine-{id}"))),
+                "{id}"
+            );
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            let store = SqliteStore::open(&path).await.unwrap();
+            let got = store.find(&Query::all(), None).await.unwrap();
+            store.close().await.unwrap();
+            got
+        });
+        let want: Vec<TaskRecord> = ["a", "c"]
+            .into_iter()
+            .map(|id| applied(request(id), &[*plain(&format!("engine-{id}"))]))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]
