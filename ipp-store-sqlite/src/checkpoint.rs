@@ -24,11 +24,17 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-/// WAL pages after which the checkpointer is nudged (SQLite's own autocheckpoint default).
-pub(crate) const CHECKPOINT_PAGES: i32 = 1000;
+/// Log size after which the checkpointer is nudged: SQLite's own autocheckpoint default,
+/// 1,000 pages of its default 4 KiB, kept in bytes whatever the file's page size.
+pub(crate) const CHECKPOINT_BYTES: i64 = 1000 * 4096;
 
-/// WAL pages after which the writer checkpoints inline, as SQLite's autocheckpoint would.
-pub(crate) const INLINE_CHECKPOINT_PAGES: i32 = 16 * CHECKPOINT_PAGES;
+/// Log size after which the writer checkpoints inline, as SQLite's autocheckpoint would.
+pub(crate) const INLINE_CHECKPOINT_BYTES: i64 = 16 * CHECKPOINT_BYTES;
+
+/// `bytes` of log in pages of `page_size` bytes (at least one).
+fn pages(bytes: i64, page_size: i64) -> i32 {
+    i32::try_from(bytes / page_size.max(512)).map_or(i32::MAX, |pages| pages.max(1))
+}
 
 /// How long the checkpointer's connection waits for a lock (the writer never holds one
 /// that a passive checkpoint needs for long).
@@ -65,16 +71,23 @@ impl Checkpointer {
     }
 
     /// The hook to install on the writer's connection with `Connection::wal_hook`: called
-    /// after each commit with the log's size in pages.
-    pub(crate) fn wal_hook(&self) -> impl FnMut(&mut Wal, i32) -> rusqlite::Result<()> + Send {
+    /// after each commit with the log's size in pages (of `page_size` bytes).
+    pub(crate) fn wal_hook(
+        &self,
+        page_size: i64,
+    ) -> impl FnMut(&mut Wal, i32) -> rusqlite::Result<()> + Send {
         let nudge = self.nudge.clone();
+        let (nudge_at, inline_at) = (
+            pages(CHECKPOINT_BYTES, page_size),
+            pages(INLINE_CHECKPOINT_BYTES, page_size),
+        );
         move |wal, pages| {
-            if pages >= INLINE_CHECKPOINT_PAGES {
+            if pages >= inline_at {
                 // Busy when the checkpointer is at it; then the next commit tries again.
                 if let Err(err) = wal.checkpoint() {
                     tracing::debug!(error = %err, "inline sqlite checkpoint did not run");
                 }
-            } else if pages >= CHECKPOINT_PAGES {
+            } else if pages >= nudge_at {
                 match nudge.try_send(()) {
                     Ok(()) | Err(TrySendError::Full(())) => {}
                     Err(TrySendError::Disconnected(())) => {
@@ -121,4 +134,18 @@ fn run(conn: &Connection, path: &Path, nudged: &Receiver<()>) {
 /// Runs `PRAGMA wal_checkpoint(<mode>)`.
 fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<()> {
     conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_the_same_log_size_in_any_page_size() {
+        assert_eq!(pages(CHECKPOINT_BYTES, 4096), 1000, "SQLite's default");
+        assert_eq!(pages(CHECKPOINT_BYTES, 16 * 1024), 250);
+        assert_eq!(pages(INLINE_CHECKPOINT_BYTES, 16 * 1024), 4000);
+        assert_eq!(pages(CHECKPOINT_BYTES, 65536), 62);
+        assert_eq!(pages(1, 65536), 1, "at least one page");
+    }
 }

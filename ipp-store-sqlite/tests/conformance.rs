@@ -442,3 +442,34 @@ async fn results_follow_their_requests_when_rows_are_renumbered() {
     }
     store.close().await.unwrap();
 }
+
+/// The page size of the file at `path`, read through a plain connection.
+fn page_size(path: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).expect("the file opens");
+    column(&conn, "PRAGMA page_size")[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_file_has_16_kib_pages_and_an_existing_file_keeps_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("new.db");
+    let store = SqliteStore::open(&new).await.unwrap();
+    store.add(task("a", 1)).await.unwrap();
+    store.close().await.unwrap();
+    assert_eq!(page_size(&new), 16 * 1024);
+
+    // A file SQLite made with its default pages (and something in it, as any used file).
+    let old = dir.path().join("old.db");
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch("CREATE TABLE other (x); INSERT INTO other VALUES (1);")
+        .unwrap();
+    assert_eq!(page_size(&old), 4096);
+    let store = SqliteStore::open(&old).await.unwrap();
+    for i in 0..2_000 {
+        store.add(task(&format!("t{i}"), i)).await.unwrap();
+    }
+    assert_eq!(store.get("t1999").await.unwrap(), task("t1999", 1999));
+    store.close().await.unwrap();
+    assert_eq!(page_size(&old), 4096);
+}
