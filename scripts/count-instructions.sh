@@ -15,6 +15,8 @@
 # the main thread, none on the store's writer). Counts are of instructions, not time: SHA-256 runs
 # without its CPU extensions under valgrind, so signature checks count far more than
 # they cost natively; compare builds with each other, not with wall-clock profiles.
+# The SQLite writer's count also moves with how many batches it made (timing decides that,
+# and each commit costs ~20,000): compare the writer without its commits, printed apart.
 # Needs valgrind (`apt-get install valgrind`).
 set -euo pipefail
 
@@ -75,6 +77,7 @@ task scheduler|run_task_scheduler::\{\{closure\}\} \[
 IOPub relay|run_iopub_relay::\{\{closure\}\} \[
 signature checks (all)|SigningKey::verify \[
 SQLite writer thread|Writer::run \[
+SQLite commits (their count follows timing: compare the writer without them)|rusqlite::Connection::execute_batch \[
 SQLite checkpointer thread (instructions only; its cost is copying and fsync)|ipp_store_sqlite::checkpoint::checkpoint \[
 PARTS
     echo

@@ -1006,21 +1006,26 @@ mod tests {
         want
     }
 
+    /// Every record in the file at `path`, read through a store opened on it.
+    fn stored_records(path: &std::path::Path) -> Vec<TaskRecord> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = SqliteStore::open(path).await.unwrap();
+            let got = store.find(&Query::all(), None).await.unwrap();
+            store.close().await.unwrap();
+            got
+        })
+    }
+
     #[test]
     fn folding_an_update_into_its_add_leaves_the_add_then_update_record() {
         for batch_size in [1, 2, 3, 1000] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("tasks.db");
             let want = write_sequence(&path, batch_size);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            let got = rt.block_on(async {
-                let store = SqliteStore::open(&path).await.unwrap();
-                let got = store.find(&Query::all(), None).await.unwrap();
-                store.close().await.unwrap();
-                got
-            });
+            let got = stored_records(&path);
             assert_eq!(got, want, "batch_size {batch_size}");
         }
     }
@@ -1244,15 +1249,7 @@ mod tests {
                 "{id}"
             );
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let got = rt.block_on(async {
-            let store = SqliteStore::open(&path).await.unwrap();
-            let got = store.find(&Query::all(), None).await.unwrap();
-            store.close().await.unwrap();
-            got
-        });
+        let got = stored_records(&path);
         let want: Vec<TaskRecord> = ["a", "c"]
             .into_iter()
             .map(|id| applied(request(id), &[*plain(&format!("engine-{id}"))]))
