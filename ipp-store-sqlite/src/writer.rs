@@ -699,7 +699,9 @@ fn apply(
             !is_result_side(key)
         })?;
     }
-    if let Some(row) = row {
+    // Appended output starts from the request row's: only the lookup reads it.
+    let appends = update.append_stdout.is_some() || update.append_stderr.is_some();
+    if let Some(row) = row.filter(|_| !appends) {
         if upsert_result(stmts, sql, binder, msg_id, update, Some(row))? {
             return Ok(());
         }
@@ -752,8 +754,8 @@ fn update_request(
 /// Writes the result-side columns and appended output of `update` into the results row,
 /// adding the row on the record's first change (only while its request is recorded).
 /// Appended output starts from what the request's row holds. The request's row is `row`
-/// when given (and the update appends no output), else looked up by its msg_id. Returns
-/// whether a row was written (or there was nothing to write).
+/// when given (only for an update that appends no output), else looked up by its msg_id.
+/// Returns whether a row was written (or there was nothing to write).
 fn upsert_result(
     stmts: &mut BatchStatements<'_>,
     sql: &mut Sql,
@@ -762,8 +764,6 @@ fn upsert_result(
     update: &RecordUpdate,
     row: Option<i64>,
 ) -> rusqlite::Result<bool> {
-    let appends = update.append_stdout.is_some() || update.append_stderr.is_some();
-    let row = row.filter(|_| !appends);
     let Some((shape, text)) = sql.upsert(update, row.is_some()) else {
         return Ok(true); // nothing to change
     };
